@@ -1,0 +1,305 @@
+"""Token reduction for Hugging Face CLIP vision towers: one mechanism, many presets.
+
+At each reduction step the `keep` fraction of *patch* tokens with the highest `score` is kept, in
+their original spatial order; CLS may be kept at index 0 and a summary token may stand for the
+rest. `apply_patch` wraps a stock model in place (ToMe-style class swap, the stock forward code is
+untouched) and `remove_patch` restores it exactly.
+
+Knobs (see docs/DESIGN notes in the README):
+    keep      fraction of patch tokens kept per step, in (0, 1]: k = max(1, floor(keep * N + 1e-6))
+    layer     -1: raw patch embeddings (before positions and CLS); k >= 0: after k encoder layers
+              (0 = the embeddings output, before pre_layrnorm); a list reduces at each; None = L // 2
+    score     l2 (norm of the residual stream), cls_attn (CLS-row attention of the layer just run,
+              averaged over heads; layer >= 1), random (seeded uniform: the control)
+    keep_cls  keep the original CLS token at index 0 (the pooler reads index 0)
+    summary   none | mean (mean of all patch tokens at that point) | fused (score-weighted mean of the
+              dropped tokens, EViT). Where CLS is dropped the summary takes index 0; where kept, it
+              goes right after CLS. A later step folds the previous fused token into the new one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+SCORES = ("l2", "cls_attn", "random")
+SUMMARIES = ("none", "mean", "fused")
+
+
+def kept_count(n_patches: int, keep: float) -> int:
+    """Patch tokens kept out of `n_patches` at one step (the 1e-6 absorbs float error, e.g. 0.29 * 100)."""
+    return max(1, math.floor(keep * n_patches + 1e-6))
+
+
+def vision_tower(model: nn.Module) -> nn.Module:
+    """The module holding `embeddings`, `encoder` and `post_layernorm` (CLIPModel or CLIPVisionModel)."""
+    tower = getattr(model, "vision_model", model)
+    if not (hasattr(tower, "embeddings") and hasattr(tower, "encoder")):
+        raise TypeError(f"expected a Hugging Face CLIPModel or CLIPVisionModel, got {type(model).__name__}")
+    return tower
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """A validated point in the reduction space."""
+
+    keep: float
+    layers: tuple[int, ...]
+    score: str
+    keep_cls: bool
+    summary: str
+    seed: int = 0
+
+    @classmethod
+    def create(
+        cls,
+        n_layers: int,
+        keep: float = 1.0,
+        layer: int | Sequence[int] | None = 0,
+        score: str = "l2",
+        keep_cls: bool = True,
+        summary: str = "none",
+        seed: int = 0,
+    ) -> "Reduction":
+        """Check every knob against an encoder of `n_layers` layers; errors are one line each."""
+        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
+            raise ValueError(f"pruning.keep={keep!r} is outside (0, 1]: keep is the fraction of patch tokens kept")
+        if layer is None:
+            layer = n_layers // 2
+        layers = (layer,) if isinstance(layer, int) else tuple(layer)
+        if not layers or any(isinstance(k, bool) or not isinstance(k, int) for k in layers):
+            raise ValueError(f"pruning.layer={layer!r} must be an int or a list of ints in -1..{n_layers - 1}")
+        for k in layers:
+            if not -1 <= k <= n_layers - 1:
+                raise ValueError(
+                    f"pruning.layer={k} is out of range for a {n_layers}-layer encoder; allowed -1..{n_layers - 1}"
+                )
+        if score not in SCORES:
+            raise ValueError(f"pruning.score={score!r} is unknown; allowed: {', '.join(SCORES)}")
+        if summary not in SUMMARIES:
+            raise ValueError(f"pruning.summary={summary!r} is unknown; allowed: {', '.join(SUMMARIES)}")
+        if score == "cls_attn" and min(layers) < 1:
+            raise ValueError(
+                f"pruning.score=cls_attn needs pruning.layer >= 1 (attention of a layer that has run), got {min(layers)}"
+            )
+        if not keep_cls and summary == "none":
+            raise ValueError(
+                "pruning.keep_cls=false with pruning.summary=none leaves nothing to pool at index 0; "
+                "use summary=mean or summary=fused"
+            )
+        return cls(float(keep), tuple(sorted(set(layers))), score, bool(keep_cls), summary, int(seed))
+
+
+def tokens_per_layer(reduction: Reduction | None, n_patches: int, n_layers: int) -> list[int]:
+    """Tokens entering each of the `n_layers` encoder layers (the last entry is what the last layer sees)."""
+    if reduction is None:
+        return [1 + n_patches] * n_layers
+    has_cls, has_summary, patches = True, False, n_patches
+    counts = []
+
+    def step() -> None:
+        nonlocal has_cls, has_summary, patches
+        k = kept_count(patches, reduction.keep)
+        dropped = k < patches
+        has_summary = reduction.summary == "mean" or (reduction.summary == "fused" and (dropped or has_summary))
+        has_cls = has_cls and reduction.keep_cls
+        patches = k
+
+    if -1 in reduction.layers:
+        has_cls = reduction.keep_cls
+        step()
+    for index in range(n_layers):
+        if index in reduction.layers:
+            step()
+        counts.append(int(has_cls) + int(has_summary) + patches)
+    return counts
+
+
+class Reducer:
+    """Holds the knobs and the per-forward layout; `reduce` is one reduction step."""
+
+    def __init__(self, reduction: Reduction, num_heads: int):
+        self.reduction = reduction
+        self.num_heads = num_heads
+        self.generator = torch.Generator().manual_seed(reduction.seed)
+        self.has_cls = True
+        self.has_summary = False
+        self.captured: dict[str, torch.Tensor] = {}
+
+    def start(self, has_cls: bool) -> None:
+        """Begin a forward pass: the sequence is [CLS?] + patches."""
+        self.has_cls, self.has_summary = has_cls, False
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Importance of every token of x [B, T, D] -> [B, T]."""
+        if self.reduction.score == "l2":
+            return x.float().norm(dim=-1)
+        if self.reduction.score == "random":
+            return torch.rand(x.shape[:2], generator=self.generator).to(x.device)
+        return self.cls_attention()
+
+    def cls_attention(self) -> torch.Tensor:
+        """Attention from token 0 to every token in the layer just run, averaged over heads -> [B, T]."""
+        q, k = self.captured.pop("q"), self.captured.pop("k")  # [B, T, D] each
+        B, T, D = k.shape
+        H = self.num_heads
+        q0 = q[:, :1].float().view(B, 1, H, D // H).transpose(1, 2)  # [B, H, 1, hd]
+        keys = k.float().view(B, T, H, D // H).transpose(1, 2)  # [B, H, T, hd]
+        attn = (q0 @ keys.transpose(-1, -2) * (D // H) ** -0.5).softmax(dim=-1)  # [B, H, 1, T]
+        return attn.mean(dim=1).squeeze(1)  # [B, T]
+
+    def reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """One step on x = [CLS?][summary?] + patches, [B, T, D] -> [CLS?][summary?] + kept patches."""
+        r = self.reduction
+        n_prefix = int(self.has_cls) + int(self.has_summary)
+        patches = x[:, n_prefix:]  # [B, N, D]
+        B, N, D = patches.shape
+        k = kept_count(N, r.keep)
+        if k == N and r.summary == "none" and (r.keep_cls or not self.has_cls):
+            if r.score == "cls_attn":
+                self.captured.clear()
+            return x  # nothing dropped, nothing added: the stock sequence, untouched
+
+        scores = self.scores(x)  # [B, T]
+        patch_scores = scores[:, n_prefix:]  # [B, N]
+        kept_idx = patch_scores.topk(k, dim=1).indices.sort(dim=1).values  # [B, k], spatial order
+        kept = patches.gather(1, kept_idx.unsqueeze(-1).expand(B, k, D))  # [B, k, D]
+
+        parts = []
+        if self.has_cls and r.keep_cls:
+            parts.append(x[:, :1])
+        summary = self.summary(x, patches, scores, n_prefix, kept_idx)
+        if summary is not None:
+            parts.append(summary)
+        parts.append(kept)
+        self.has_cls = self.has_cls and r.keep_cls
+        self.has_summary = summary is not None
+        return torch.cat(parts, dim=1)
+
+    def summary(self, x, patches, scores, n_prefix, kept_idx) -> torch.Tensor | None:
+        """The summary token [B, 1, D] for this step, or None."""
+        r = self.reduction
+        if r.summary == "mean":
+            return patches.mean(dim=1, keepdim=True)
+        if r.summary == "none":
+            return None
+        B, N, D = patches.shape
+        dropped_mask = torch.ones(B, N, dtype=torch.bool, device=x.device)
+        dropped_mask.scatter_(1, kept_idx, False)
+        weights = scores[:, n_prefix:] * dropped_mask  # [B, N], zero on kept tokens
+        total = (weights.unsqueeze(-1) * patches.float()).sum(dim=1, keepdim=True)  # [B, 1, D]
+        mass = weights.sum(dim=1, keepdim=True).unsqueeze(-1)  # [B, 1, 1]
+        if self.has_summary:  # fold the previous fused token in with its own score
+            previous_weight = scores[:, n_prefix - 1].view(B, 1, 1)
+            total = total + previous_weight * x[:, n_prefix - 1 : n_prefix].float()
+            mass = mass + previous_weight
+        elif kept_idx.shape[1] == N:
+            return None  # nothing dropped and nothing to carry
+        return (total / mass.clamp_min(torch.finfo(torch.float32).tiny)).to(x.dtype)
+
+
+class _ReducingEmbeddings:
+    """Mixin for CLIPVisionEmbeddings: reduce raw patch embeddings (layer -1) and/or its output (layer 0)."""
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        reducer: Reducer = self._reducer
+        layers = reducer.reduction.layers
+        if -1 in layers:
+            x = self.raw_patch_tokens(pixel_values)  # [B, 1? + N, D], no positions on patches
+        else:
+            x = super().forward(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)  # [B, 1 + N, D]
+            reducer.start(has_cls=True)
+        if 0 in layers:
+            x = reducer.reduce(x)
+        return x
+
+    def raw_patch_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The seed's method: reduce patch embeddings before positions and CLS; CLS (with its position) if kept."""
+        reducer: Reducer = self._reducer
+        patch_embeds = self.patch_embedding(pixel_values.to(dtype=self.patch_embedding.weight.dtype))  # [B, D, h, w]
+        patches = patch_embeds.flatten(2).transpose(1, 2)  # [B, N, D]
+        B, _, D = patches.shape
+        keep_cls = reducer.reduction.keep_cls
+        if keep_cls:
+            cls = self.class_embedding + self.position_embedding.weight[0]  # [D]
+            patches = torch.cat([cls.expand(B, 1, D), patches], dim=1)  # [B, 1 + N, D]
+        reducer.start(has_cls=keep_cls)
+        return reducer.reduce(patches)
+
+
+class _ReducingLayer:
+    """Mixin for a CLIPEncoderLayer: reduce its output (that is, at `layer = index + 1`)."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self._reducer.reduce(super().forward(hidden_states, *args, **kwargs))
+
+
+_SWAPPED: dict[tuple[type, type], type] = {}
+
+
+def _swap_class(module: nn.Module, mixin: type, reducer: Reducer) -> None:
+    base = module.__class__
+    if (mixin, base) not in _SWAPPED:
+        _SWAPPED[(mixin, base)] = type(f"Reducing{base.__name__}", (mixin, base), {})
+    module._original_class = base
+    module._reducer = reducer
+    module.__class__ = _SWAPPED[(mixin, base)]
+
+
+def apply_patch(
+    model: nn.Module,
+    keep: float = 1.0,
+    layer: int | Sequence[int] | None = 0,
+    score: str = "l2",
+    keep_cls: bool = True,
+    summary: str = "none",
+    seed: int = 0,
+) -> Reduction:
+    """Make `model`'s vision tower reduce tokens as described in the module docstring; returns the
+    validated `Reduction`. Re-applying replaces an earlier patch."""
+    tower = vision_tower(model)
+    remove_patch(model)
+    layers = tower.encoder.layers
+    reduction = Reduction.create(len(layers), keep, layer, score, keep_cls, summary, seed)
+    reducer = Reducer(reduction, num_heads=layers[0].self_attn.num_heads)
+    handles = []
+    _swap_class(tower.embeddings, _ReducingEmbeddings, reducer)
+    for k in reduction.layers:
+        if k < 1:
+            continue
+        reduced_layer = layers[k - 1]
+        _swap_class(reduced_layer, _ReducingLayer, reducer)
+        if score == "cls_attn":
+            for name in ("q", "k"):
+                proj = getattr(reduced_layer.self_attn, f"{name}_proj")
+                handles.append(proj.register_forward_hook(_capture(reducer, name)))
+    tower._token_reduction = (reduction, handles)
+    return reduction
+
+
+def _capture(reducer: Reducer, name: str):
+    def hook(module, args, output):
+        reducer.captured[name] = output  # [B, T, D]
+
+    return hook
+
+
+def remove_patch(model: nn.Module) -> None:
+    """Undo `apply_patch`: original classes back, hooks removed. A no-op on an unpatched model."""
+    tower = vision_tower(model)
+    _, handles = tower.__dict__.pop("_token_reduction", (None, []))
+    for handle in handles:
+        handle.remove()
+    for module in tower.modules():
+        if "_original_class" in module.__dict__:
+            module.__class__ = module.__dict__.pop("_original_class")
+            del module._reducer
+
+
+def current_reduction(model: nn.Module) -> Reduction | None:
+    """The `Reduction` applied to `model`, or None when it runs stock."""
+    return vision_tower(model).__dict__.get("_token_reduction", (None, None))[0]
