@@ -7,27 +7,21 @@
 import os
 import sys
 
-# `python profile.py` puts this folder first on sys.path, where this file shadows the standard
-# library's `profile`, which cProfile (imported by Lightning) needs: import the real one first.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-import profile as _stdlib_profile  # noqa: E402,F401
-
-sys.path.append(_HERE)
-os.environ.setdefault("VLM_EFF_ROOT", _HERE)
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from vlm_eff import cli  # noqa: E402
-from vlm_eff.jobs.profile import profile  # noqa: E402
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="profile")
-def main(cfg: DictConfig) -> None:
-    cli.run(profile, cfg)
-
-
 if __name__ == "__main__":
-    cli.check_group_choices(sys.argv[1:])
-    main()
+    # `python profile.py` puts this folder first on sys.path, where this file would shadow the standard
+    # library's `profile` that cProfile (imported by Lightning and torch) needs.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here] + [_here]
+    from vlm_eff.cli import hydra_main
+
+    hydra_main("profile", "vlm_eff.jobs.profile:profile")
+else:
+    # Imported as `profile` because this folder is on sys.path (`python -m pytest` run here, say):
+    # put the standard library's module in our place, so that cProfile and pstats keep working.
+    import importlib.util
+    import sysconfig
+
+    _spec = importlib.util.spec_from_file_location(__name__, os.path.join(sysconfig.get_paths()["stdlib"], "profile.py"))
+    _stdlib_profile = importlib.util.module_from_spec(_spec)
+    sys.modules[__name__] = _stdlib_profile
+    _spec.loader.exec_module(_stdlib_profile)

@@ -1,16 +1,21 @@
-"""What the entry scripts share: one-line errors for bad input, before and inside Hydra."""
+"""What the entry scripts share: Hydra wiring and one-line errors for bad input, before and inside Hydra."""
 
 from __future__ import annotations
 
+import importlib
+import logging
+import os
 import sys
+import warnings
 from pathlib import Path
-from typing import Callable
 
+import hydra
 from omegaconf import DictConfig
 
 from vlm_eff.errors import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = ROOT / "conf"
 
 
 def fail(message: str) -> None:
@@ -32,9 +37,30 @@ def check_group_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
                 fail(f"unknown {key} {choice!r}; allowed: {', '.join(allowed)}")
 
 
-def run(job: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
-    """Run `job`; a ConfigError becomes `error: <message>` on stderr and exit status 2."""
+def quiet_third_party() -> None:
+    """Keep the summary on one screen: Lightning's banners and tips, a Lightning-internal deprecation."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def run(job_path: str, cfg: DictConfig) -> dict:
+    """Import and run the job `module:function`; a ConfigError becomes `error: <message>` and exit 2."""
+    quiet_third_party()
+    module, function = job_path.split(":")
+    job = getattr(importlib.import_module(module), function)  # torch etc. load after the cheap checks
     try:
         return job(cfg)
     except ConfigError as error:
         fail(str(error))
+
+
+def hydra_main(config_name: str, job_path: str) -> None:
+    """The body of an entry script: `conf/<config_name>.yaml` composed by Hydra, then the job."""
+    os.environ.setdefault("VLM_EFF_ROOT", str(ROOT))
+    check_group_choices(sys.argv[1:])
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
+    def main(cfg: DictConfig) -> None:
+        run(job_path, cfg)
+
+    main()

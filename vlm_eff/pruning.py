@@ -13,17 +13,28 @@ from vlm_eff.token_reduction import Reduction, apply_patch
 log = logging.getLogger(__name__)
 
 
+def _knobs(cfg: DictConfig, seed: int) -> dict:
+    layer = list(cfg.layer) if isinstance(cfg.layer, ListConfig) else cfg.layer
+    return dict(keep=cfg.keep, layer=layer, score=cfg.score, keep_cls=cfg.keep_cls, summary=cfg.summary, seed=seed)
+
+
+def check_pruning(cfg: DictConfig, n_layers: int) -> None:
+    """Fail fast, before any model is loaded, on knobs that no `n_layers`-layer encoder accepts."""
+    if cfg.name != "none":
+        try:
+            Reduction.create(n_layers, **_knobs(cfg, seed=0))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+
 def apply_pruning(model: nn.Module, cfg: DictConfig, seed: int = 0) -> Reduction | None:
     """Patch `model` as the `pruning` config says; None for the stock model."""
     if cfg.name == "none":
         if cfg.keep != 1.0:
             log.warning("pruning=none runs the stock model: pruning.keep=%s ignored", cfg.keep)
         return None
-    layer = list(cfg.layer) if isinstance(cfg.layer, ListConfig) else cfg.layer
     try:
-        return apply_patch(
-            model, keep=cfg.keep, layer=layer, score=cfg.score, keep_cls=cfg.keep_cls, summary=cfg.summary, seed=seed
-        )
+        return apply_patch(model, **_knobs(cfg, seed))
     except ValueError as error:
         raise ConfigError(str(error)) from None
 

@@ -16,7 +16,7 @@ from vlm_eff.flops import flops_per_image
 from vlm_eff.models import RANDOM_WEIGHTS_WARNING, ImageEncoder, load_clip
 from vlm_eff.modules import ImageEncoderModule
 from vlm_eff.profiling import ProfilingCallback
-from vlm_eff.pruning import apply_pruning, describe
+from vlm_eff.pruning import apply_pruning, check_pruning, describe
 from vlm_eff.results import base_row, write_results
 from vlm_eff.runtime import device_label, resolve_device, resolve_dtype
 from vlm_eff.token_reduction import tokens_per_layer
@@ -46,6 +46,7 @@ def run_dir() -> Path:
 def profile(cfg: DictConfig) -> dict:
     """Time `warmup` + `runs` batches through the (pruned) image encoder; write and log the row."""
     check_counts(cfg)
+    check_pruning(cfg.pruning, cfg.model.architecture.vision_config.num_hidden_layers)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     pl.seed_everything(cfg.seed, verbose=False)
