@@ -56,11 +56,12 @@ def test_callback_times_only_the_batches_after_warm_up(tiny_clip):
     trainer = pl.Trainer(accelerator="cpu", logger=False, callbacks=[profiler], enable_progress_bar=False,
                          enable_model_summary=False)
     trainer.test(ImageEncoderModule(ImageEncoder(tiny_clip)), datamodule=data, verbose=False)
-    assert len(profiler.latencies_s) == 5 and all(t > 0 for t in profiler.latencies_s)
-    summary = profiler.summary
-    assert summary["throughput_img_s"] == pytest.approx(4 * 5 / sum(profiler.latencies_s))
-    assert summary["latency_ms_mean"] == pytest.approx(1000 * statistics.fmean(profiler.latencies_s))
-    assert summary["latency_ms_median"] <= summary["latency_ms_p90"] <= 1000 * max(profiler.latencies_s) + 1e-9
+    latencies = profiler.latencies_s["test"]
+    assert len(latencies) == 5 and all(t > 0 for t in latencies)
+    summary = profiler.summaries["test"]
+    assert summary["throughput_img_s"] == pytest.approx(4 * 5 / sum(latencies))
+    assert summary["latency_ms_mean"] == pytest.approx(1000 * statistics.fmean(latencies))
+    assert summary["latency_ms_median"] <= summary["latency_ms_p90"] <= 1000 * max(latencies) + 1e-9
     assert summary["mem_kind"] == "rss_delta" and summary["peak_mem_mib"] >= 0
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from pytorch_lightning import LightningModule
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
 
 from vlm_eff.models import ImageEncoder
 
@@ -19,3 +22,94 @@ class ImageEncoderModule(LightningModule):
     def test_step(self, batch, batch_idx: int) -> torch.Tensor:
         (pixel_values,) = batch  # [B, 3, H, W]
         return self.encoder(pixel_values.to(self.input_dtype))  # [B, P]
+
+
+class ZeroShotCLIP(LightningModule):
+    """CLIP as a classifier over class prompts: logits = scale * cos(image, class text embedding).
+
+    A class's text embedding is the normalised mean of its normalised prompt embeddings (the CLIP
+    paper's prompt ensembling). `test_step` is zero-shot evaluation (text embedded once);
+    `training_step` fine-tunes with cross-entropy over the class prompts."""
+
+    def __init__(self, clip, tokenizer, class_names: list[str], templates: list[str], image_size: int | None = None,
+                 optimizer=None, scheduler=None):
+        super().__init__()
+        self.clip = clip
+        self.encoder = ImageEncoder(clip, image_size)
+        self.class_names, self.templates = list(class_names), list(templates)
+        prompts = [template.format(name) for name in self.class_names for template in self.templates]
+        tokens = tokenizer(prompts, padding=True, return_tensors="pt")
+        self.register_buffer("input_ids", tokens["input_ids"], persistent=False)  # [C * T, L]
+        self.register_buffer("attention_mask", tokens["attention_mask"], persistent=False)  # [C * T, L]
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        n = len(self.class_names)
+        self.metrics = nn.ModuleDict({
+            "top1": MulticlassAccuracy(n, top_k=1, average="micro"),
+            "top5": MulticlassAccuracy(n, top_k=min(5, n), average="micro"),
+            "per_class": MulticlassAccuracy(n, top_k=1, average=None),
+        })  # fmt: skip
+        self.val_top1 = MulticlassAccuracy(n, top_k=1, average="micro")
+        self.text_features: torch.Tensor | None = None
+
+    def class_embeddings(self, template: int | None = None) -> torch.Tensor:
+        """[C, P] unit vectors, one per class: averaged over all prompt templates, or of one `template`."""
+        n_templates = len(self.templates) if template is None else 1
+        rows = slice(None) if template is None else slice(template, None, len(self.templates))
+        input_ids, attention_mask = self.input_ids[rows], self.attention_mask[rows]  # [C * T', L]
+        text = self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        text = F.normalize(text, dim=-1).view(len(self.class_names), n_templates, -1)  # [C, T', P]
+        return F.normalize(text.mean(dim=1), dim=-1)  # [C, P]
+
+    def logits(self, pixel_values: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        image = F.normalize(self.encoder(pixel_values), dim=-1)  # [B, P]
+        return self.clip.logit_scale.exp() * image @ text.to(image.dtype).T  # [B, C]
+
+    def on_test_start(self) -> None:
+        with torch.no_grad():
+            self.text_features = self.class_embeddings()
+
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        pixel_values, labels = batch  # [B, 3, H, W], [B]
+        logits = self.logits(pixel_values.to(self.dtype), self.text_features)
+        for metric in self.metrics.values():
+            metric.update(logits.float(), labels)
+        return logits
+
+    def test_results(self) -> dict:
+        """top1 / top5 (fractions) and per-class accuracy after `trainer.test`."""
+        per_class = self.metrics["per_class"].compute().tolist()
+        return {"top1": self.metrics["top1"].compute().item(), "top5": self.metrics["top5"].compute().item(),
+                "per_class": dict(zip(self.class_names, per_class))}
+
+    def on_test_epoch_end(self) -> None:
+        results = self.test_results()
+        self.log_dict({"test/top1": results["top1"], "test/top5": results["top5"]})
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        pixel_values, labels = batch
+        template = int(torch.randint(len(self.templates), ()))  # one caption style per step, like CLIP's data
+        logits = self.logits(pixel_values, self.class_embeddings(template))
+        loss = F.cross_entropy(logits, labels)
+        accuracy = (logits.argmax(dim=-1) == labels).float().mean()
+        self.log_dict({"train/loss": loss, "train/acc": accuracy}, prog_bar=True)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        with torch.no_grad():
+            self.text_features = self.class_embeddings()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        pixel_values, labels = batch
+        self.val_top1.update(self.logits(pixel_values, self.text_features).float(), labels)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/top1", self.val_top1.compute(), prog_bar=True)
+        self.val_top1.reset()
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -75,14 +75,14 @@ def latency_summary(latencies_s: list[float], n_images: int) -> dict:
 
 
 class ProfilingCallback(Callback):
-    """Times each test batch (step and hooks around it), skipping the first `warmup`; `summary` holds
-    the result after `trainer.test`."""
+    """Times each train and test batch (the step and the hooks around it), skipping the first `warmup`
+    of each stage; `summaries["test"]` / `summaries["train"]` hold the results."""
 
     def __init__(self, warmup: int = 3):
         self.warmup = warmup
-        self.latencies_s: list[float] = []
-        self.timed_images = 0
-        self.summary: dict = {}
+        self.summaries: dict[str, dict] = {}
+        self.latencies_s: dict[str, list[float]] = {}
+        self.timed_images: dict[str, int] = {}
         self._memory: PeakMemory | None = None
         self._start = 0.0
 
@@ -90,29 +90,53 @@ class ProfilingCallback(Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
 
-    def on_test_start(self, trainer, pl_module) -> None:
-        self.latencies_s, self.timed_images, self.summary = [], 0, {}
+    def _begin(self, stage: str, pl_module) -> None:
+        self.latencies_s[stage], self.timed_images[stage] = [], 0
         self._memory = PeakMemory(pl_module.device)
         self._memory.reset()
 
-    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+    def _batch_start(self, pl_module) -> None:
         self._sync(pl_module)
         self._start = time.perf_counter()
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def _batch_end(self, stage: str, pl_module, batch, batch_idx: int) -> None:
         self._sync(pl_module)
         elapsed = time.perf_counter() - self._start
         if batch_idx >= self.warmup:
-            self.latencies_s.append(elapsed)
-            self.timed_images += _batch_size(batch)
+            self.latencies_s[stage].append(elapsed)
+            self.timed_images[stage] += _batch_size(batch)
 
-    def on_test_end(self, trainer, pl_module) -> None:
-        if not self.latencies_s:
-            raise RuntimeError(f"no batch was timed: the data has no batch beyond the {self.warmup} warm-up batches")
+    def _end(self, stage: str) -> None:
+        if not self.latencies_s[stage]:
+            log.warning("%s: no batch timed beyond the %d warm-up batches", stage, self.warmup)
+            return
         peak = self._memory.peak_mib()
-        self.summary = {
-            **latency_summary(self.latencies_s, self.timed_images),
+        self.summaries[stage] = {
+            **latency_summary(self.latencies_s[stage], self.timed_images[stage]),
             "peak_mem_mib": peak,
             "mem_kind": self._memory.kind if peak is not None else "",
-            "timed_batches": len(self.latencies_s),
         }
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._begin("test", pl_module)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._batch_start(pl_module)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._batch_end("test", pl_module, batch, batch_idx)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._end("test")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._begin("train", pl_module)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch_start(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._batch_end("train", pl_module, batch, batch_idx)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._end("train")

@@ -78,8 +78,8 @@ def profile(cfg: DictConfig) -> dict:
         "device": device_label(device), "dtype": cfg.dtype, "batch_size": cfg.data.batch_size, "image_size": size,
         "tokens": tokens_per_layer(reduction, encoder.n_patches, n_layers)[-1],
         "gflops_per_img": flops / 1e9, "gmacs_per_img": flops / 2e9,
-        **{k: v for k, v in profiler.summary.items() if k != "timed_batches"},
-        "n_images": profiler.timed_images,
+        **profiler.summaries["test"],
+        "n_images": profiler.timed_images["test"],
     }  # fmt: skip
     write_results(row, out_dir, Path(cfg.paths.results_csv))
     if logger is not None:

@@ -1,0 +1,256 @@
+"""CIFAR-10 and any class-per-folder image set, decoded once into a uint8 cache.
+
+`root` may be: the official `cifar-10-batches-py` folder (or a folder holding it), an ImageFolder
+tree (`<root>/{train,test}/<class>/*.jpg`, or one holding such a tree), or a `.tar.gz` of either,
+extracted once into the cache. When `root` is missing and `download` is set, the official archive
+is fetched from `url` and checked against its MD5 before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pytorch_lightning import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from vlm_eff.data.preprocess import ClipPreprocess
+from vlm_eff.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, md5: str, target: Path) -> Path:
+    """Fetch `url` to `target` (atomically), verifying its MD5."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s", url)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=30) as response:
+            shutil.copyfileobj(response, f)
+        actual = md5sum(Path(tmp))
+        if actual != md5:
+            raise ConfigError(f"download of {url} is corrupt: md5 {actual}, expected {md5}")
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def extract(archive: Path, cache_dir: Path) -> Path:
+    """Extract `archive` once into `cache_dir/extracted/<name>-<stamp>/`; returns that folder."""
+    stat = archive.stat()
+    stamp = hashlib.sha1(f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    target = cache_dir / "extracted" / f"{archive.name.split('.')[0]}-{stamp}"
+    if not target.is_dir():
+        log.info("extracting %s to %s", archive, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".extract-"))
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def find_layout(folder: Path) -> tuple[str, Path]:
+    """('batches', dir) for the official python batches, ('imagefolder', dir) for split folders."""
+    for candidate in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
+        if (candidate / "batches.meta").is_file():
+            return "batches", candidate
+        if (candidate / "test").is_dir() or (candidate / "train").is_dir():
+            return "imagefolder", candidate
+    raise ConfigError(
+        f"data.root={folder} holds neither cifar-10-batches-py files nor <split>/<class>/<image> folders"
+    )
+
+
+def read_batches(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The official python batches -> images [N, 32, 32, 3] uint8, labels [N], class names."""
+    names = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
+    images, labels = [], []
+    for name in names:
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        images.append(batch[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # [n, 32, 32, 3]
+        labels.extend(batch[b"labels"])
+    with open(folder / "batches.meta", "rb") as f:
+        classes = [c.decode() for c in pickle.load(f, encoding="bytes")[b"label_names"]]
+    return np.concatenate(images), np.asarray(labels, dtype=np.int64), classes
+
+
+def read_imagefolder(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """`<folder>/<split>/<class>/<image>` -> images [N, H, W, 3] uint8 (all one size), labels, classes."""
+    split_dir = folder / split
+    if not split_dir.is_dir():
+        raise ConfigError(f"no {split!r} split in {folder}: expected {split_dir}/<class>/<image>")
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            try:
+                with Image.open(path) as image:
+                    images.append(np.asarray(image.convert("RGB")))
+            except (UnidentifiedImageError, OSError) as error:
+                raise ConfigError(f"cannot read image {path}: {error}") from None
+            labels.append(label)
+    if not images:
+        raise ConfigError(f"no images under {split_dir}")
+    if len({image.shape for image in images}) > 1:
+        raise ConfigError(f"images under {split_dir} differ in size; resize them to one size first")
+    return np.stack(images), np.asarray(labels, dtype=np.int64), classes
+
+
+def load_split(root: Path, split: str, cache_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decode `split` of the dataset at `root` once; later calls read the uint8 cache."""
+    folder = extract(root, cache_dir) if root.is_file() else root
+    layout, folder = find_layout(folder)
+    key = hashlib.sha1(f"{folder.resolve()}:{split}".encode()).hexdigest()[:12]
+    cached = cache_dir / "decoded" / f"{folder.name}-{split}-{key}.npz"
+    if cached.is_file():
+        with np.load(cached) as data:
+            return data["images"], data["labels"], list(data["classes"])
+    images, labels, classes = (read_batches if layout == "batches" else read_imagefolder)(folder, split)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".npz")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, images=images, labels=labels, classes=np.asarray(classes))
+    os.replace(tmp, cached)
+    return images, labels, classes
+
+
+def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Indices of a seeded subset of `size` with classes as equal as possible (in original order)."""
+    classes = np.unique(labels)
+    if not 0 < size <= len(labels):
+        raise ConfigError(f"data.subset={size} must be in 1..{len(labels)}")
+    rng = np.random.default_rng(seed)
+    per_class = [size // len(classes) + (i < size % len(classes)) for i in range(len(classes))]
+    chosen = []
+    for c, n in zip(classes, per_class):
+        members = np.flatnonzero(labels == c)
+        chosen.append(rng.choice(members, size=min(n, len(members)), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+class ImageArrayDataset(Dataset):
+    """uint8 images [N, H, W, 3] + labels -> (preprocessed pixels [3, S, S], label); optional
+    training augmentation (random crop with 4 px of padding, horizontal flip) on the uint8 image."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, preprocess: ClipPreprocess, augment: bool = False):
+        self.images, self.labels, self.preprocess, self.augment = images, labels, preprocess, augment
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]  # [H, W, 3]
+        if self.augment:
+            image = random_crop_flip(image)
+        return self.preprocess(image), int(self.labels[index])
+
+
+def random_crop_flip(image: np.ndarray, pad: int = 4) -> np.ndarray:
+    height, width, _ = image.shape
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    top, left = np.random.randint(0, 2 * pad + 1, size=2)
+    image = padded[top : top + height, left : left + width]
+    return image[:, ::-1] if np.random.rand() < 0.5 else image
+
+
+class ImageClassificationDataModule(LightningDataModule):
+    """Test split for zero-shot evaluation; train (augmented) and a held-out validation part of the
+    train split for fine-tuning. `class_names` overrides the names found in the data."""
+
+    def __init__(self, root: str | None, preprocess: ClipPreprocess, batch_size: int = 256, num_workers: int = 0,
+                 subset: int | None = None, seed: int = 0, cache_dir: str = "~/.cache/vlm-eff",
+                 class_names: list[str] | None = None, download: bool = False, url: str = CIFAR10_URL,
+                 md5: str = CIFAR10_MD5, val_size: int = 5000, shots: int | None = None, **unused):
+        super().__init__()
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.root = self.resolve_root(root, download, url, md5)
+        self.preprocess, self.batch_size, self.num_workers = preprocess, batch_size, num_workers
+        self.subset, self.seed, self.val_size, self.shots = subset, seed, val_size, shots
+        self._class_names = list(class_names) if class_names else None
+        self.class_names: list[str] = []
+
+    def resolve_root(self, root: str | None, download_missing: bool, url: str, md5: str) -> Path:
+        if root and Path(root).expanduser().exists():
+            return Path(root).expanduser()
+        if download_missing:
+            archive = self.cache_dir / "downloads" / Path(url).name
+            if not (archive.is_file() and md5sum(archive) == md5):
+                try:
+                    download(url, md5, archive)
+                except OSError as error:
+                    raise ConfigError(
+                        f"data.root={root} does not exist and {url} cannot be fetched ({error}); "
+                        f"set data.root to the dataset (a folder or its .tar.gz)"
+                    ) from None
+            return archive
+        raise ConfigError(f"data.root={root} does not exist; set it to the dataset (a folder or its .tar.gz)")
+
+    def _names(self, found: list[str]) -> list[str]:
+        names = self._class_names or found
+        if len(names) != len(found):
+            raise ConfigError(f"data.class_names has {len(names)} names but the data has {len(found)} classes")
+        return [name.replace("_", " ") for name in names]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "test"):
+            images, labels, found = load_split(self.root, "test", self.cache_dir)
+            if self.subset:
+                keep = stratified_subset(labels, self.subset, self.seed)
+                images, labels = images[keep], labels[keep]
+            self.test_set = ImageArrayDataset(images, labels, self.preprocess)
+            self.class_names = self._names(found)
+        if stage in (None, "fit", "validate"):
+            images, labels, found = load_split(self.root, "train", self.cache_dir)
+            order = np.random.default_rng(self.seed).permutation(len(labels))
+            val, train = order[: self.val_size], order[self.val_size :]
+            if self.shots:
+                per_class = stratified_subset(labels[train], self.shots * len(found), self.seed)
+                train = train[per_class]
+            self.train_set = ImageArrayDataset(images[train], labels[train], self.preprocess, augment=True)
+            self.val_set = ImageArrayDataset(images[np.sort(val)], labels[np.sort(val)], self.preprocess)
+            self.class_names = self._names(found)
+
+    def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, drop_last=shuffle)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
