@@ -8,6 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
 def run_script(script: str, *overrides: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300):
@@ -34,3 +35,27 @@ def tiny_clip():
 
     torch.manual_seed(0)
     return random_clip(model_config("clip_tiny")).eval()
+
+
+@pytest.fixture(scope="session")
+def shared_archive() -> Path:
+    """The real CIFAR-10 images; outside CI the tests that need them skip when they are absent."""
+    if not SHARED_ARCHIVE.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{SHARED_ARCHIVE} is missing: CI must run the tests on real data")
+        pytest.skip(f"{SHARED_ARCHIVE} not found")
+    return SHARED_ARCHIVE
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One extraction / decode cache for the whole session (subprocesses get it as VLM_EFF_CACHE)."""
+    return Path(os.environ.get("VLM_EFF_TEST_CACHE") or tmp_path_factory.mktemp("vlm-eff-cache"))
+
+
+@pytest.fixture(scope="session")
+def cifar_test(shared_archive, cache_dir) -> dict:
+    from vlm_eff.data.cifar10 import load_split
+
+    images, labels, classes = load_split(shared_archive, "test", cache_dir)
+    return {"images": images, "labels": labels, "classes": classes}

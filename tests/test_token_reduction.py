@@ -67,6 +67,7 @@ def unpatch_after(clips, sharp_clips):
 
 @pytest.fixture(params=ATTNS)
 def clip(request, clips):
+    """The shared model under each attention implementation."""
     return clips[request.param]
 
 
@@ -128,7 +129,7 @@ def test_keep_one_reproduces_the_stock_model(clip, preset):
     stock = features(clip, x)
     if preset != "none":
         apply_patch(clip, keep=1.0, **PRESETS[preset])
-    out, pre, lengths = run_capturing(clip, x)
+    out, _, lengths = run_capturing(clip, x)
     assert lengths == [1 + N_PATCHES] * N_LAYERS
     assert (out - stock).abs().max() <= 1e-5
 
@@ -143,7 +144,7 @@ def test_keep_one_without_cls_differs_from_the_stock_model(clip, preset):
     apply_patch(clip, keep=1.0, **PRESETS[preset])
     out, _, lengths = run_capturing(clip, x)
     assert lengths == [1 + N_PATCHES] * N_LAYERS  # summary + 64 patches: same length, different content
-    assert (out - stock).norm(dim=1).min() > 0.05 * stock.norm(dim=1).min()
+    assert ((out - stock).norm(dim=1) > 0.25 * stock.norm(dim=1)).all()  # vs 1e-5 for the identity presets
 
 
 # (knobs, tokens entering layers 0..3, computed by hand from k = max(1, floor(keep * N + 1e-6)))
@@ -283,8 +284,7 @@ def test_cls_attn_scores_are_the_eager_cls_row(sharp_clips, layer):
     reducer.scores = lambda tokens: seen.append(original(tokens)) or seen[-1]
     features(model, x)
     assert len(seen) == 1 and seen[0].shape == (2, 1 + N_PATCHES)
-    torch.testing.assert_close(seen[0][:, 1:], reference[:, 1:], atol=1e-5, rtol=0)
-    torch.testing.assert_close(seen[0].sum(dim=1), torch.ones(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(seen[0], reference, atol=1e-5, rtol=0)  # CLS column included
 
 
 @pytest.mark.parametrize("attn", ATTNS)
@@ -361,17 +361,18 @@ def test_reapplying_replaces_the_earlier_patch(clip):
 
 
 ERROR_CASES = [
-    (dict(keep=0), ["0", "(0, 1]"]),
-    (dict(keep=1.5), ["1.5", "(0, 1]"]),
-    (dict(keep=-0.1), ["-0.1", "(0, 1]"]),
-    (dict(keep=True), ["True", "(0, 1]"]),
+    (dict(keep=0), ["keep=0 ", "(0, 1]"]),
+    (dict(keep=1.5), ["keep=1.5", "(0, 1]"]),
+    (dict(keep=-0.1), ["keep=-0.1", "(0, 1]"]),
+    (dict(keep=True), ["keep=True", "(0, 1]"]),
     (dict(keep=0.5, layer=4), ["layer=4", "-1..3"]),
     (dict(keep=0.5, layer=-2), ["layer=-2", "-1..3"]),
     (dict(keep=0.5, layer=[1, 4]), ["layer=4", "-1..3"]),
     (dict(keep=0.5, layer=0, score="cls_attn"), ["cls_attn", "layer >= 1"]),
     (dict(keep=0.5, score="foo"), ["'foo'", "l2, cls_attn, random"]),
     (dict(keep=0.5, summary="bar"), ["'bar'", "none, mean, fused"]),
-    (dict(keep=0.5, keep_cls=False, summary="none"), ["keep_cls", "summary=none"]),
+    (dict(keep=0.5, keep_cls=False, summary="none"), ["keep_cls", "summary=none", "summary=mean"]),
+    (dict(keep=1.0, keep_cls=False, summary="fused"), ["keep_cls", "summary=fused", "summary=mean"]),
 ]
 
 
@@ -390,18 +391,20 @@ def test_bad_knobs_raise_one_line_errors(clips, knobs, fragments):
 BATCH_CONFIGS = [
     *[dict(keep=0.5, **knobs) for knobs in PRESETS.values()],
     dict(keep=0.3, layer=[1, 3], score="cls_attn", keep_cls=True, summary="fused"),
-    dict(keep=0.4, layer=[-1, 2], score="l2", keep_cls=False, summary="fused"),
+    dict(keep=0.4, layer=[-1, 2], score="l2", keep_cls=True, summary="fused"),
 ]
 
 
+@pytest.mark.parametrize("attn", ATTNS)
 @pytest.mark.parametrize("knobs", BATCH_CONFIGS)
-def test_batch_sizes_one_and_three(clip, knobs):
-    """Outputs are finite for B = 1 and B = 3, and each image's output does not depend on its batch mates."""
-    x = pixels(batch=3)
-    apply_patch(clip, **knobs)
-    batched = features(clip, x)
+def test_batch_sizes_one_and_three(sharp_clips, attn, knobs):
+    """Outputs are finite for B = 1 and B = 3, and each image's output does not depend on its batch mates
+    (sharp models: no near-tied attention scores whose ranking could flip with the batch size)."""
+    model, x = sharp_clips[attn], pixels(batch=3)
+    apply_patch(model, **knobs)
+    batched = features(model, x)
     assert batched.shape == (3, PROJ) and torch.isfinite(batched).all()
     for i in range(3):
-        single = features(clip, x[i : i + 1])
+        single = features(model, x[i : i + 1])
         assert single.shape == (1, PROJ) and torch.isfinite(single).all()
         torch.testing.assert_close(single[0], batched[i], atol=1e-5, rtol=1e-5)

@@ -16,8 +16,9 @@ from urllib.parse import urlparse
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from transformers import CLIPConfig, CLIPModel
+from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
+from vlm_eff.data.preprocess import ClipPreprocess
 from vlm_eff.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,31 @@ def load_clip(cfg: DictConfig) -> LoadedCLIP:
             )
         log.warning(RANDOM_WEIGHTS_WARNING.format(source=source))
     return LoadedCLIP(random_clip(cfg), "random", "random init")
+
+
+def load_tokenizer(cfg: DictConfig):
+    """The tokenizer at `model.tokenizer`, else beside the weights (`model.path` or the hub id, cached)."""
+    source = cfg.get("tokenizer") or cfg.get("path") or cfg.get("hub_id")
+    if not source:
+        raise ConfigError(f"model={cfg.name} names no tokenizer: set model.tokenizer=<a tokenizer dir or hub id>")
+    try:
+        return AutoTokenizer.from_pretrained(str(source), local_files_only=not hub_reachable())
+    except OSError:
+        raise ConfigError(
+            f"no tokenizer at {source} (not on disk or in the Hugging Face cache, hub unreachable); "
+            f"set model.tokenizer=<a local tokenizer dir>"
+        ) from None
+
+
+def load_preprocess(cfg: DictConfig, image_size: int) -> ClipPreprocess:
+    """The model's own `preprocessor_config.json` when `model.path` has one, else CLIP's standard
+    preprocessing at `image_size` (what every OpenAI CLIP checkpoint publishes)."""
+    path = Path(cfg.path).expanduser() if cfg.get("path") else None
+    if path is not None and (path / "preprocessor_config.json").is_file():
+        preprocess = ClipPreprocess.from_config(path)
+        if preprocess.crop_size == image_size:
+            return preprocess
+    return ClipPreprocess(shortest_edge=image_size, crop_size=image_size)
 
 
 class ImageEncoder(nn.Module):

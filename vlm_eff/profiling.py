@@ -2,12 +2,15 @@
 
 Honest timing: on CUDA `torch.cuda.synchronize()` before each clock read (otherwise one measures
 kernel launches, not work), `time.perf_counter` everywhere; the first `warmup` batches are excluded.
-Peak memory is this job's own: CUDA's allocated peak, or on CPU the peak resident set above the level
-at the start (reset through /proc/self/clear_refs, so jobs of one `-m` sweep don't inherit peaks).
+Peak memory is this job's own, over the timed batches (warm-up's one-time allocations excluded):
+CUDA's allocated peak, or on CPU the peak resident set above the level before the first timed batch
+(reset through /proc/self/clear_refs, so jobs of one `-m` sweep don't inherit peaks).
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import statistics
 import time
@@ -32,6 +35,8 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             return
+        gc.collect()
+        _release_free_heap()  # else activations reuse memory earlier jobs freed, and RSS never rises
         try:
             Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS (VmHWM) to the current RSS
             self.baseline_kib = _proc_status_kib("VmRSS")
@@ -45,6 +50,14 @@ class PeakMemory:
         if not self.kind:
             return None
         return max(0, _proc_status_kib("VmHWM") - self.baseline_kib) / 1024
+
+
+def _release_free_heap() -> None:
+    """Give freed heap pages back to the OS (glibc's malloc_trim); a no-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _proc_status_kib(field: str) -> int:
@@ -93,9 +106,10 @@ class ProfilingCallback(Callback):
     def _begin(self, stage: str, pl_module) -> None:
         self.latencies_s[stage], self.timed_images[stage] = [], 0
         self._memory = PeakMemory(pl_module.device)
-        self._memory.reset()
 
-    def _batch_start(self, pl_module) -> None:
+    def _batch_start(self, pl_module, batch_idx: int) -> None:
+        if batch_idx == self.warmup:
+            self._memory.reset()
         self._sync(pl_module)
         self._start = time.perf_counter()
 
@@ -121,7 +135,7 @@ class ProfilingCallback(Callback):
         self._begin("test", pl_module)
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self._batch_start(pl_module)
+        self._batch_start(pl_module, batch_idx)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._batch_end("test", pl_module, batch, batch_idx)
@@ -133,7 +147,7 @@ class ProfilingCallback(Callback):
         self._begin("train", pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._batch_start(pl_module)
+        self._batch_start(pl_module, batch_idx)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._batch_end("train", pl_module, batch, batch_idx)

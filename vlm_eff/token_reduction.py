@@ -9,9 +9,9 @@ Knobs (see docs/DESIGN notes in the README):
     keep      fraction of patch tokens kept per step, in (0, 1]: k = max(1, floor(keep * N + 1e-6))
     layer     -1: raw patch embeddings (before positions and CLS); k >= 0: after k encoder layers
               (0 = the embeddings output, before pre_layrnorm); a list reduces at each; None = L // 2
-    score     l2 (norm of the residual stream), cls_attn (CLS-row attention of the layer just run,
-              averaged over heads; layer >= 1), random (seeded uniform: the control)
-    keep_cls  keep the original CLS token at index 0 (the pooler reads index 0)
+    score     l2 (norm of the residual stream), cls_attn (attention from token 0, CLS or the summary that
+              replaced it, in the layer just run, averaged over heads; layer >= 1), random (seeded: the control)
+    keep_cls  keep the original CLS token at index 0 (the pooler reads index 0); false needs summary=mean
     summary   none | mean (mean of all patch tokens at that point) | fused (score-weighted mean of the
               dropped tokens, EViT). Where CLS is dropped the summary takes index 0; where kept, it
               goes right after CLS. A later step folds the previous fused token into the new one.
@@ -86,10 +86,10 @@ class Reduction:
             raise ValueError(
                 f"pruning.score=cls_attn needs pruning.layer >= 1 (attention of a layer that has run), got {min(layers)}"
             )
-        if not keep_cls and summary == "none":
+        if not keep_cls and summary != "mean":
             raise ValueError(
-                "pruning.keep_cls=false with pruning.summary=none leaves nothing to pool at index 0; "
-                "use summary=mean or summary=fused"
+                f"pruning.keep_cls=false with pruning.summary={summary} can leave a patch at index 0 for the pooler "
+                "(a fused token exists only where tokens are dropped); use summary=mean or keep_cls=true"
             )
         return cls(float(keep), tuple(sorted(set(layers))), score, bool(keep_cls), summary, int(seed))
 
@@ -260,11 +260,11 @@ def apply_patch(
     seed: int = 0,
 ) -> Reduction:
     """Make `model`'s vision tower reduce tokens as described in the module docstring; returns the
-    validated `Reduction`. Re-applying replaces an earlier patch."""
+    validated `Reduction`. Re-applying replaces an earlier patch (kept if the new knobs are invalid)."""
     tower = vision_tower(model)
-    remove_patch(model)
     layers = tower.encoder.layers
     reduction = Reduction.create(len(layers), keep, layer, score, keep_cls, summary, seed)
+    remove_patch(model)
     reducer = Reducer(reduction, num_heads=layers[0].self_attn.num_heads)
     handles = []
     _swap_class(tower.embeddings, _ReducingEmbeddings, reducer)

@@ -2,50 +2,28 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from vlm_eff.data import SyntheticDataModule
-from vlm_eff.errors import ConfigError
 from vlm_eff.flops import flops_per_image
+from vlm_eff.jobs.common import check_counts, image_size, run_dir, save_row
 from vlm_eff.models import RANDOM_WEIGHTS_WARNING, ImageEncoder, load_clip
 from vlm_eff.modules import ImageEncoderModule
 from vlm_eff.profiling import ProfilingCallback
 from vlm_eff.pruning import apply_pruning, check_pruning, describe
-from vlm_eff.results import base_row, write_results
+from vlm_eff.results import base_row
 from vlm_eff.runtime import device_label, resolve_device, resolve_dtype
 from vlm_eff.token_reduction import tokens_per_layer
 from vlm_eff.wandb_logging import finish, make_logger
 
-log = logging.getLogger(__name__)
-
-
-def check_counts(cfg: DictConfig) -> None:
-    for key, value, least in (("data.batch_size", cfg.data.batch_size, 1), ("runs", cfg.runs, 1),
-                              ("warmup", cfg.warmup, 0)):
-        if not isinstance(value, int) or value < least:
-            raise ConfigError(f"{key}={value!r} must be an integer >= {least}")
-
-
-def image_size(cfg: DictConfig, encoder_config) -> int:
-    size, patch = cfg.model.image_size or encoder_config.image_size, encoder_config.patch_size
-    if not isinstance(size, int) or size < patch or size % patch:
-        raise ConfigError(f"model.image_size={size!r} must be a positive multiple of the patch size {patch}")
-    return size
-
-
-def run_dir() -> Path:
-    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
-
 
 def profile(cfg: DictConfig) -> dict:
     """Time `warmup` + `runs` batches through the (pruned) image encoder; write and log the row."""
-    check_counts(cfg)
+    check_counts(cfg, "data.batch_size", "runs", "warmup")
     check_pruning(cfg.pruning, cfg.model.architecture.vision_config.num_hidden_layers)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
@@ -81,9 +59,7 @@ def profile(cfg: DictConfig) -> dict:
         **profiler.summaries["test"],
         "n_images": profiler.timed_images["test"],
     }  # fmt: skip
-    write_results(row, out_dir, Path(cfg.paths.results_csv))
-    if logger is not None:
-        logger.log_metrics({f"profile/{k}": v for k, v in row.items() if isinstance(v, (int, float))})
+    save_row(row, cfg, out_dir, logger, "profile")
     wandb_dir = finish(logger)
     print_summary(row, loaded.source, out_dir, Path(cfg.paths.results_csv), wandb_dir)
     return row

@@ -1,0 +1,97 @@
+"""evaluate.py's job: zero-shot top-1 / top-5 / per-class accuracy, and eval throughput."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from vlm_eff.flops import flops_per_image
+from vlm_eff.jobs.common import check_counts, image_size, run_dir, save_row
+from vlm_eff.models import RANDOM_WEIGHTS_WARNING, load_clip, load_preprocess, load_tokenizer
+from vlm_eff.modules import ZeroShotCLIP
+from vlm_eff.profiling import ProfilingCallback
+from vlm_eff.pruning import apply_pruning, check_pruning, describe
+from vlm_eff.results import base_row, write_atomic
+from vlm_eff.runtime import device_label, resolve_device, resolve_dtype
+from vlm_eff.token_reduction import tokens_per_layer
+from vlm_eff.wandb_logging import finish, make_logger
+
+
+def zero_shot_row(task: str, cfg: DictConfig, module: ZeroShotCLIP, weights: str, reduction, device, size: int,
+                  timing: dict, n_images: int) -> dict:
+    """A results row for a zero-shot test of `module` (shared by evaluate and train)."""
+    results = module.test_results()
+    pixels = torch.zeros(1, 3, size, size, device=device, dtype=module.dtype)
+    flops = flops_per_image(module.encoder, pixels)
+    n_layers = module.clip.config.vision_config.num_hidden_layers
+    return {
+        **base_row(task, Path(cfg.paths.root_dir)),
+        "model": cfg.model.name, "weights": weights, "strategy": cfg.pruning.name, **describe(reduction),
+        "device": device_label(device), "dtype": cfg.dtype, "batch_size": cfg.data.batch_size, "image_size": size,
+        "tokens": tokens_per_layer(reduction, module.encoder.n_patches, n_layers)[-1],
+        "gflops_per_img": flops / 1e9, "gmacs_per_img": flops / 2e9, **timing,
+        "top1": results["top1"], "top5": results["top5"], "n_images": n_images,
+    }  # fmt: skip
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Zero-shot classification of the test split through the (pruned) model; write and log the row."""
+    check_counts(cfg, "data.batch_size", "warmup", "data.subset")
+    check_pruning(cfg.pruning, cfg.model.architecture.vision_config.num_hidden_layers)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    pl.seed_everything(cfg.seed, verbose=False)
+    loaded = load_clip(cfg.model)
+    size = image_size(cfg, loaded.model.config.vision_config)
+    tokenizer = load_tokenizer(cfg.model)
+    data = instantiate(cfg.data, preprocess=load_preprocess(cfg.model, size), seed=cfg.seed)
+    data.setup("test")
+    reduction = apply_pruning(loaded.model, cfg.pruning, seed=cfg.seed)
+    module = ZeroShotCLIP(loaded.model, tokenizer, data.class_names, cfg.prompts.templates, size)
+    module = module.to(device=device, dtype=dtype).eval()
+
+    out_dir = run_dir()
+    logger = make_logger(cfg, out_dir)
+    profiler = ProfilingCallback(warmup=cfg.warmup)
+    trainer = pl.Trainer(
+        accelerator=device.type, devices=1, logger=logger or False, callbacks=[profiler],
+        enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(out_dir),
+    )  # fmt: skip
+    trainer.test(module, datamodule=data, verbose=False)
+
+    n_images = len(data.test_set)
+    row = zero_shot_row("evaluate", cfg, module, loaded.weights, reduction, device, size,
+                        profiler.summaries.get("test", {}), n_images)
+    per_class = module.test_results()["per_class"]
+    write_atomic(out_dir / "per_class.json", json.dumps(per_class, indent=2) + "\n")
+    save_row(row, cfg, out_dir, logger, "test")
+    if logger is not None:
+        logger.log_metrics({f"test/per_class/{name}": acc for name, acc in per_class.items()})
+    wandb_dir = finish(logger)
+    print_summary(row, per_class, loaded.source, out_dir, Path(cfg.paths.results_csv), wandb_dir)
+    return row
+
+
+def print_summary(row: dict, per_class: dict, source: str, out_dir: Path, project_csv: Path,
+                  wandb_dir: str | None) -> None:
+    timing = (f"{row['throughput_img_s']:.1f} images/s, {row['latency_ms_mean']:.1f} ms/batch"
+              if row.get("throughput_img_s") else "not timed (no batch after warm-up)")
+    lines = [
+        "",
+        f"vlm-eff evaluate: {row['model']} ({row['weights']} weights: {source}), strategy={row['strategy']} "
+        f"keep={row['keep']} layer={row['layer']} score={row['score']}",
+        f"  zero-shot top-1 {100 * row['top1']:.2f}%   top-5 {100 * row['top5']:.2f}%   on {row['n_images']} images",
+        "  per class " + ", ".join(f"{name} {100 * acc:.1f}" for name, acc in per_class.items()),
+        f"  {row['tokens']} tokens at the last layer, {row['gflops_per_img']:.4g} GFLOPs/image; {timing}",
+        f"  results   {out_dir / 'results.csv'} (+ one row in {project_csv}; per class: per_class.json)",
+    ]
+    if wandb_dir:
+        lines.append(f"  W&B       {wandb_dir} (upload: wandb sync {wandb_dir})")
+    if row["weights"] == "random":
+        lines.append("  !! " + RANDOM_WEIGHTS_WARNING.format(source=row["model"]))
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,94 @@
+"""train.py's job: fine-tune (or train from scratch) CLIP as a zero-shot classifier over class prompts,
+then test it like evaluate.py. Progress is checkpointed in the run dir, and rerunning resumes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from vlm_eff.jobs.common import check_counts, image_size, run_dir, save_row
+from vlm_eff.jobs.evaluate import zero_shot_row
+from vlm_eff.models import load_clip, load_preprocess, load_tokenizer
+from vlm_eff.modules import ZeroShotCLIP
+from vlm_eff.profiling import ProfilingCallback
+from vlm_eff.pruning import apply_pruning, check_pruning
+from vlm_eff.results import write_atomic
+from vlm_eff.runtime import resolve_device, resolve_dtype
+from vlm_eff.token_reduction import remove_patch
+from vlm_eff.wandb_logging import finish, make_logger
+
+
+def export(module: ZeroShotCLIP, preprocess, export_dir: Path, summary: dict) -> None:
+    """The trained model as an fp16 `save_pretrained` dir with its preprocessing and training summary."""
+    export_dir.mkdir(parents=True, exist_ok=True)
+    remove_patch(module.clip)
+    module.clip.to(torch.float16).save_pretrained(export_dir)
+    config = {
+        "do_resize": True, "size": {"shortest_edge": preprocess.shortest_edge}, "resample": 3,
+        "do_center_crop": True, "crop_size": {"height": preprocess.crop_size, "width": preprocess.crop_size},
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": preprocess.mean.flatten().tolist(), "image_std": preprocess.std.flatten().tolist(),
+        "do_convert_rgb": True, "image_processor_type": "CLIPImageProcessor",
+    }  # fmt: skip
+    write_atomic(export_dir / "preprocessor_config.json", json.dumps(config, indent=2) + "\n")
+    write_atomic(export_dir / "training_summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def train(cfg: DictConfig) -> dict:
+    check_counts(cfg, "data.batch_size", "trainer.max_epochs", "warmup")
+    check_pruning(cfg.pruning, cfg.model.architecture.vision_config.num_hidden_layers)
+    device = resolve_device(cfg.device)
+    resolve_dtype(cfg.dtype, device)
+    pl.seed_everything(cfg.seed, verbose=False)
+    loaded = load_clip(cfg.model)
+    size = image_size(cfg, loaded.model.config.vision_config)
+    preprocess = load_preprocess(cfg.model, size)
+    data = instantiate(cfg.data, preprocess=preprocess, seed=cfg.seed)
+    data.setup("fit")
+    reduction = apply_pruning(loaded.model, cfg.pruning, seed=cfg.seed)
+    module = ZeroShotCLIP(loaded.model, load_tokenizer(cfg.model), data.class_names, cfg.prompts.templates, size,
+                          optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler))
+
+    out_dir = run_dir()
+    logger = make_logger(cfg, out_dir)
+    profiler = ProfilingCallback(warmup=cfg.warmup)
+    checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
+                                  every_n_train_steps=cfg.checkpoint_every_n_steps)
+    trainer = instantiate(cfg.trainer, accelerator=device.type, logger=logger or False,
+                          callbacks=[profiler, checkpoints], default_root_dir=str(out_dir))
+    last = out_dir / "checkpoints" / "last.ckpt"
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if cfg.resume and last.is_file() else None)
+    train_seconds = time.perf_counter() - started
+    val_top1 = float(trainer.callback_metrics.get("val/top1", float("nan")))
+
+    data.setup("test")
+    module.eval()
+    trainer.test(module, datamodule=data, verbose=False)
+    timing = profiler.summaries.get("train", {})
+    row = zero_shot_row("train", cfg, module, loaded.weights, reduction, device, size, timing, len(data.test_set))
+    save_row(row, cfg, out_dir, logger, "test")
+    if cfg.export_dir:
+        summary = {
+            "epochs": cfg.trainer.max_epochs, "train_images": len(data.train_set), "val_images": len(data.val_set),
+            "wall_time_s_this_run": round(train_seconds, 1), "test_top1": row["top1"], "test_top5": row["top5"],
+            "test_templates": list(cfg.prompts.templates), "val_top1": val_top1,
+        }  # fmt: skip
+        export(module, preprocess, Path(cfg.export_dir), summary)
+    wandb_dir = finish(logger)
+    print(
+        f"\nvlm-eff train: {row['model']} strategy={row['strategy']} keep={row['keep']}: "
+        f"test top-1 {100 * row['top1']:.2f}% top-5 {100 * row['top5']:.2f}% on {row['n_images']} images; "
+        f"{train_seconds / 60:.1f} min of training\n  results   {out_dir / 'results.csv'}"
+        + (f"\n  exported  {cfg.export_dir}" if cfg.export_dir else "")
+        + (f"\n  W&B       {wandb_dir}" if wandb_dir else ""),
+        flush=True,
+    )
+    return row
