@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from wandb_files import read_run
 
-from conftest import ROOT, run_script
+from conftest import run_script
 from vlm_eff.results import COLUMNS, read_results
 
 NOT_MEASURED_BY_PROFILE = {"top1", "top5"}

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from vlm_eff.errors import ConfigError
-from vlm_eff.results import write_results
+from vlm_eff.flops import flops_per_image
+from vlm_eff.models import ImageEncoder, LoadedCLIP, load_clip
+from vlm_eff.pruning import check_pruning, describe
+from vlm_eff.results import base_row, write_results
+from vlm_eff.runtime import device_label, resolve_device, resolve_dtype
+from vlm_eff.token_reduction import Reduction, tokens_per_layer
 
 
 def check_counts(cfg: DictConfig, *keys: str) -> None:
@@ -27,6 +34,32 @@ def image_size(cfg: DictConfig, vision_config) -> int:
     if isinstance(size, bool) or not isinstance(size, int) or size < patch or size % patch:
         raise ConfigError(f"model.image_size={size!r} must be a positive multiple of the patch size {patch}")
     return size
+
+
+def prepare(cfg: DictConfig, *count_keys: str) -> tuple[torch.device, torch.dtype, LoadedCLIP, int]:
+    """Check the cheap things first, then seed and load the model: (device, dtype, model, image size)."""
+    check_counts(cfg, *count_keys)
+    check_pruning(cfg.pruning, cfg.model.architecture.vision_config.num_hidden_layers)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    pl.seed_everything(cfg.seed, verbose=False)
+    loaded = load_clip(cfg.model)
+    return device, dtype, loaded, image_size(cfg, loaded.model.config.vision_config)
+
+
+def encoder_row(task: str, cfg: DictConfig, weights: str, reduction: Reduction | None, device: torch.device,
+                encoder: ImageEncoder, dtype: torch.dtype) -> dict:
+    """The columns every task fills from its model and strategy, FLOPs counted on one image."""
+    size = encoder.image_size
+    flops = flops_per_image(encoder, torch.zeros(1, 3, size, size, device=device, dtype=dtype))
+    n_layers = encoder.clip.config.vision_config.num_hidden_layers
+    return {
+        **base_row(task, Path(cfg.paths.root_dir)),
+        "model": cfg.model.name, "weights": weights, "strategy": cfg.pruning.name, **describe(reduction),
+        "device": device_label(device), "dtype": cfg.dtype, "batch_size": cfg.data.batch_size, "image_size": size,
+        "tokens": tokens_per_layer(reduction, encoder.n_patches, n_layers)[-1],
+        "gflops_per_img": flops / 1e9, "gmacs_per_img": flops / 2e9,
+    }  # fmt: skip
 
 
 def run_dir() -> Path:

@@ -6,48 +6,31 @@ import json
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from vlm_eff.flops import flops_per_image
-from vlm_eff.jobs.common import check_counts, image_size, run_dir, save_row
-from vlm_eff.models import RANDOM_WEIGHTS_WARNING, load_clip, load_preprocess, load_tokenizer
+from vlm_eff.jobs.common import encoder_row, prepare, run_dir, save_row
+from vlm_eff.models import RANDOM_WEIGHTS_WARNING, load_preprocess, load_tokenizer
 from vlm_eff.modules import ZeroShotCLIP
 from vlm_eff.profiling import ProfilingCallback
-from vlm_eff.pruning import apply_pruning, check_pruning, describe
-from vlm_eff.results import base_row, write_atomic
-from vlm_eff.runtime import device_label, resolve_device, resolve_dtype
-from vlm_eff.token_reduction import tokens_per_layer
+from vlm_eff.pruning import apply_pruning
+from vlm_eff.results import write_atomic
 from vlm_eff.wandb_logging import finish, make_logger
 
 
-def zero_shot_row(task: str, cfg: DictConfig, module: ZeroShotCLIP, weights: str, reduction, device, size: int,
+def zero_shot_row(task: str, cfg: DictConfig, module: ZeroShotCLIP, weights: str, reduction, device,
                   timing: dict, n_images: int) -> dict:
     """A results row for a zero-shot test of `module` (shared by evaluate and train)."""
     results = module.test_results()
-    pixels = torch.zeros(1, 3, size, size, device=device, dtype=module.dtype)
-    flops = flops_per_image(module.encoder, pixels)
-    n_layers = module.clip.config.vision_config.num_hidden_layers
     return {
-        **base_row(task, Path(cfg.paths.root_dir)),
-        "model": cfg.model.name, "weights": weights, "strategy": cfg.pruning.name, **describe(reduction),
-        "device": device_label(device), "dtype": cfg.dtype, "batch_size": cfg.data.batch_size, "image_size": size,
-        "tokens": tokens_per_layer(reduction, module.encoder.n_patches, n_layers)[-1],
-        "gflops_per_img": flops / 1e9, "gmacs_per_img": flops / 2e9, **timing,
+        **encoder_row(task, cfg, weights, reduction, device, module.encoder, module.dtype), **timing,
         "top1": results["top1"], "top5": results["top5"], "n_images": n_images,
-    }  # fmt: skip
+    }
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """Zero-shot classification of the test split through the (pruned) model; write and log the row."""
-    check_counts(cfg, "data.batch_size", "warmup", "data.subset")
-    check_pruning(cfg.pruning, cfg.model.architecture.vision_config.num_hidden_layers)
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    pl.seed_everything(cfg.seed, verbose=False)
-    loaded = load_clip(cfg.model)
-    size = image_size(cfg, loaded.model.config.vision_config)
+    device, dtype, loaded, size = prepare(cfg, "data.batch_size", "warmup", "data.subset")
     tokenizer = load_tokenizer(cfg.model)
     data = instantiate(cfg.data, preprocess=load_preprocess(cfg.model, size), seed=cfg.seed)
     data.setup("test")
@@ -65,7 +48,7 @@ def evaluate(cfg: DictConfig) -> dict:
     trainer.test(module, datamodule=data, verbose=False)
 
     n_images = len(data.test_set)
-    row = zero_shot_row("evaluate", cfg, module, loaded.weights, reduction, device, size,
+    row = zero_shot_row("evaluate", cfg, module, loaded.weights, reduction, device,
                         profiler.summaries.get("test", {}), n_images)
     per_class = module.test_results()["per_class"]
     write_atomic(out_dir / "per_class.json", json.dumps(per_class, indent=2) + "\n")

@@ -9,34 +9,23 @@ import torch
 from omegaconf import DictConfig
 
 from vlm_eff.data import SyntheticDataModule
-from vlm_eff.flops import flops_per_image
-from vlm_eff.jobs.common import check_counts, image_size, run_dir, save_row
-from vlm_eff.models import RANDOM_WEIGHTS_WARNING, ImageEncoder, load_clip
+from vlm_eff.jobs.common import encoder_row, prepare, run_dir, save_row
+from vlm_eff.models import RANDOM_WEIGHTS_WARNING, ImageEncoder
 from vlm_eff.modules import ImageEncoderModule
 from vlm_eff.profiling import ProfilingCallback
-from vlm_eff.pruning import apply_pruning, check_pruning, describe
-from vlm_eff.results import base_row
-from vlm_eff.runtime import device_label, resolve_device, resolve_dtype
-from vlm_eff.token_reduction import tokens_per_layer
+from vlm_eff.pruning import apply_pruning
 from vlm_eff.wandb_logging import finish, make_logger
 
 
 def profile(cfg: DictConfig) -> dict:
     """Time `warmup` + `runs` batches through the (pruned) image encoder; write and log the row."""
-    check_counts(cfg, "data.batch_size", "runs", "warmup")
-    check_pruning(cfg.pruning, cfg.model.architecture.vision_config.num_hidden_layers)
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    pl.seed_everything(cfg.seed, verbose=False)
-    loaded = load_clip(cfg.model)
-    size = image_size(cfg, loaded.model.config.vision_config)
+    device, dtype, loaded, size = prepare(cfg, "data.batch_size", "runs", "warmup")
     encoder = ImageEncoder(loaded.model, size).eval()
     reduction = apply_pruning(loaded.model, cfg.pruning, seed=cfg.seed)
     module = ImageEncoderModule(encoder, dtype).to(device)
 
     data = SyntheticDataModule(**cfg.data, image_size=size, n_batches=cfg.warmup + cfg.runs, seed=cfg.seed)
     data.setup()
-    flops = flops_per_image(module.encoder, data.dataset.tensors[0][:1].to(device, dtype))
 
     out_dir = run_dir()
     logger = make_logger(cfg, out_dir)
@@ -49,16 +38,11 @@ def profile(cfg: DictConfig) -> dict:
     with torch.inference_mode():
         trainer.test(module, datamodule=data, verbose=False)
 
-    n_layers = loaded.model.config.vision_config.num_hidden_layers
     row = {
-        **base_row("profile", Path(cfg.paths.root_dir)),
-        "model": cfg.model.name, "weights": loaded.weights, "strategy": cfg.pruning.name, **describe(reduction),
-        "device": device_label(device), "dtype": cfg.dtype, "batch_size": cfg.data.batch_size, "image_size": size,
-        "tokens": tokens_per_layer(reduction, encoder.n_patches, n_layers)[-1],
-        "gflops_per_img": flops / 1e9, "gmacs_per_img": flops / 2e9,
+        **encoder_row("profile", cfg, loaded.weights, reduction, device, module.encoder, dtype),
         **profiler.summaries["test"],
         "n_images": profiler.timed_images["test"],
-    }  # fmt: skip
+    }
     save_row(row, cfg, out_dir, logger, "profile")
     wandb_dir = finish(logger)
     print_summary(row, loaded.source, out_dir, Path(cfg.paths.results_csv), wandb_dir)

@@ -7,20 +7,18 @@ import json
 import time
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from vlm_eff.jobs.common import check_counts, image_size, run_dir, save_row
+from vlm_eff.jobs.common import prepare, run_dir, save_row
 from vlm_eff.jobs.evaluate import zero_shot_row
-from vlm_eff.models import load_clip, load_preprocess, load_tokenizer
+from vlm_eff.models import load_preprocess, load_tokenizer
 from vlm_eff.modules import ZeroShotCLIP
 from vlm_eff.profiling import ProfilingCallback
-from vlm_eff.pruning import apply_pruning, check_pruning
+from vlm_eff.pruning import apply_pruning
 from vlm_eff.results import write_atomic
-from vlm_eff.runtime import resolve_device, resolve_dtype
 from vlm_eff.token_reduction import remove_patch
 from vlm_eff.wandb_logging import finish, make_logger
 
@@ -42,13 +40,7 @@ def export(module: ZeroShotCLIP, preprocess, export_dir: Path, summary: dict) ->
 
 
 def train(cfg: DictConfig) -> dict:
-    check_counts(cfg, "data.batch_size", "trainer.max_epochs", "warmup")
-    check_pruning(cfg.pruning, cfg.model.architecture.vision_config.num_hidden_layers)
-    device = resolve_device(cfg.device)
-    resolve_dtype(cfg.dtype, device)
-    pl.seed_everything(cfg.seed, verbose=False)
-    loaded = load_clip(cfg.model)
-    size = image_size(cfg, loaded.model.config.vision_config)
+    device, _, loaded, size = prepare(cfg, "data.batch_size", "trainer.max_epochs", "warmup")
     preprocess = load_preprocess(cfg.model, size)
     data = instantiate(cfg.data, preprocess=preprocess, seed=cfg.seed)
     data.setup("fit")
@@ -73,7 +65,7 @@ def train(cfg: DictConfig) -> dict:
     module.eval()
     trainer.test(module, datamodule=data, verbose=False)
     timing = profiler.summaries.get("train", {})
-    row = zero_shot_row("train", cfg, module, loaded.weights, reduction, device, size, timing, len(data.test_set))
+    row = zero_shot_row("train", cfg, module, loaded.weights, reduction, device, timing, len(data.test_set))
     save_row(row, cfg, out_dir, logger, "test")
     if cfg.export_dir:
         summary = {
