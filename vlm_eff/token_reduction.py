@@ -5,7 +5,7 @@ their original spatial order; CLS may be kept at index 0 and a summary token may
 rest. `apply_patch` wraps a stock model in place (ToMe-style class swap, the stock forward code is
 untouched) and `remove_patch` restores it exactly.
 
-Knobs (see docs/DESIGN notes in the README):
+Knobs (the README's "Token reduction" section has the presets):
     keep      fraction of patch tokens kept per step, in (0, 1]: k = max(1, floor(keep * N + 1e-6))
     layer     -1: raw patch embeddings (before positions and CLS); k >= 0: after k encoder layers
               (0 = the embeddings output, before pre_layrnorm); a list reduces at each; None = L // 2
