@@ -81,3 +81,11 @@ def test_evaluate_default_model_offline_fails_fast_naming_the_fix(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: no pretrained weights for openai/clip-vit-base-patch16")
     assert "model.path=" in last
+
+
+def test_evaluate_missing_data_is_one_line_naming_the_fix(tmp_path):
+    result = run_script("evaluate.py", "model=clip_tiny", "data.root=/nowhere/cifar10", "data.download=false",
+                        "logger=none", f"paths.work_dir={tmp_path}")
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "error: data.root=/nowhere/cifar10 does not exist; set it to the dataset (a folder or its .tar.gz)"

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from vlm_eff.errors import ConfigError
@@ -52,6 +53,10 @@ def run(job_path: str, cfg: DictConfig) -> dict:
         return job(cfg)
     except ConfigError as error:
         fail(str(error))
+    except InstantiationException as error:  # a ConfigError raised in a `_target_`'s constructor
+        if isinstance(error.__cause__, ConfigError):
+            fail(str(error.__cause__))
+        raise
 
 
 def hydra_main(config_name: str, job_path: str) -> None:
