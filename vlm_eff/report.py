@@ -12,7 +12,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from vlm_eff.results import COLUMNS, _csv_text, read_results, write_atomic
+from vlm_eff.results import COLUMNS, csv_text, read_results, write_atomic
 
 STRATEGY_ORDER = ("none", "naive", "position_aware", "cls_preserving", "late_layer")
 
@@ -83,7 +83,7 @@ def report(sweep_dir: Path) -> str:
     if not rows:
         raise SystemExit(f"error: no job results under {sweep_dir}; expected <sweep dir>/<job>/results.csv")
     table = markdown(rows)
-    write_atomic(sweep_dir / "report.csv", _csv_text([{c: r.get(c, "") for c in COLUMNS} for r in rows], header=True))
+    write_atomic(sweep_dir / "report.csv", csv_text([{c: r.get(c, "") for c in COLUMNS} for r in rows], header=True))
     write_atomic(sweep_dir / "report.md", table)
     return table
 

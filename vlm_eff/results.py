@@ -53,7 +53,7 @@ def base_row(task: str, repo: Path) -> dict:
     }
 
 
-def _csv_text(rows: list[dict], header: bool) -> str:
+def csv_text(rows: list[dict], header: bool) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="raise", lineterminator="\n")
     if header:
@@ -102,7 +102,7 @@ def append_locked(path: Path, row: dict) -> None:
                 path.rename(path.with_name(f"{path.stem}.old-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}"))
         new = not path.exists() or path.stat().st_size == 0
         with open(path, "a") as f:
-            f.write(_csv_text([row], header=new))
+            f.write(csv_text([row], header=new))
             f.flush()
             os.fsync(f.fileno())
 
@@ -113,7 +113,7 @@ def write_results(row: dict, run_dir: Path, project_csv: Path) -> None:
     if unknown:
         raise KeyError(f"not result columns: {sorted(unknown)}")
     full = {column: row.get(column) for column in COLUMNS}
-    write_atomic(run_dir / "results.csv", _csv_text([full], header=True))
+    write_atomic(run_dir / "results.csv", csv_text([full], header=True))
     append_locked(project_csv, full)
 
 
