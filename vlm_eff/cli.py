@@ -39,9 +39,10 @@ def check_group_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
 
 
 def quiet_third_party() -> None:
-    """Keep the summary on one screen: Lightning's banners and tips, a Lightning-internal deprecation."""
+    """Keep the summary on one screen: Lightning's banners and tips, deprecations inside Lightning and PEFT."""
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing. is deprecated.*")
 
 
 def run(job_path: str, cfg: DictConfig) -> dict:

@@ -8,6 +8,7 @@ from pytorch_lightning import LightningModule
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from vlm_eff.errors import ConfigError
 from vlm_eff.models import ImageEncoder
 
 
@@ -29,12 +30,16 @@ class ZeroShotCLIP(LightningModule):
 
     A class's text embedding is the normalised mean of its normalised prompt embeddings (the CLIP
     paper's prompt ensembling). `test_step` is zero-shot evaluation (text embedded once);
-    `training_step` fine-tunes with cross-entropy over the class prompts."""
+    `training_step` fine-tunes with cross-entropy over the class prompts. With `adapter_only`, a
+    checkpoint holds only the trainable parameters (the LoRA adapters); the frozen base weights come
+    from the model the module is built on when it resumes."""
 
     def __init__(self, clip, tokenizer, class_names: list[str], templates: list[str], image_size: int | None = None,
-                 optimizer=None, scheduler=None):
+                 optimizer=None, scheduler=None, adapter_only: bool = False):
         super().__init__()
         self.clip = clip
+        self.adapter_only = adapter_only
+        self.strict_loading = not adapter_only
         self.encoder = ImageEncoder(clip, image_size)
         self.class_names, self.templates = list(class_names), list(templates)
         prompts = [template.format(name) for name in self.class_names for template in self.templates]
@@ -105,6 +110,19 @@ class ZeroShotCLIP(LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.log("val/top1", self.val_top1.compute(), prog_bar=True)
         self.val_top1.reset()
+
+    def trainable_names(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.adapter_only:
+            trainable = self.trainable_names()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.adapter_only and set(checkpoint["state_dict"]) != self.trainable_names():
+            raise ConfigError("the checkpoint's adapter does not match this run's lora config (rank, targets) "
+                              "or model: resume with the same lora.* and model")
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

@@ -9,7 +9,9 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from vlm_eff.errors import ConfigError
 from vlm_eff.jobs.common import encoder_row, prepare, run_dir, save_row
+from vlm_eff.lora import load_adapter
 from vlm_eff.models import RANDOM_WEIGHTS_WARNING, load_preprocess, load_tokenizer
 from vlm_eff.modules import ZeroShotCLIP
 from vlm_eff.profiling import ProfilingCallback
@@ -30,10 +32,15 @@ def zero_shot_row(task: str, cfg: DictConfig, module: ZeroShotCLIP, weights: str
 
 def evaluate(cfg: DictConfig) -> dict:
     """Zero-shot classification of the test split through the (pruned) model; write and log the row."""
+    adapter = cfg.lora.get("checkpoint")
+    if cfg.lora.name != "none" and not adapter:
+        raise ConfigError(f"lora={cfg.lora.name} needs lora.checkpoint=<a saved adapter dir> in evaluate.py")
     device, dtype, loaded, size = prepare(cfg, "data.batch_size", "warmup", "data.subset")
     tokenizer = load_tokenizer(cfg.model)
     data = instantiate(cfg.data, preprocess=load_preprocess(cfg.model, size), seed=cfg.seed)
     data.setup("test")
+    if adapter:
+        load_adapter(loaded.model, adapter)  # before pruning: the reduction's hooks see the adapted q/k
     reduction = apply_pruning(loaded.model, cfg.pruning, seed=cfg.seed)
     module = ZeroShotCLIP(loaded.model, tokenizer, data.class_names, cfg.prompts.templates, size)
     module = module.to(device=device, dtype=dtype).eval()
@@ -48,7 +55,7 @@ def evaluate(cfg: DictConfig) -> dict:
     trainer.test(module, datamodule=data, verbose=False)
 
     n_images = len(data.test_set)
-    row = zero_shot_row("evaluate", cfg, module, loaded.weights, reduction, device,
+    row = zero_shot_row("evaluate", cfg, module, loaded.weights + ("+lora" if adapter else ""), reduction, device,
                         profiler.summaries.get("test", {}), n_images)
     per_class = module.test_results()["per_class"]
     write_atomic(out_dir / "per_class.json", json.dumps(per_class, indent=2) + "\n")
@@ -75,6 +82,6 @@ def print_summary(row: dict, per_class: dict, source: str, out_dir: Path, projec
     ]
     if wandb_dir:
         lines.append(f"  W&B       {wandb_dir} (upload: wandb sync {wandb_dir})")
-    if row["weights"] == "random":
+    if row["weights"].startswith("random"):
         lines.append("  !! " + RANDOM_WEIGHTS_WARNING.format(source=row["model"]))
     print("\n".join(lines), flush=True)

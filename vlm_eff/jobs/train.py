@@ -1,5 +1,6 @@
-"""train.py's job: fine-tune (or train from scratch) CLIP as a zero-shot classifier over class prompts,
-then test it like evaluate.py. Progress is checkpointed in the run dir, and rerunning resumes."""
+"""train.py's job: fine-tune CLIP as a zero-shot classifier over class prompts (every weight, or
+LoRA adapters only), then test it like evaluate.py. Progress is checkpointed in the run dir
+(adapter-only under LoRA), and rerunning resumes."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from vlm_eff.errors import ConfigError
 from vlm_eff.jobs.common import prepare, run_dir, save_row
 from vlm_eff.jobs.evaluate import zero_shot_row
+from vlm_eff.lora import add_lora, count_parameters, merge, new_adapters
 from vlm_eff.models import load_preprocess, load_tokenizer
 from vlm_eff.modules import ZeroShotCLIP
 from vlm_eff.profiling import ProfilingCallback
@@ -22,12 +25,13 @@ from vlm_eff.results import write_atomic
 from vlm_eff.token_reduction import remove_patch
 from vlm_eff.wandb_logging import finish, make_logger
 
+PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}  # half precision = autocast
 
-def export(module: ZeroShotCLIP, preprocess, export_dir: Path, summary: dict) -> None:
+
+def export(clip, preprocess, export_dir: Path, summary: dict) -> None:
     """The trained model as an fp16 `save_pretrained` dir with its preprocessing and training summary."""
     export_dir.mkdir(parents=True, exist_ok=True)
-    remove_patch(module.clip)
-    module.clip.to(torch.float16).save_pretrained(export_dir)
+    clip.to(torch.float16).save_pretrained(export_dir)
     config = {
         "do_resize": True, "size": {"shortest_edge": preprocess.shortest_edge}, "resample": 3,
         "do_center_crop": True, "crop_size": {"height": preprocess.crop_size, "width": preprocess.crop_size},
@@ -39,47 +43,75 @@ def export(module: ZeroShotCLIP, preprocess, export_dir: Path, summary: dict) ->
     write_atomic(export_dir / "training_summary.json", json.dumps(summary, indent=2) + "\n")
 
 
+def resume_from(cfg: DictConfig, out_dir: Path) -> str | None:
+    """`resume`: true = this run dir's last checkpoint when there is one, false = none, or a .ckpt path."""
+    if isinstance(cfg.resume, bool):
+        last = out_dir / "checkpoints" / "last.ckpt"
+        return str(last) if cfg.resume and last.is_file() else None
+    if not Path(cfg.resume).is_file():
+        raise ConfigError(f"resume={cfg.resume!r} is not a checkpoint file; allowed: true, false, or a .ckpt path")
+    return str(cfg.resume)
+
+
 def train(cfg: DictConfig) -> dict:
+    new_adapters(cfg.lora)  # bad lora.* values fail before anything loads
     device, _, loaded, size = prepare(cfg, "data.batch_size", "trainer.max_epochs", "warmup")
+    out_dir = run_dir()
+    ckpt_path = resume_from(cfg, out_dir)
     preprocess = load_preprocess(cfg.model, size)
     data = instantiate(cfg.data, preprocess=preprocess, seed=cfg.seed)
     data.setup("fit")
+    loaded.model.float()  # fp32 master weights (a checkpoint may be stored in fp16); dtype= sets autocast
+    adapters = add_lora(loaded.model, cfg.lora)  # before pruning: the reduction's hooks see the adapted q/k
     reduction = apply_pruning(loaded.model, cfg.pruning, seed=cfg.seed)
     module = ZeroShotCLIP(loaded.model, load_tokenizer(cfg.model), data.class_names, cfg.prompts.templates, size,
-                          optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler))
+                          optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler),
+                          adapter_only=adapters is not None)
+    trainable, total = count_parameters(loaded.model)
 
-    out_dir = run_dir()
     logger = make_logger(cfg, out_dir)
     profiler = ProfilingCallback(warmup=cfg.warmup)
     checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
                                   every_n_train_steps=cfg.checkpoint_every_n_steps)
-    trainer = instantiate(cfg.trainer, accelerator=device.type, logger=logger or False,
-                          callbacks=[profiler, checkpoints], default_root_dir=str(out_dir))
-    last = out_dir / "checkpoints" / "last.ckpt"
+    trainer = instantiate(cfg.trainer, accelerator=device.type, precision=PRECISION[cfg.dtype],
+                          logger=logger or False, callbacks=[profiler, checkpoints], default_root_dir=str(out_dir))
+    if trainer.is_global_zero:
+        what = f"LoRA adapters (rank {adapters.peft_config['default'].r})" if adapters else "every weight"
+        print(f"vlm-eff train: training {what}: {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)",
+              flush=True)
+    if logger is not None:
+        logger.log_metrics({"train/trainable_params": trainable, "train/trainable_share": trainable / total}, step=0)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if cfg.resume and last.is_file() else None)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - started
     val_top1 = float(trainer.callback_metrics.get("val/top1", float("nan")))
 
     data.setup("test")
     module.eval()
     trainer.test(module, datamodule=data, verbose=False)
-    timing = profiler.summaries.get("train", {})
-    row = zero_shot_row("train", cfg, module, loaded.weights, reduction, device, timing, len(data.test_set))
+    row = zero_shot_row("train", cfg, module, loaded.weights + ("+lora" if adapters else ""), reduction, device,
+                        profiler.summaries.get("train", {}), len(data.test_set))
+    row["trainable_params"] = trainable
+    if not trainer.is_global_zero:  # DDP: rank 0 writes the results
+        return row
     save_row(row, cfg, out_dir, logger, "test")
+    if adapters is not None:
+        adapters.save_pretrained(out_dir / "adapter")
     if cfg.export_dir:
+        remove_patch(loaded.model)
         summary = {
             "epochs": cfg.trainer.max_epochs, "train_images": len(data.train_set), "val_images": len(data.val_set),
             "wall_time_s_this_run": round(train_seconds, 1), "test_top1": row["top1"], "test_top5": row["top5"],
             "test_templates": list(cfg.prompts.templates), "val_top1": val_top1,
         }  # fmt: skip
-        export(module, preprocess, Path(cfg.export_dir), summary)
+        export(merge(adapters) if adapters else loaded.model, preprocess, Path(cfg.export_dir), summary)
     wandb_dir = finish(logger)
     print(
         f"\nvlm-eff train: {row['model']} strategy={row['strategy']} keep={row['keep']}: "
         f"test top-1 {100 * row['top1']:.2f}% top-5 {100 * row['top5']:.2f}% on {row['n_images']} images; "
         f"{train_seconds / 60:.1f} min of training\n  results   {out_dir / 'results.csv'}"
-        + (f"\n  exported  {cfg.export_dir}" if cfg.export_dir else "")
+        + (f"\n  adapter   {out_dir / 'adapter'} (evaluate.py lora.checkpoint=...)" if adapters else "")
+        + (f"\n  exported  {cfg.export_dir}" + (" (adapters merged)" if adapters else "") if cfg.export_dir else "")
         + (f"\n  W&B       {wandb_dir}" if wandb_dir else ""),
         flush=True,
     )
