@@ -63,14 +63,6 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def new_adapters(cfg: DictConfig) -> LoraConfig | None:
-    """The `lora` config's fresh adapters (checked), or None: `lora=none`, or a saved `lora.checkpoint`."""
-    if cfg.get("checkpoint") or cfg.name == "none":
-        return None
-    targets = list(cfg.targets) if isinstance(cfg.targets, ListConfig) else cfg.targets
-    return lora_config(cfg.rank, cfg.alpha, cfg.dropout, targets)
-
-
 def add_lora(clip: CLIPModel, cfg: DictConfig) -> PeftModel | None:
     """Adapters as the `lora` config says, injected into `clip` in place: a saved adapter
     (`lora.checkpoint`, trainable), fresh ones, or None for `lora=none`."""
@@ -80,11 +72,28 @@ def add_lora(clip: CLIPModel, cfg: DictConfig) -> PeftModel | None:
     return None if config is None else get_peft_model(clip, config)
 
 
-def load_adapter(clip: CLIPModel, path: str | Path, trainable: bool = False) -> PeftModel:
-    """A saved adapter (a PEFT `save_pretrained` dir) injected into `clip`; a mismatch is a one-line error."""
+def check_adapter_dir(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if not (path / "adapter_config.json").is_file():
         raise ConfigError(f"lora.checkpoint={path} holds no saved adapter (no adapter_config.json there)")
+    return path
+
+
+def new_adapters(cfg: DictConfig) -> LoraConfig | None:
+    """The `lora` config checked before anything loads: its fresh adapters, or None (`lora=none`,
+    or a saved adapter in `lora.checkpoint`, whose dir must hold one)."""
+    if cfg.get("checkpoint"):
+        check_adapter_dir(cfg.checkpoint)
+        return None
+    if cfg.name == "none":
+        return None
+    targets = list(cfg.targets) if isinstance(cfg.targets, ListConfig) else cfg.targets
+    return lora_config(cfg.rank, cfg.alpha, cfg.dropout, targets)
+
+
+def load_adapter(clip: CLIPModel, path: str | Path, trainable: bool = False) -> PeftModel:
+    """A saved adapter (a PEFT `save_pretrained` dir) injected into `clip`; a mismatch is a one-line error."""
+    path = check_adapter_dir(path)
     try:
         return PeftModel.from_pretrained(clip, str(path), is_trainable=trainable)
     except (RuntimeError, ValueError, KeyError) as error:

@@ -88,7 +88,8 @@ class ZeroShotCLIP(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         results = self.test_results()
-        self.log_dict({"test/top1": results["top1"], "test/top5": results["top5"]})
+        # torchmetrics has already gathered every process's counts; sync_dist only averages equal values
+        self.log_dict({"test/top1": results["top1"], "test/top5": results["top5"]}, sync_dist=True)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         pixel_values, labels = batch
@@ -108,19 +109,20 @@ class ZeroShotCLIP(LightningModule):
         self.val_top1.update(self.logits(pixel_values, self.text_features).float(), labels)
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/top1", self.val_top1.compute(), prog_bar=True)
+        self.log("val/top1", self.val_top1.compute(), prog_bar=True, sync_dist=True)
         self.val_top1.reset()
 
-    def trainable_names(self) -> set[str]:
-        return {name for name, p in self.named_parameters() if p.requires_grad}
+    def trainable_shapes(self) -> dict[str, tuple]:
+        return {name: tuple(p.shape) for name, p in self.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.adapter_only:
-            trainable = self.trainable_names()
+            trainable = self.trainable_shapes()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self.adapter_only and set(checkpoint["state_dict"]) != self.trainable_names():
+        saved = {name: tuple(tensor.shape) for name, tensor in checkpoint["state_dict"].items()}
+        if self.adapter_only and saved != self.trainable_shapes():
             raise ConfigError("the checkpoint's adapter does not match this run's lora config (rank, targets) "
                               "or model: resume with the same lora.* and model")
 

@@ -61,7 +61,7 @@ def train(cfg: DictConfig) -> dict:
     preprocess = load_preprocess(cfg.model, size)
     data = instantiate(cfg.data, preprocess=preprocess, seed=cfg.seed)
     data.setup("fit")
-    loaded.model.float()  # fp32 master weights (a checkpoint may be stored in fp16); dtype= sets autocast
+    loaded.model.float().train()  # fp32 master weights (a checkpoint may be stored in fp16); dtype= sets autocast
     adapters = add_lora(loaded.model, cfg.lora)  # before pruning: the reduction's hooks see the adapted q/k
     reduction = apply_pruning(loaded.model, cfg.pruning, seed=cfg.seed)
     module = ZeroShotCLIP(loaded.model, load_tokenizer(cfg.model), data.class_names, cfg.prompts.templates, size,
@@ -81,9 +81,12 @@ def train(cfg: DictConfig) -> dict:
               flush=True)
     if logger is not None:
         logger.log_metrics({"train/trainable_params": trainable, "train/trainable_share": trainable / total}, step=0)
+    if ckpt_path and trainer.is_global_zero:
+        print(f"vlm-eff train: resuming from {ckpt_path}", flush=True)
     started = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - started
+    trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt")  # the final state: a rerun resumes from here
     val_top1 = float(trainer.callback_metrics.get("val/top1", float("nan")))
 
     data.setup("test")
