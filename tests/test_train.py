@@ -5,7 +5,11 @@ evaluate.py, the 2-process DDP run, and bad input."""
 import pytest
 import torch
 
-from conftest import run_script
+from wandb_files import read_run
+
+from conftest import model_config, run_script
+from vlm_eff.lora import expected_trainable
+from vlm_eff.models import random_clip
 from vlm_eff.results import read_results
 
 PRUNED = ("pruning=cls_preserving", "pruning.keep=0.5")
@@ -92,13 +96,19 @@ def test_ddp_on_two_cpu_processes(tmp_path, shared_archive, cache_dir):
     assert len(read_results(tmp_path / "outputs" / "results.csv")) == 1
 
 
-def test_bf16_autocast_trains(tmp_path, shared_archive, cache_dir):
+def test_bf16_autocast_trains_and_wandb_gets_the_trainable_share(tmp_path, shared_archive, cache_dir):
     result = run_script("train.py", "model=clip_tiny", f"data.root={shared_archive}", "data.shots=2",
                         "data.val_size=20", "data.subset=20", "data.batch_size=10", "dtype=bf16", "lora=default",
-                        "logger=none", f"paths.work_dir={tmp_path}", env={"VLM_EFF_CACHE": str(cache_dir)})
+                        "lora.rank=2", f"paths.work_dir={tmp_path}", env={"VLM_EFF_CACHE": str(cache_dir)})
     assert result.returncode == 0, result.stderr
     (row,) = read_results(tmp_path / "outputs" / "results.csv")
     assert row["dtype"] == "bf16" and 0 <= float(row["top1"]) <= 1
+    (wandb_dir,) = (tmp_path / "outputs").glob("*/*/wandb/offline-run-*")
+    run = read_run(wandb_dir)
+    trainable = expected_trainable(random_clip(model_config("clip_tiny")).config, 2, ["vision_attn", "text_attn"])
+    assert run["summary"]["train/trainable_params"] == trainable == int(row["trainable_params"])
+    assert 0 < run["summary"]["train/trainable_share"] < 0.01
+    assert run["config"]["lora"]["rank"] == 2 and run["summary"]["test/top1"] == pytest.approx(float(row["top1"]))
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,15 @@ import warnings
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from vlm_eff.errors import ConfigError
+
+log = logging.getLogger(__name__)
+FAILED_JOBS: list[Path] = []  # this process's failed sweep jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
@@ -45,19 +50,47 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing. is deprecated.*")
 
 
-def run(job_path: str, cfg: DictConfig) -> dict:
-    """Import and run the job `module:function`; a ConfigError becomes `error: <message>` and exit 2."""
+def job_error(error: Exception) -> str | None:
+    """The one-line message of a bad-input error (a ConfigError, also inside a `_target_`), else None."""
+    if isinstance(error, ConfigError):
+        return str(error)
+    if isinstance(error, InstantiationException) and isinstance(error.__cause__, ConfigError):
+        return str(error.__cause__)
+    return None
+
+
+def in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def record_failure(message: str) -> None:
+    """A failed sweep job: its reason in `<job dir>/error.txt` (the report reads it); the sweep goes on."""
+    job_dir = Path(HydraConfig.get().runtime.output_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "error.txt").write_text(message + "\n")
+    FAILED_JOBS.append(job_dir)
+    print(f"error: job {HydraConfig.get().job.num} failed: {message}", file=sys.stderr, flush=True)
+
+
+def run(job_path: str, cfg: DictConfig) -> dict | None:
+    """Import and run the job `module:function`. Bad input becomes `error: <message>` and exit 2; in a
+    `-m` sweep any failure is recorded in the job's dir instead and the other jobs still run."""
     quiet_third_party()
     module, function = job_path.split(":")
     job = getattr(importlib.import_module(module), function)  # torch etc. load after the cheap checks
     try:
         return job(cfg)
-    except ConfigError as error:
-        fail(str(error))
-    except InstantiationException as error:  # a ConfigError raised in a `_target_`'s constructor
-        if isinstance(error.__cause__, ConfigError):
-            fail(str(error.__cause__))
-        raise
+    except Exception as error:
+        message = job_error(error)
+        if in_sweep():
+            if message is None:
+                log.exception("job failed")
+                message = f"{type(error).__name__}: " + (str(error).strip().splitlines() or [""])[0]
+            record_failure(message)
+            return None
+        if message is None:
+            raise
+        fail(message)
 
 
 def hydra_main(config_name: str, job_path: str) -> None:
@@ -70,3 +103,6 @@ def hydra_main(config_name: str, job_path: str) -> None:
         run(job_path, cfg)
 
     main()
+    if FAILED_JOBS:
+        fail(f"{len(FAILED_JOBS)} sweep job(s) failed, the others finished: see error.txt in "
+             + ", ".join(str(job_dir) for job_dir in FAILED_JOBS))

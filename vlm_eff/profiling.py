@@ -4,7 +4,9 @@ Honest timing: on CUDA `torch.cuda.synchronize()` before each clock read (otherw
 kernel launches, not work), `time.perf_counter` everywhere; the first `warmup` batches are excluded.
 Peak memory is this job's own, over the timed batches (warm-up's one-time allocations excluded):
 CUDA's allocated peak, or on CPU the peak resident set above the level before the first timed batch
-(reset through /proc/self/clear_refs, so jobs of one `-m` sweep don't inherit peaks).
+(reset through /proc/self/clear_refs, so jobs of one `-m` sweep don't inherit peaks). On a GPU,
+CUDA's reserved peak too, and NVML samples (utilisation, memory used, power, SM clock,
+temperature) taken by a background thread while the timed batches run.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import ctypes
 import gc
 import logging
 import statistics
+import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from pytorch_lightning import Callback
@@ -50,6 +54,76 @@ class PeakMemory:
         if not self.kind:
             return None
         return max(0, _proc_status_kib("VmHWM") - self.baseline_kib) / 1024
+
+    def peak_reserved_mib(self) -> float | None:
+        """The CUDA caching allocator's reserved peak (what the GPU really gave up); None on CPU."""
+        return torch.cuda.max_memory_reserved(self.device) / 2**20 if self.device.type == "cuda" else None
+
+
+def nvml_sampler(device: torch.device) -> Callable[[], dict] | None:
+    """A function reading the GPU's NVML metrics, or None when there is no GPU or no NVML driver."""
+    if device.type != "cuda":
+        return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        uuid = str(torch.cuda.get_device_properties(device).uuid)
+        handle = pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+    except Exception as error:  # no driver, no library, or a device NVML does not know
+        log.warning("NVML unavailable (%s): GPU utilisation, power and clocks not measured", error)
+        return None
+
+    def sample() -> dict:
+        return {
+            "gpu_util_pct": pynvml.nvmlDeviceGetUtilizationRates(handle).gpu,
+            "gpu_mem_used_mib": pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20,
+            "gpu_power_w": pynvml.nvmlDeviceGetPowerUsage(handle) / 1000,
+            "gpu_sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
+            "gpu_temp_c": pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU),
+        }
+
+    return sample
+
+
+class Sampler:
+    """Calls `read()` every `interval_s` in a background thread between `start()` and `stop()`;
+    `summary()` gives the mean of each value (the max for memory used and temperature)."""
+
+    PEAK = ("gpu_mem_used_mib", "gpu_temp_c")
+
+    def __init__(self, read: Callable[[], dict], interval_s: float):
+        self.read, self.interval_s = read, interval_s
+        self.samples: list[dict] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start sampling (a no-op while already sampling)."""
+        if self._thread is not None:
+            return
+        self.samples, self._stop = [], threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="vlm-eff-gpu-sampler", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            self.samples.append(self.read())
+            if self._stop.wait(self.interval_s):
+                return
+
+    def stop(self) -> dict:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        return self.summary()
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {}
+        pick = lambda key, values: max(values) if key in self.PEAK else statistics.fmean(values)  # noqa: E731
+        return {key: pick(key, [s[key] for s in self.samples]) for key in self.samples[0]}
 
 
 def _release_free_heap() -> None:
@@ -91,12 +165,13 @@ class ProfilingCallback(Callback):
     """Times each train and test batch (the step and the hooks around it), skipping the first `warmup`
     of each stage; `summaries["test"]` / `summaries["train"]` hold the results."""
 
-    def __init__(self, warmup: int = 3):
-        self.warmup = warmup
+    def __init__(self, warmup: int = 3, gpu_sample_interval_s: float = 0.1):
+        self.warmup, self.gpu_sample_interval_s = warmup, gpu_sample_interval_s
         self.summaries: dict[str, dict] = {}
         self.latencies_s: dict[str, list[float]] = {}
         self.timed_images: dict[str, int] = {}
         self._memory: PeakMemory | None = None
+        self._sampler: Sampler | None = None
         self._start = 0.0
 
     def _sync(self, pl_module) -> None:
@@ -106,10 +181,14 @@ class ProfilingCallback(Callback):
     def _begin(self, stage: str, pl_module) -> None:
         self.latencies_s[stage], self.timed_images[stage] = [], 0
         self._memory = PeakMemory(pl_module.device)
+        read = nvml_sampler(pl_module.device) if self.gpu_sample_interval_s > 0 else None
+        self._sampler = Sampler(read, self.gpu_sample_interval_s) if read else None
 
     def _batch_start(self, pl_module, batch_idx: int) -> None:
         if batch_idx == self.warmup:
             self._memory.reset()
+            if self._sampler is not None:
+                self._sampler.start()
         self._sync(pl_module)
         self._start = time.perf_counter()
 
@@ -121,6 +200,7 @@ class ProfilingCallback(Callback):
             self.timed_images[stage] += _batch_size(batch)
 
     def _end(self, stage: str) -> None:
+        gpu = self._sampler.stop() if self._sampler is not None else {}
         if not self.latencies_s[stage]:
             log.warning("%s: no batch timed beyond the %d warm-up batches", stage, self.warmup)
             return
@@ -129,6 +209,8 @@ class ProfilingCallback(Callback):
             **latency_summary(self.latencies_s[stage], self.timed_images[stage]),
             "peak_mem_mib": peak,
             "mem_kind": self._memory.kind if peak is not None else "",
+            "peak_reserved_mib": self._memory.peak_reserved_mib(),
+            **gpu,
         }
 
     def on_test_start(self, trainer, pl_module) -> None:

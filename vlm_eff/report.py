@@ -1,8 +1,10 @@
-"""One table for a sweep: `python -m vlm_eff.report multirun/DATE/TIME`.
+"""The study report of a sweep: `python -m vlm_eff.report multirun/DATE/TIME`.
 
 Gathers every job's `results.csv` under the sweep dir into `report.csv` and a Markdown table
-(`report.md`, also printed), with speed-ups against the stock model measured in the same sweep.
-Jobs without a results.csv (failed or still running) are named and left out.
+(`report.md`, also printed) with speed-ups against the stock model measured in the same sweep,
+draws the figures (`latency_vs_keep.png`, `memory_vs_keep.png`, and `accuracy_vs_throughput.png`
+when the jobs measured accuracy), and logs all of it to one summary W&B run in the sweep's group.
+Failed, unfinished or missing jobs are named with their reason and left out.
 """
 
 from __future__ import annotations
@@ -17,17 +19,22 @@ from vlm_eff.results import COLUMNS, csv_text, read_results, write_atomic
 STRATEGY_ORDER = ("none", "naive", "position_aware", "cls_preserving", "late_layer")
 
 
-def gather(sweep_dir: Path) -> tuple[list[dict], list[Path]]:
-    """Rows of every job dir in the sweep, and the job dirs that have none."""
+def gather(sweep_dir: Path) -> tuple[list[dict], list[str]]:
+    """Rows of every job dir in the sweep, and one line per job that has none, saying why."""
     job_dirs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
                       key=lambda p: (len(p.name), p.name))
-    rows, missing = [], []
+    rows, problems = [], []
     for job_dir in job_dirs:
         if (job_dir / "results.csv").is_file():
             rows.extend(read_results(job_dir / "results.csv"))
+        elif (job_dir / "error.txt").is_file():
+            problems.append(f"{job_dir}: failed: {(job_dir / 'error.txt').read_text().strip()}")
         else:
-            missing.append(job_dir)
-    return rows, missing
+            problems.append(f"{job_dir}: no results.csv (still running, or killed)")
+    numbers = sorted(int(p.name) for p in job_dirs if p.name.isdigit())
+    problems += [f"{sweep_dir / str(n)}: missing (never started)" for n in sorted(set(range(numbers[-1])) - set(numbers))
+                 ] if numbers else []
+    return rows, problems
 
 
 def _sort_key(row: dict):
@@ -76,26 +83,151 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(sweep_dir: Path) -> str:
-    rows, missing = gather(sweep_dir)
-    for job_dir in missing:
-        print(f"warning: {job_dir} has no results.csv (failed or unfinished job): left out", file=sys.stderr)
+def by_strategy(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows per strategy in report order, each list sorted by keep."""
+    lines: dict[str, list[dict]] = {}
+    for row in sorted(rows, key=_sort_key):
+        lines.setdefault(row["strategy"], []).append(row)
+    return {name: sorted(group, key=lambda r: float(r["keep"] or 1)) for name, group in lines.items()}
+
+
+def trend_figure(rows: list[dict], column: str, ylabel: str, title: str, path: Path, error: str | None = None) -> Path:
+    """One line per strategy of `column` against keep (the seed's Figures 1-2); `none` as a reference line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
+    for strategy, group in by_strategy([r for r in rows if r[column]]).items():
+        values = [float(r[column]) for r in group]
+        if strategy == "none":
+            ax.axhline(statistics.median(values), color="black", linestyle="--", linewidth=1, label="none (stock)")
+            continue
+        keeps = [float(r["keep"]) for r in group]
+        errors = [float(r[error]) for r in group] if error else None
+        ax.errorbar(keeps, values, yerr=errors, marker="o", capsize=3, label=strategy)
+    ax.set(xlabel="keep (fraction of patch tokens kept)", ylabel=ylabel, title=title)
+    ax.invert_xaxis()
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def pareto_figure(rows: list[dict], path: Path) -> Path:
+    """Accuracy against throughput, every strategy and keep, with the Pareto front."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
+    measured = [r for r in rows if r["top1"] and r["throughput_img_s"]]
+    for strategy, group in by_strategy(measured).items():
+        ax.scatter([float(r["throughput_img_s"]) for r in group], [100 * float(r["top1"]) for r in group],
+                   label=strategy, s=24)
+    front, best = [], -1.0
+    for r in sorted(measured, key=lambda r: -float(r["throughput_img_s"])):  # fastest first
+        if float(r["top1"]) > best:
+            front.append(r)
+            best = float(r["top1"])
+    ax.plot([float(r["throughput_img_s"]) for r in front], [100 * float(r["top1"]) for r in front],
+            color="gray", linestyle=":", label="Pareto front")
+    ax.set(xlabel="throughput (images/s)", ylabel="top-1 accuracy (%)", title="Accuracy vs throughput")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(path)  # atomic: never a half-written PNG
+    return path
+
+
+def figures(rows: list[dict], out_dir: Path) -> list[Path]:
+    paths = [
+        trend_figure(rows, "latency_ms_mean", "latency (ms per batch)", "Latency vs keep ratio",
+                     out_dir / "latency_vs_keep.png", error="latency_ms_std"),
+        trend_figure(rows, "peak_mem_mib", f"peak memory (MiB, {rows[0]['mem_kind']})", "Peak memory vs keep ratio",
+                     out_dir / "memory_vs_keep.png"),
+    ]
+    if any(r["top1"] for r in rows):
+        paths.append(pareto_figure(rows, out_dir / "accuracy_vs_throughput.png"))
+    return paths
+
+
+def sweep_logger(sweep_dir: Path) -> dict | None:
+    """The jobs' W&B settings (project, entity, group) from a job's saved config; None for logger=none."""
+    from omegaconf import OmegaConf
+
+    for config in sorted(sweep_dir.glob("*/.hydra/config.yaml")):
+        cfg = OmegaConf.load(config)
+        if not cfg.get("logger"):
+            return None
+        return {"project": cfg.logger.get("project"), "entity": cfg.logger.get("entity"),
+                "group": f"{cfg.task}-{sweep_dir.name}"}
+    return None
+
+
+def log_summary_run(rows: list[dict], pngs: list[Path], sweep_dir: Path, settings: dict) -> str:
+    """One W&B run (job_type=report) in the sweep's group: the table, per-strategy line plots, the figures."""
+    import os
+
+    import wandb
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    run = wandb.init(project=settings["project"], entity=settings["entity"], group=settings["group"],
+                     job_type="report", name=f"report-{sweep_dir.name}", dir=str(sweep_dir), reinit="finish_previous")
+    columns = [c for c in COLUMNS if any(r.get(c) for r in rows)]
+    table = wandb.Table(columns=columns, data=[[r.get(c, "") for c in columns] for r in rows])
+    logged = {"report/results": table}
+    lines = {k: v for k, v in by_strategy(rows).items() if k != "none"}
+    for column, title in [("latency_ms_mean", "latency (ms/batch) vs keep"), ("peak_mem_mib", "peak memory (MiB) vs keep"),
+                          ("top1", "top-1 vs keep")]:
+        if lines and all(r[column] for group in lines.values() for r in group):
+            logged[f"report/{column}_vs_keep"] = wandb.plot.line_series(
+                xs=[[float(r["keep"]) for r in group] for group in lines.values()],
+                ys=[[float(r[column]) for r in group] for group in lines.values()],
+                keys=list(lines), title=title, xname="keep")
+    logged.update({f"report/{png.stem}": wandb.Image(str(png)) for png in pngs})
+    run.log(logged)
+    run_dir = Path(run.dir).parent
+    run.finish()
+    return str(run_dir)
+
+
+def report(sweep_dir: Path, use_wandb: bool = True) -> str:
+    rows, problems = gather(sweep_dir)
+    for problem in problems:
+        print(f"warning: {problem}: left out of the report", file=sys.stderr)
     if not rows:
         raise SystemExit(f"error: no job results under {sweep_dir}; expected <sweep dir>/<job>/results.csv")
     table = markdown(rows)
     write_atomic(sweep_dir / "report.csv", csv_text([{c: r.get(c, "") for c in COLUMNS} for r in rows], header=True))
     write_atomic(sweep_dir / "report.md", table)
-    return table
+    pngs = figures(rows, sweep_dir)
+    settings = sweep_logger(sweep_dir) if use_wandb else None
+    wandb_dir = log_summary_run(rows, pngs, sweep_dir, settings) if settings else None
+    return table + f"\nwritten: {sweep_dir / 'report.md'}, {sweep_dir / 'report.csv'}, " + ", ".join(
+        p.name for p in pngs) + (f"\nW&B summary run: {wandb_dir} (group {settings['group']})" if wandb_dir else "")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vlm_eff.report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun dir, e.g. multirun/2026-11-24/10-00-00")
+    parser.add_argument("--no-wandb", action="store_true", help="no summary W&B run")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         raise SystemExit(f"error: sweep dir {args.sweep_dir} does not exist")
-    print(report(args.sweep_dir), end="")
-    print(f"\nwritten: {args.sweep_dir / 'report.md'}, {args.sweep_dir / 'report.csv'}")
+    print(report(args.sweep_dir, use_wandb=not args.no_wandb))
 
 
 if __name__ == "__main__":

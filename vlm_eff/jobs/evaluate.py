@@ -48,7 +48,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     out_dir = run_dir()
     logger = make_logger(cfg, out_dir)
-    profiler = ProfilingCallback(warmup=cfg.warmup)
+    profiler = ProfilingCallback(warmup=cfg.warmup, gpu_sample_interval_s=cfg.gpu_sample_interval_s)
     trainer = pl.Trainer(
         accelerator=device.type, devices=1, logger=logger or False, callbacks=[profiler],
         enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(out_dir),

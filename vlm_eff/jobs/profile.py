@@ -29,7 +29,7 @@ def profile(cfg: DictConfig) -> dict:
 
     out_dir = run_dir()
     logger = make_logger(cfg, out_dir)
-    profiler = ProfilingCallback(warmup=cfg.warmup)
+    profiler = ProfilingCallback(warmup=cfg.warmup, gpu_sample_interval_s=cfg.gpu_sample_interval_s)
     trainer = pl.Trainer(
         accelerator=device.type, devices=1, logger=logger or False, callbacks=[profiler],
         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
@@ -62,8 +62,14 @@ def print_summary(row: dict, source: str, out_dir: Path, project_csv: Path, wand
         f"  FLOPs     {row['gflops_per_img']:.3f} GFLOPs/image = {row['gmacs_per_img']:.3f} GMACs/image",
         f"  memory    {row['peak_mem_mib']:.1f} MiB peak ({row['mem_kind']})" if row["peak_mem_mib"] is not None
         else "  memory    not measured on this platform",
-        f"  results   {out_dir / 'results.csv'} (+ one row in {project_csv})",
     ]
+    if row.get("peak_reserved_mib") is not None:
+        lines.append(f"  CUDA      {row['peak_reserved_mib']:.1f} MiB reserved peak")
+    if row.get("gpu_util_pct") is not None:
+        lines.append(f"  GPU       {row['gpu_util_pct']:.0f}% utilisation, {row['gpu_power_w']:.0f} W, "
+                     f"SM {row['gpu_sm_clock_mhz']:.0f} MHz, {row['gpu_temp_c']:.0f} C max, "
+                     f"{row['gpu_mem_used_mib']:.0f} MiB used max (NVML, mean over the timed batches)")
+    lines.append(f"  results   {out_dir / 'results.csv'} (+ one row in {project_csv})")
     if wandb_dir:
         lines.append(f"  W&B       {wandb_dir} (upload: wandb sync {wandb_dir})")
     if row["weights"] == "random":

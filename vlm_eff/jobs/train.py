@@ -70,7 +70,7 @@ def train(cfg: DictConfig) -> dict:
     trainable, total = count_parameters(loaded.model)
 
     logger = make_logger(cfg, out_dir)
-    profiler = ProfilingCallback(warmup=cfg.warmup)
+    profiler = ProfilingCallback(warmup=cfg.warmup, gpu_sample_interval_s=cfg.gpu_sample_interval_s)
     checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
                                   every_n_train_steps=cfg.checkpoint_every_n_steps)
     trainer = instantiate(cfg.trainer, accelerator=device.type, precision=PRECISION[cfg.dtype],
@@ -86,7 +86,7 @@ def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - started
-    trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt")  # the final state: a rerun resumes from here
+    trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt", weights_only=False)  # a rerun resumes from here
     val_top1 = float(trainer.callback_metrics.get("val/top1", float("nan")))
 
     data.setup("test")

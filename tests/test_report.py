@@ -1,0 +1,132 @@
+"""Sweeps as users run them: offline W&B runs of a real 2x2 sweep, the study report with its figures
+and summary W&B run, failed jobs, the joblib and SLURM launchers, and the GPU sampler."""
+
+import threading
+import time
+
+import pytest
+import torch
+from PIL import Image
+from wandb_files import read_run
+
+from conftest import run_script
+from vlm_eff.profiling import Sampler, nvml_sampler
+from vlm_eff.report import main as report_main
+from vlm_eff.results import COLUMNS, read_results
+
+SWEEP = ("profile.py", "-m", "model=clip_tiny", "pruning=naive,cls_preserving", "pruning.keep=1.0,0.5", "runs=4")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A real 2x2 profile sweep with offline W&B runs."""
+    work = tmp_path_factory.mktemp("sweep")
+    result = run_script(*SWEEP, f"paths.work_dir={work}")
+    assert result.returncode == 0, result.stderr
+    (sweep_dir,) = (work / "multirun").glob("*/*")
+    return sweep_dir
+
+
+def test_sweep_jobs_are_offline_wandb_runs_in_one_group(sweep):
+    runs = [read_run(d) for d in sorted(sweep.glob("[0-9]/wandb/offline-run-*"))]
+    assert len(runs) == 4
+    assert {run["group"] for run in runs} == {f"profile-{sweep.name}"}
+    assert sorted((run["config"]["pruning"]["name"], run["config"]["pruning"]["keep"]) for run in runs) == [
+        ("cls_preserving", 0.5), ("cls_preserving", 1.0), ("naive", 0.5), ("naive", 1.0)]
+    for run in runs:
+        strategy, keep = run["config"]["pruning"]["name"], run["config"]["pruning"]["keep"]
+        assert set(run["tags"]) == {strategy, f"keep={keep}"}
+        for key in ("latency_ms_mean", "latency_ms_p90", "throughput_img_s", "peak_mem_mib", "gflops_per_img", "tokens"):
+            assert run["summary"][f"profile/{key}"] > 0, key
+
+
+def test_report_builds_the_table_figures_and_a_summary_wandb_run(sweep, capsys):
+    report_main([str(sweep)])
+    printed = capsys.readouterr().out
+    table = (sweep / "report.md").read_text()
+    assert table in printed and len([line for line in table.splitlines() if line.startswith("| naive")]) == 2
+    assert len(read_results(sweep / "report.csv")) == 4
+    for name in ("latency_vs_keep.png", "memory_vs_keep.png"):
+        with Image.open(sweep / name) as image:
+            assert image.format == "PNG" and image.size == (960, 630)
+    assert not (sweep / "accuracy_vs_throughput.png").exists()  # profile jobs measure no accuracy
+    (summary_dir,) = (sweep / "wandb").glob("offline-run-*")
+    summary = read_run(summary_dir)
+    assert summary["group"] == f"profile-{sweep.name}"
+    assert summary["summary"]["report/results/nrows"] == 4
+    assert summary["summary"]["report/latency_vs_keep/_type"] == "image-file"
+    assert summary["summary"]["report/latency_ms_mean_vs_keep_table/_type"] == "table-file"
+
+
+def test_a_failed_job_is_recorded_and_the_report_covers_the_rest(tmp_path, capsys):
+    result = run_script("profile.py", "-m", "model=clip_tiny", "pruning=naive", "pruning.keep=1.0,1.5,0.5", "runs=2",
+                        "logger=none", f"paths.work_dir={tmp_path}")
+    assert result.returncode == 2  # the sweep finishes, and says that a job failed
+    (sweep_dir,) = (tmp_path / "multirun").glob("*/*")
+    assert "error: job 1 failed: pruning.keep=1.5 is outside (0, 1]" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: 1 sweep job(s) failed, the others finished")
+    assert len(read_results(tmp_path / "outputs" / "results.csv")) == 2
+    (sweep_dir / "2" / "results.csv").unlink()  # as if job 2 had been killed
+
+    report_main([str(sweep_dir), "--no-wandb"])
+    captured = capsys.readouterr()
+    assert f"warning: {sweep_dir / '1'}: failed: pruning.keep=1.5 is outside (0, 1]" in captured.err
+    assert f"warning: {sweep_dir / '2'}: no results.csv (still running, or killed)" in captured.err
+    assert [r["keep"] for r in read_results(sweep_dir / "report.csv")] == ["1"]
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes_and_rows_stay_intact(tmp_path):
+    result = run_script("profile.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=clip_tiny",
+                        "pruning=naive", "pruning.keep=1.0,0.5", "runs=2", "logger=none", f"paths.work_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    rows = read_results(tmp_path / "outputs" / "results.csv")
+    assert sorted(r["keep"] for r in rows) == ["0.5", "1"]
+    assert all(list(r) == list(COLUMNS) and r["latency_ms_mean"] and r["versions"] for r in rows)
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+
+
+def test_slurm_launcher_config_composes():
+    result = run_script("profile.py", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra",
+                        "-p", "hydra.launcher")
+    assert result.returncode == 0, result.stderr
+    assert "hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in result.stdout
+    assert "partition: gpu" in result.stdout and "array_parallelism: 16" in result.stdout
+
+
+def test_sampler_samples_in_the_background_until_stopped():
+    calls = []
+    lock = threading.Lock()
+
+    def read():
+        with lock:
+            calls.append(time.perf_counter())
+            return {"gpu_util_pct": float(len(calls)), "gpu_temp_c": 40.0 + len(calls)}
+
+    sampler = Sampler(read, interval_s=0.01)
+    sampler.start()
+    sampler.start()  # already running: no second thread
+    assert [t.name for t in threading.enumerate()].count("vlm-eff-gpu-sampler") == 1
+    time.sleep(0.2)
+    summary = sampler.stop()
+    assert "vlm-eff-gpu-sampler" not in [t.name for t in threading.enumerate()]
+    n = len(sampler.samples)
+    assert n >= 5
+    assert summary["gpu_util_pct"] == pytest.approx((n + 1) / 2)  # mean of 1..n
+    assert summary["gpu_temp_c"] == 40.0 + n  # temperature: the max
+    time.sleep(0.05)
+    assert len(sampler.samples) == n  # stopped means stopped
+
+
+def test_no_nvml_sampling_without_a_gpu():
+    assert nvml_sampler(torch.device("cpu")) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_profile_reads_nvml_and_cuda_peaks(tmp_path):
+    result = run_script("profile.py", "model=clip_tiny", "device=cuda", "data.batch_size=64", "runs=20", "logger=none",
+                        "gpu_sample_interval_s=0.01", f"paths.work_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    (row,) = read_results(tmp_path / "outputs" / "results.csv")
+    assert row["device"].startswith("cuda:") and row["mem_kind"] == "cuda_allocated"
+    assert float(row["peak_reserved_mib"]) >= float(row["peak_mem_mib"]) > 0
+    assert float(row["gpu_sm_clock_mhz"]) > 0 and float(row["gpu_power_w"]) > 0 and row["gpu_util_pct"] != ""
