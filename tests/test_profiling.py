@@ -65,6 +65,34 @@ def test_callback_times_only_the_batches_after_warm_up(tiny_clip):
     assert summary["mem_kind"] == "rss_delta" and summary["peak_mem_mib"] >= 0
 
 
+class _WideLinear(pl.LightningModule):
+    """One 4096x4096 layer: 64 MiB of weights, so 64 MiB of gradients and 128 MiB of Adam state."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(4096, 4096, bias=False)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).square().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def test_training_peak_memory_counts_gradients_and_optimizer_state():
+    """The train stage's peak is measured from the start of training: gradients and Adam's two
+    moment buffers (3 x 64 MiB here), allocated at the first step, count even though that step is a
+    warm-up step and is not timed."""
+    batches = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(6 * 4, 4096)), batch_size=4)
+    profiler = ProfilingCallback(warmup=3)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, callbacks=[profiler], enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, max_epochs=1)
+    trainer.fit(_WideLinear(), batches)
+    summary = profiler.summaries["train"]
+    assert len(profiler.latencies_s["train"]) == 3 and summary["mem_kind"] == "rss_delta"
+    assert summary["peak_mem_mib"] >= 0.9 * 3 * 64, summary["peak_mem_mib"]
+
+
 def _append_rows(path, worker, n):
     for i in range(n):
         append_locked(path, {c: "" for c in COLUMNS} | {"task": f"w{worker}", "n_images": i, "versions": "x" * 500})

@@ -163,7 +163,10 @@ def latency_summary(latencies_s: list[float], n_images: int) -> dict:
 
 class ProfilingCallback(Callback):
     """Times each train and test batch (the step and the hooks around it), skipping the first `warmup`
-    of each stage; `summaries["test"]` / `summaries["train"]` hold the results."""
+    of each stage (of each epoch); `summaries["test"]` / `summaries["train"]` hold the results.
+
+    Peak memory: for test, over the timed batches (inference's one-time warm-up allocations left
+    out); for train, from the start of training, so gradients and optimizer state count."""
 
     def __init__(self, warmup: int = 3, gpu_sample_interval_s: float = 0.1):
         self.warmup, self.gpu_sample_interval_s = warmup, gpu_sample_interval_s
@@ -181,12 +184,15 @@ class ProfilingCallback(Callback):
     def _begin(self, stage: str, pl_module) -> None:
         self.latencies_s[stage], self.timed_images[stage] = [], 0
         self._memory = PeakMemory(pl_module.device)
+        if stage == "train":
+            self._memory.reset()
         read = nvml_sampler(pl_module.device) if self.gpu_sample_interval_s > 0 else None
         self._sampler = Sampler(read, self.gpu_sample_interval_s) if read else None
 
-    def _batch_start(self, pl_module, batch_idx: int) -> None:
-        if batch_idx == self.warmup:
-            self._memory.reset()
+    def _batch_start(self, stage: str, pl_module, batch_idx: int) -> None:
+        if batch_idx == self.warmup and not self.latencies_s[stage]:  # the first timed batch of the stage
+            if stage == "test":
+                self._memory.reset()
             if self._sampler is not None:
                 self._sampler.start()
         self._sync(pl_module)
@@ -217,7 +223,7 @@ class ProfilingCallback(Callback):
         self._begin("test", pl_module)
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self._batch_start(pl_module, batch_idx)
+        self._batch_start("test", pl_module, batch_idx)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._batch_end("test", pl_module, batch, batch_idx)
@@ -229,7 +235,7 @@ class ProfilingCallback(Callback):
         self._begin("train", pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._batch_start(pl_module, batch_idx)
+        self._batch_start("train", pl_module, batch_idx)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._batch_end("train", pl_module, batch, batch_idx)

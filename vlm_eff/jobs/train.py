@@ -112,7 +112,9 @@ def train(cfg: DictConfig) -> dict:
     print(
         f"\nvlm-eff train: {row['model']} strategy={row['strategy']} keep={row['keep']}: "
         f"test top-1 {100 * row['top1']:.2f}% top-5 {100 * row['top5']:.2f}% on {row['n_images']} images; "
-        f"{train_seconds / 60:.1f} min of training\n  results   {out_dir / 'results.csv'}"
+        f"{train_seconds / 60:.1f} min of training"
+        + (f", peak training memory {row['peak_mem_mib']:.0f} MiB ({row['mem_kind']})" if row.get("peak_mem_mib") else "")
+        + f"\n  results   {out_dir / 'results.csv'}"
         + (f"\n  adapter   {out_dir / 'adapter'} (evaluate.py lora.checkpoint=...)" if adapters else "")
         + (f"\n  exported  {cfg.export_dir}" + (" (adapters merged)" if adapters else "") if cfg.export_dir else "")
         + (f"\n  W&B       {wandb_dir}" if wandb_dir else ""),
