@@ -96,11 +96,12 @@ def test_ddp_on_two_cpu_processes(tmp_path, shared_archive, cache_dir):
     assert len(read_results(tmp_path / "outputs" / "results.csv")) == 1
 
 
-def test_bf16_autocast_trains_and_wandb_gets_the_trainable_share(tmp_path, shared_archive, cache_dir):
+def test_bf16_autocast_trains_and_wandb_gets_the_trainable_share_with_lora_rank_alone(tmp_path, shared_archive, cache_dir):
     result = run_script("train.py", "model=clip_tiny", f"data.root={shared_archive}", "data.shots=2",
-                        "data.val_size=20", "data.subset=20", "data.batch_size=10", "dtype=bf16", "lora=default",
-                        "lora.rank=2", f"paths.work_dir={tmp_path}", env={"VLM_EFF_CACHE": str(cache_dir)})
+                        "data.val_size=20", "data.subset=20", "data.batch_size=10", "dtype=bf16", "lora.rank=2",
+                        f"paths.work_dir={tmp_path}", env={"VLM_EFF_CACHE": str(cache_dir)})
     assert result.returncode == 0, result.stderr
+    assert "training LoRA adapters (rank 2)" in result.stdout  # lora.rank alone selects lora=default
     (row,) = read_results(tmp_path / "outputs" / "results.csv")
     assert row["dtype"] == "bf16" and 0 <= float(row["top1"]) <= 1
     (wandb_dir,) = (tmp_path / "outputs").glob("*/*/wandb/offline-run-*")

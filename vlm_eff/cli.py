@@ -43,6 +43,19 @@ def check_group_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
                 fail(f"unknown {key} {choice!r}; allowed: {', '.join(allowed)}")
 
 
+IMPLIED_GROUPS = {"lora": "default"}  # `lora.rank=8` alone means LoRA with the default settings
+
+
+def imply_groups(argv: list[str]) -> list[str]:
+    """Setting a knob of a group left at its no-op default selects the group's `default` option:
+    `python train.py lora.rank=8` means `lora=default lora.rank=8` (lora=none has no rank)."""
+    keys = [arg.lstrip("+~").partition("=")[0] for arg in argv]
+    for group, option in IMPLIED_GROUPS.items():
+        if group not in keys and any(key.startswith(group + ".") for key in keys):
+            argv = [*argv, f"{group}={option}"]
+    return argv
+
+
 def quiet_third_party() -> None:
     """Keep the summary on one screen: Lightning's banners and tips, deprecations inside Lightning and PEFT."""
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
@@ -96,6 +109,7 @@ def run(job_path: str, cfg: DictConfig) -> dict | None:
 def hydra_main(config_name: str, job_path: str) -> None:
     """The body of an entry script: `conf/<config_name>.yaml` composed by Hydra, then the job."""
     os.environ.setdefault("VLM_EFF_ROOT", str(ROOT))
+    sys.argv[1:] = imply_groups(sys.argv[1:])
     check_group_choices(sys.argv[1:])
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
