@@ -130,3 +130,18 @@ def test_gpu_profile_reads_nvml_and_cuda_peaks(tmp_path):
     assert row["device"].startswith("cuda:") and row["mem_kind"] == "cuda_allocated"
     assert float(row["peak_reserved_mib"]) >= float(row["peak_mem_mib"]) > 0
     assert float(row["gpu_sm_clock_mhz"]) > 0 and float(row["gpu_power_w"]) > 0 and row["gpu_util_pct"] != ""
+
+
+def test_report_of_an_evaluate_sweep_adds_accuracy_and_the_pareto_figure(tmp_path, shared_archive, cache_dir, capsys):
+    """Random weights: the accuracies mean nothing, the report's handling of them is what is tested."""
+    result = run_script("evaluate.py", "-m", "model=clip_tiny", "model.weights=random", f"data.root={shared_archive}",
+                        "data.subset=100", "data.batch_size=10", "pruning=none,cls_preserving", "pruning.keep=0.5",
+                        "logger=none", f"paths.work_dir={tmp_path}", env={"VLM_EFF_CACHE": str(cache_dir)})
+    assert result.returncode == 0, result.stderr
+    (sweep_dir,) = (tmp_path / "multirun").glob("*/*")
+    report_main([str(sweep_dir)])
+    assert "W&B summary run" not in capsys.readouterr().out  # logger=none sweeps get no summary run
+    header = (sweep_dir / "report.md").read_text().splitlines()[0]
+    assert "top-1 %" in header
+    with Image.open(sweep_dir / "accuracy_vs_throughput.png") as image:
+        assert image.format == "PNG"

@@ -45,12 +45,14 @@ def _sort_key(row: dict):
 
 def baseline(rows: list[dict]) -> dict | None:
     """The stock model: the rows of strategy none (else cls_preserving at keep 1.0, which is exactly
-    stock); several rows (a sweep over keep runs none once per keep) give their median latency."""
+    stock); several rows (a sweep over keep runs none once per keep) give their median latency
+    (empty when none of them was timed: a job too short to get past its warm-up batches)."""
     for strategy in ("none", "cls_preserving", "late_layer"):
         matches = [r for r in rows if r["strategy"] == strategy and float(r["keep"] or 1) == 1.0]
         if matches:
-            latency = statistics.median(float(r["latency_ms_mean"]) for r in matches)
-            return {**matches[0], "latency_ms_mean": latency, "n_rows": len(matches)}
+            timed = [float(r["latency_ms_mean"]) for r in matches if r["latency_ms_mean"]]
+            latency = statistics.median(timed) if timed else ""
+            return {**matches[0], "latency_ms_mean": latency, "n_rows": len(timed)}
     return None
 
 
@@ -62,13 +64,15 @@ def markdown(rows: list[dict]) -> str:
         header.insert(-1, "top-1 %")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in sorted(rows, key=_sort_key):
+        timed = bool(r["latency_ms_mean"])
         speedup = flop_ratio = ""
         if base is not None:
-            speedup = f"{float(base['latency_ms_mean']) / float(r['latency_ms_mean']):.2f}x"
+            if timed and base["latency_ms_mean"]:
+                speedup = f"{float(base['latency_ms_mean']) / float(r['latency_ms_mean']):.2f}x"
             flop_ratio = f"{float(base['gflops_per_img']) / float(r['gflops_per_img']):.2f}x"
         cells = [r["strategy"], r["keep"], r["layer"], r["tokens"], f"{float(r['gflops_per_img']):.4g}",
-                 f"{float(r['latency_ms_mean']):.1f} ± {float(r['latency_ms_std']):.1f}",
-                 f"{float(r['throughput_img_s']):.2f}", speedup, flop_ratio]
+                 f"{float(r['latency_ms_mean']):.1f} ± {float(r['latency_ms_std']):.1f}" if timed else "not timed",
+                 f"{float(r['throughput_img_s']):.2f}" if timed else "", speedup, flop_ratio]
         if "top-1 %" in header:
             cells.append(f"{100 * float(r['top1']):.2f}" if r["top1"] else "")
         cells.append(f"{float(r['peak_mem_mib']):.0f}" if r["peak_mem_mib"] else "")
