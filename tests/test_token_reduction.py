@@ -134,6 +134,25 @@ def test_keep_one_reproduces_the_stock_model(clip, preset):
     assert (out - stock).abs().max() <= 1e-5
 
 
+def test_evit_preset_is_the_stock_model_at_keep_one_and_fuses_below(clip):
+    """evit = cls_attn scores, CLS kept, dropped tokens fused into one, at layers 3/6/9 (10+ layer
+    encoders; this 4-layer model reduces after layers 1, 2, 3). At keep 1.0 nothing is dropped and no
+    fused token is added: the stock forward. At keep 0.7 each step keeps 70 % of the patches, plus
+    CLS and one fused token."""
+    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "pruning" / "evit.yaml"))
+    assert cfg | {"keep": None} == {"name": "evit", "keep": None, "layer": [3, 6, 9], "score": "cls_attn",
+                                   "keep_cls": True, "summary": "fused"}
+    knobs = dict(layer=[1, 2, 3], score=cfg["score"], keep_cls=True, summary=cfg["summary"])
+    x = pixels()
+    stock = features(clip, x)
+    apply_patch(clip, keep=1.0, **knobs)
+    out, _, lengths = run_capturing(clip, x)
+    assert lengths == [1 + N_PATCHES] * N_LAYERS and (out - stock).abs().max() <= 1e-5
+    reduction = apply_patch(clip, keep=0.7, **knobs)
+    _, _, lengths = run_capturing(clip, x)
+    assert lengths == [65, 1 + 1 + 44, 1 + 1 + 30, 1 + 1 + 21] == tokens_per_layer(reduction, N_PATCHES, N_LAYERS)
+
+
 @pytest.mark.parametrize("preset", ["naive", "position_aware"])
 def test_keep_one_without_cls_differs_from_the_stock_model(clip, preset):
     """naive and position_aware are not the identity at keep=1.0: they drop CLS and pool a mean summary
