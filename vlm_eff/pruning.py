@@ -1,4 +1,5 @@
-"""The `pruning` config group -> `token_reduction.apply_patch` (strategy `none` leaves the model stock)."""
+"""The `pruning` config group -> `token_reduction.apply_patch`, or `tome.apply_tome` for `pruning=tome`
+(strategy `none` leaves the model stock)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from omegaconf import DictConfig, ListConfig
 from torch import nn
 
 from vlm_eff.errors import ConfigError
-from vlm_eff.token_reduction import Reduction, apply_patch
+from vlm_eff.token_reduction import Reduction, apply_patch, remove_patch, tokens_per_layer, vision_tower
+from vlm_eff.tome import ToMeState, apply_tome, r_for_keep, remove_tome, tome_tokens_per_layer
 
 log = logging.getLogger(__name__)
 
@@ -20,29 +22,55 @@ def _knobs(cfg: DictConfig, seed: int) -> dict:
 
 def check_pruning(cfg: DictConfig, n_layers: int) -> None:
     """Fail fast, before any model is loaded, on knobs that no `n_layers`-layer encoder accepts."""
-    if cfg.name != "none":
-        try:
+    try:
+        if cfg.name == "tome":
+            Reduction.create(n_layers, keep=cfg.keep)  # keep in (0, 1]
+            if cfg.r is not None and (isinstance(cfg.r, bool) or not isinstance(cfg.r, int) or cfg.r < 0):
+                raise ValueError(f"pruning.r={cfg.r!r} must be an integer >= 0 (tokens merged per layer)")
+        elif cfg.name != "none":
             Reduction.create(n_layers, **_knobs(cfg, seed=0))
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
-def apply_pruning(model: nn.Module, cfg: DictConfig, seed: int = 0) -> Reduction | None:
+def apply_pruning(model: nn.Module, cfg: DictConfig, seed: int = 0) -> Reduction | ToMeState | None:
     """Patch `model` as the `pruning` config says; None for the stock model."""
     if cfg.name == "none":
         if cfg.keep != 1.0:
             log.warning("pruning=none runs the stock model: pruning.keep=%s ignored", cfg.keep)
         return None
+    if cfg.name == "tome":
+        vision = vision_tower(model).config
+        r = cfg.r if cfg.r is not None else r_for_keep(
+            cfg.keep, 1 + (vision.image_size // vision.patch_size) ** 2, vision.num_hidden_layers,
+            vision.hidden_size, vision.intermediate_size)
+        return apply_tome(model, r, prop_attn=cfg.prop_attn, keep=cfg.keep if cfg.r is None else None)
     try:
         return apply_patch(model, **_knobs(cfg, seed))
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
 
-def describe(reduction: Reduction | None) -> dict:
-    """The strategy columns of a result row."""
+def remove_pruning(model: nn.Module) -> None:
+    """The stock model again, whichever strategy was applied."""
+    remove_patch(model)
+    remove_tome(model)
+
+
+def tokens_at_layers(reduction: Reduction | ToMeState | None, n_patches: int, n_layers: int) -> list[int]:
+    """Tokens entering each encoder layer's attention."""
+    if isinstance(reduction, ToMeState):
+        return tome_tokens_per_layer(reduction.r, 1 + n_patches, n_layers)
+    return tokens_per_layer(reduction, n_patches, n_layers)
+
+
+def describe(reduction: Reduction | ToMeState | None) -> dict:
+    """The strategy columns of a result row (ToMe: its merges per layer as the score, e.g. `tome_r16`)."""
     if reduction is None:
         return {"keep": 1.0, "layer": "", "score": ""}
+    if isinstance(reduction, ToMeState):
+        return {"keep": "" if reduction.keep is None else reduction.keep, "layer": "all",
+                "score": f"tome_r{reduction.r}"}
     layers = reduction.layers
     return {"keep": reduction.keep, "layer": layers[0] if len(layers) == 1 else " ".join(map(str, layers)),
             "score": reduction.score}

@@ -295,7 +295,7 @@ def remove_patch(model: nn.Module) -> None:
     for handle in handles:
         handle.remove()
     for module in tower.modules():
-        if "_original_class" in module.__dict__:
+        if "_reducer" in module.__dict__:
             module.__class__ = module.__dict__.pop("_original_class")
             del module._reducer
 

@@ -13,10 +13,9 @@ from omegaconf import DictConfig
 from vlm_eff.errors import ConfigError
 from vlm_eff.flops import flops_per_image
 from vlm_eff.models import ImageEncoder, LoadedCLIP, load_clip
-from vlm_eff.pruning import check_pruning, describe
+from vlm_eff.pruning import check_pruning, describe, tokens_at_layers
 from vlm_eff.results import base_row, write_results
 from vlm_eff.runtime import device_label, resolve_device, resolve_dtype
-from vlm_eff.token_reduction import Reduction, tokens_per_layer
 
 
 def check_counts(cfg: DictConfig, *keys: str) -> None:
@@ -47,7 +46,7 @@ def prepare(cfg: DictConfig, *count_keys: str) -> tuple[torch.device, torch.dtyp
     return device, dtype, loaded, image_size(cfg, loaded.model.config.vision_config)
 
 
-def encoder_row(task: str, cfg: DictConfig, weights: str, reduction: Reduction | None, device: torch.device,
+def encoder_row(task: str, cfg: DictConfig, weights: str, reduction, device: torch.device,
                 encoder: ImageEncoder, dtype: torch.dtype) -> dict:
     """The columns every task fills from its model and strategy, FLOPs counted on one image."""
     size = encoder.image_size
@@ -57,7 +56,7 @@ def encoder_row(task: str, cfg: DictConfig, weights: str, reduction: Reduction |
         **base_row(task, Path(cfg.paths.root_dir)),
         "model": cfg.model.name, "weights": weights, "strategy": cfg.pruning.name, **describe(reduction),
         "device": device_label(device), "dtype": cfg.dtype, "batch_size": cfg.data.batch_size, "image_size": size,
-        "tokens": tokens_per_layer(reduction, encoder.n_patches, n_layers)[-1],
+        "tokens": tokens_at_layers(reduction, encoder.n_patches, n_layers)[-1],
         "gflops_per_img": flops / 1e9, "gmacs_per_img": flops / 2e9,
     }  # fmt: skip
 

@@ -20,9 +20,8 @@ from vlm_eff.lora import add_lora, count_parameters, merge, new_adapters
 from vlm_eff.models import load_preprocess, load_tokenizer
 from vlm_eff.modules import ZeroShotCLIP
 from vlm_eff.profiling import ProfilingCallback
-from vlm_eff.pruning import apply_pruning
+from vlm_eff.pruning import apply_pruning, remove_pruning
 from vlm_eff.results import write_atomic
-from vlm_eff.token_reduction import remove_patch
 from vlm_eff.wandb_logging import finish, make_logger
 
 PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}  # half precision = autocast
@@ -101,7 +100,7 @@ def train(cfg: DictConfig) -> dict:
     if adapters is not None:
         adapters.save_pretrained(out_dir / "adapter")
     if cfg.export_dir:
-        remove_patch(loaded.model)
+        remove_pruning(loaded.model)
         summary = {
             "epochs": cfg.trainer.max_epochs, "train_images": len(data.train_set), "val_images": len(data.val_set),
             "wall_time_s_this_run": round(train_seconds, 1), "test_top1": row["top1"], "test_top5": row["top5"],

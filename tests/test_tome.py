@@ -1,0 +1,120 @@
+"""ToMe on a real (random-init) Hugging Face CLIP: r = 0 is the stock model, sizes are conserved,
+proportional attention with unit sizes is a no-op, the matching merges the most similar tokens, and
+`keep` maps onto r at matched FLOPs."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import ROOT, model_config
+from vlm_eff.errors import ConfigError
+from vlm_eff.flops import flops_per_image
+from vlm_eff.models import ImageEncoder, random_clip
+from vlm_eff.pruning import apply_pruning, check_pruning, remove_pruning
+from vlm_eff.tome import apply_tome, bipartite_soft_matching, r_for_keep, remove_tome, tome_tokens_per_layer
+from vlm_eff.token_reduction import apply_patch, remove_patch
+
+
+@pytest.fixture(scope="module", params=["sdpa", "eager"])
+def clip(request):
+    torch.manual_seed(0)
+    return random_clip(model_config("clip_tiny", request.param)).eval()
+
+
+def pixels(batch: int = 3) -> torch.Tensor:
+    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@torch.no_grad()
+def features(clip, x):
+    return ImageEncoder(clip)(x)
+
+
+def attention_lengths(clip, x) -> list[int]:
+    """Tokens entering each encoder layer."""
+    seen, handles = [], [layer.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+                         for layer in clip.vision_model.encoder.layers]
+    try:
+        features(clip, x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def test_r_zero_is_the_stock_model_and_remove_restores_it(clip):
+    x = pixels()
+    stock = features(clip, x)
+    apply_tome(clip, 0)
+    assert torch.equal(features(clip, x), stock)
+    apply_tome(clip, 8)
+    assert not torch.allclose(features(clip, x), stock, atol=1e-4)
+    remove_tome(clip)
+    assert torch.equal(features(clip, x), stock)
+
+
+@pytest.mark.parametrize("r", [4, 20])
+def test_sizes_sum_to_the_original_token_count(clip, r):
+    x = pixels()
+    state = apply_tome(clip, r)
+    try:
+        lengths = attention_lengths(clip, x)
+    finally:
+        remove_tome(clip)
+    assert lengths == tome_tokens_per_layer(r, 65, 4)
+    assert state.size.shape == (3, lengths[-1] - min(r, (lengths[-1] - 1) // 2), 1)
+    assert torch.equal(state.size.sum(dim=1).flatten(), torch.full((3,), 65.0))  # every image keeps 65 tokens' mass
+    assert state.size.min() >= 1
+
+
+def test_proportional_attention_with_unit_sizes_is_a_no_op(clip):
+    """log(1) = 0: a layer given all-ones sizes (an additive zero mask) equals the layer given none."""
+    x = pixels()
+    with torch.no_grad():
+        hidden = clip.vision_model.pre_layrnorm(clip.vision_model.embeddings(x))  # [3, 65, 64]
+    state = apply_tome(clip, 4)
+    layer = clip.vision_model.encoder.layers[0]
+    try:
+        with torch.no_grad():
+            state.size = torch.ones(3, 65, 1)
+            with_sizes = layer(hidden, None)
+            state.size = None
+            without = layer(hidden, None)
+    finally:
+        remove_tome(clip)
+    assert with_sizes.shape == (3, 61, 64)
+    torch.testing.assert_close(with_sizes, without, atol=1e-6, rtol=0)
+
+
+def test_matching_merges_the_most_similar_pair_and_never_cls():
+    """ToMe splits tokens by position into A (even: CLS, t2, t4) and B (odd: t1, t3). t2 and t3 are
+    near twins, so r = 1 merges t2 into t3 (mean); output = unmerged A (CLS first), then B."""
+    metric = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.1, 1.0], [0.7, 0.7, 0.0]]])
+    x = torch.arange(5.0).view(1, 5, 1) * 10  # t0..t4 = 0, 10, 20, 30, 40
+    merged = bipartite_soft_matching(metric, r=1)(x, mode="mean")
+    assert merged.flatten().tolist() == [0.0, 40.0, 10.0, 25.0]
+    assert bipartite_soft_matching(metric, r=0)(x) is x
+
+
+def test_keep_maps_to_r_at_matched_flops(clip):
+    assert r_for_keep(0.5, 197, 12, 768, 3072) == 16  # ViT-B/16: ToMe's own r = 16 operating point
+    assert r_for_keep(1.0, 197, 12, 768, 3072) == 0
+    x = pixels(1)
+    encoder = ImageEncoder(clip)
+    apply_patch(clip, keep=0.5, layer=0)
+    pruned = flops_per_image(encoder, x)
+    remove_patch(clip)
+    apply_pruning(clip, OmegaConf.load(ROOT / "conf" / "pruning" / "tome.yaml"))  # keep 0.5
+    merged = flops_per_image(encoder, x)
+    remove_pruning(clip)
+    assert merged == pytest.approx(pruned, rel=0.05)
+
+
+def test_bad_tome_knobs_are_one_line_errors():
+    cfg = OmegaConf.load(ROOT / "conf" / "pruning" / "tome.yaml")
+    cfg.r = -2
+    with pytest.raises(ConfigError, match=r"^pruning.r=-2 must be an integer >= 0 \(tokens merged per layer\)$"):
+        check_pruning(cfg, 12)
+    cfg.r, cfg.keep = None, 0
+    with pytest.raises(ConfigError, match=r"^pruning.keep=0 is outside \(0, 1\]"):
+        check_pruning(cfg, 12)

@@ -1,0 +1,159 @@
+"""Token merging (ToMe, Bolya et al., ICLR 2023) for Hugging Face CLIP vision towers, training-free.
+
+In every encoder layer, between attention and MLP, `r` tokens are merged into their most similar
+partners by bipartite soft matching on the attention keys (mean over heads); merged tokens are
+size-weighted averages, and with proportional attention each token's attention logit gets
+log(size) added (through SDPA's additive mask, so no eager attention is forced). CLS is never
+merged. `apply_tome` swaps the layers' classes in place, ToMe-style; `remove_tome` restores them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from vlm_eff.token_reduction import vision_tower
+
+
+def bipartite_soft_matching(metric: torch.Tensor, r: int):
+    """ToMe's matching on metric [B, T, C] (token 0 = CLS, protected): a `merge(x, mode)` that maps
+    [B, T, C'] to [B, T - r, C'], merging the r most similar tokens of the even set into the odd set."""
+    r = min(r, (metric.shape[1] - 1) // 2)
+    if r <= 0:
+        return lambda x, mode="mean": x
+    with torch.no_grad():
+        metric = metric / metric.norm(dim=-1, keepdim=True)
+        a, b = metric[:, ::2], metric[:, 1::2]  # [B, Ta, C], [B, Tb, C]
+        scores = a @ b.transpose(-1, -2)  # [B, Ta, Tb]
+        scores[:, 0, :] = -math.inf  # CLS (a's first token) is never merged
+        node_max, node_idx = scores.max(dim=-1)  # [B, Ta]
+        edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]  # [B, Ta, 1]
+        unmerged_idx = edge_idx[:, r:].sort(dim=1).values  # [B, Ta - r, 1], CLS stays first
+        src_idx = edge_idx[:, :r]  # [B, r, 1]
+        dst_idx = node_idx[..., None].gather(dim=1, index=src_idx)  # [B, r, 1]
+
+    def merge(x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+        src, dst = x[:, ::2], x[:, 1::2]  # [B, Ta, C], [B, Tb, C]
+        B, Ta, C = src.shape
+        unmerged = src.gather(dim=1, index=unmerged_idx.expand(B, Ta - r, C))  # [B, Ta - r, C]
+        src = src.gather(dim=1, index=src_idx.expand(B, r, C))  # [B, r, C]
+        dst = dst.scatter_reduce(1, dst_idx.expand(B, r, C), src, reduce=mode)  # [B, Tb, C]
+        return torch.cat([unmerged, dst], dim=1)  # [B, T - r, C]
+
+    return merge
+
+
+def r_for_keep(keep: float, n_tokens: int, n_layers: int, width: int, mlp_width: int) -> int:
+    """The constant merge count per layer whose encoder FLOPs come closest to those of keeping
+    `keep` of the patch tokens from the start (cls_preserving at layer 0): keep 0.5 means the same work."""
+    def layer_flops(t_attn: int, t_mlp: int) -> float:  # multiply-adds of one layer
+        return 4 * t_attn * width**2 + 2 * t_attn**2 * width + 2 * t_mlp * width * mlp_width
+
+    def merged(r: int) -> float:
+        total, t = 0.0, n_tokens
+        for _ in range(n_layers):
+            after = t - min(r, (t - 1) // 2)
+            total += layer_flops(t, after)
+            t = after
+        return total
+
+    patches = n_tokens - 1
+    kept = 1 + max(1, math.floor(keep * patches + 1e-6))  # CLS + kept patches in every layer
+    target = n_layers * layer_flops(kept, kept)
+    return min(range(patches + 1), key=lambda r: abs(merged(r) - target))
+
+
+@dataclass
+class ToMeState:
+    """Knobs and the per-forward token sizes ([B, T, 1]; None = all ones)."""
+
+    r: int
+    prop_attn: bool = True
+    keep: float | None = None  # the keep ratio r was chosen for, if any
+    size: torch.Tensor | None = None
+    keys: dict = field(default_factory=dict)
+
+
+class _MergingEmbeddings:
+    """Mixin for CLIPVisionEmbeddings: every forward starts with tokens of size 1."""
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        self._tome.size = None
+        return super().forward(*args, **kwargs)
+
+
+class _MergingLayer:
+    """Mixin for a CLIPEncoderLayer: attention (proportional to token size), merge r tokens, MLP."""
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        state: ToMeState = self._tome
+        if state.r == 0:
+            state.keys.clear()
+            return super().forward(hidden_states, attention_mask, **kwargs)
+        if state.prop_attn and state.size is not None:
+            bias = state.size.log().transpose(1, 2)[:, None].to(hidden_states.dtype)  # [B, 1, 1, T]
+            attention_mask = bias if attention_mask is None else attention_mask + bias
+        residual = hidden_states  # [B, T, D]
+        x, _ = self.self_attn(hidden_states=self.layer_norm1(hidden_states), attention_mask=attention_mask, **kwargs)
+        x = residual + x
+        keys = state.keys.pop("k")  # [B, T, D] from the k_proj hook
+        B, T, D = keys.shape
+        metric = keys.view(B, T, self.self_attn.num_heads, -1).mean(dim=2)  # [B, T, head_dim]
+        merge = bipartite_soft_matching(metric, state.r)
+        size = state.size if state.size is not None else torch.ones(B, T, 1, dtype=x.dtype, device=x.device)
+        x = merge(x * size, mode="sum")  # size-weighted sums ...
+        state.size = merge(size, mode="sum")  # [B, T - r, 1]
+        x = x / state.size  # ... divided by the merged sizes: size-weighted means
+        return x + self.mlp(self.layer_norm2(x))
+
+
+def apply_tome(model: nn.Module, r: int, prop_attn: bool = True, keep: float | None = None) -> ToMeState:
+    """Make `model`'s vision tower merge `r` tokens in every layer (r = 0: the stock model)."""
+    if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+        raise ValueError(f"pruning.r={r!r} must be an integer >= 0 (tokens merged per layer)")
+    remove_tome(model)
+    tower = vision_tower(model)
+    state = ToMeState(r=r, prop_attn=prop_attn, keep=keep)
+    handles = []
+    _swap(tower.embeddings, _MergingEmbeddings, state)
+    for layer in tower.encoder.layers:
+        _swap(layer, _MergingLayer, state)
+        handles.append(layer.self_attn.k_proj.register_forward_hook(
+            lambda module, args, output: state.keys.__setitem__("k", output)))
+    tower._tome = (state, handles)
+    return state
+
+
+_SWAPPED: dict[tuple[type, type], type] = {}
+
+
+def _swap(module: nn.Module, mixin: type, state: ToMeState) -> None:
+    base = module.__class__
+    if (mixin, base) not in _SWAPPED:
+        _SWAPPED[(mixin, base)] = type(f"Merging{base.__name__}", (mixin, base), {})
+    module._original_class, module._tome = base, state
+    module.__class__ = _SWAPPED[(mixin, base)]
+
+
+def remove_tome(model: nn.Module) -> None:
+    """Undo `apply_tome`; a no-op on an unpatched model."""
+    tower = vision_tower(model)
+    _, handles = tower.__dict__.pop("_tome", (None, []))
+    for handle in handles:
+        handle.remove()
+    for module in tower.modules():
+        if "_tome" in module.__dict__:
+            module.__class__ = module.__dict__.pop("_original_class")
+            del module._tome
+
+
+def tome_tokens_per_layer(r: int, n_tokens: int, n_layers: int) -> list[int]:
+    """Tokens entering each layer's attention (the last entry: what the last layer's attention sees)."""
+    counts, t = [], n_tokens
+    for _ in range(n_layers):
+        counts.append(t)
+        t -= min(r, (t - 1) // 2)
+    return counts
