@@ -78,9 +78,11 @@ def in_sweep() -> bool:
 
 def record_failure(message: str) -> None:
     """A failed sweep job: its reason in `<job dir>/error.txt` (the report reads it); the sweep goes on."""
+    from vlm_eff.results import write_atomic
+
     job_dir = Path(HydraConfig.get().runtime.output_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / "error.txt").write_text(message + "\n")
+    write_atomic(job_dir / "error.txt", message + "\n")
     FAILED_JOBS.append(job_dir)
     print(f"error: job {HydraConfig.get().job.num} failed: {message}", file=sys.stderr, flush=True)
 
