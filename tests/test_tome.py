@@ -118,3 +118,12 @@ def test_bad_tome_knobs_are_one_line_errors():
     cfg.r, cfg.keep = None, 0
     with pytest.raises(ConfigError, match=r"^pruning.keep=0 is outside \(0, 1\]"):
         check_pruning(cfg, 12)
+
+
+def test_r_follows_the_input_resolution(clip):
+    """At 64 px (256 patches) keep 0.5 needs more merges per layer than at the native 32 px."""
+    cfg = OmegaConf.load(ROOT / "conf" / "pruning" / "tome.yaml")
+    native = apply_pruning(clip, cfg).r
+    larger = apply_pruning(clip, cfg, image_size=64).r
+    remove_pruning(clip)
+    assert native == r_for_keep(0.5, 65, 4, 64, 128) and larger == r_for_keep(0.5, 257, 4, 64, 128) > native

@@ -33,17 +33,19 @@ def check_pruning(cfg: DictConfig, n_layers: int) -> None:
         raise ConfigError(str(error)) from None
 
 
-def apply_pruning(model: nn.Module, cfg: DictConfig, seed: int = 0) -> Reduction | ToMeState | None:
-    """Patch `model` as the `pruning` config says; None for the stock model."""
+def apply_pruning(model: nn.Module, cfg: DictConfig, seed: int = 0,
+                  image_size: int | None = None) -> Reduction | ToMeState | None:
+    """Patch `model` as the `pruning` config says (`image_size`: the input resolution, if not the
+    model's own: ToMe's r depends on the token count); None for the stock model."""
     if cfg.name == "none":
         if cfg.keep != 1.0:
             log.warning("pruning=none runs the stock model: pruning.keep=%s ignored", cfg.keep)
         return None
     if cfg.name == "tome":
         vision = vision_tower(model).config
+        n_tokens = 1 + ((image_size or vision.image_size) // vision.patch_size) ** 2
         r = cfg.r if cfg.r is not None else r_for_keep(
-            cfg.keep, 1 + (vision.image_size // vision.patch_size) ** 2, vision.num_hidden_layers,
-            vision.hidden_size, vision.intermediate_size)
+            cfg.keep, n_tokens, vision.num_hidden_layers, vision.hidden_size, vision.intermediate_size)
         return apply_tome(model, r, prop_attn=cfg.prop_attn, keep=cfg.keep if cfg.r is None else None)
     try:
         return apply_patch(model, **_knobs(cfg, seed))

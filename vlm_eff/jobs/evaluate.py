@@ -42,7 +42,7 @@ def evaluate(cfg: DictConfig) -> dict:
     data.setup("test")
     if adapter:
         load_adapter(loaded.model, adapter)  # before pruning: the reduction's hooks see the adapted q/k
-    reduction = apply_pruning(loaded.model, cfg.pruning, seed=cfg.seed)
+    reduction = apply_pruning(loaded.model, cfg.pruning, seed=cfg.seed, image_size=size)
     module = ZeroShotCLIP(loaded.model, tokenizer, data.class_names, cfg.prompts.templates, size)
     module = module.to(device=device, dtype=dtype).eval()
 

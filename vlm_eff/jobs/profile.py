@@ -21,7 +21,7 @@ def profile(cfg: DictConfig) -> dict:
     """Time `warmup` + `runs` batches through the (pruned) image encoder; write and log the row."""
     device, dtype, loaded, size = prepare(cfg, "data.batch_size", "runs", "warmup")
     encoder = ImageEncoder(loaded.model, size).eval()
-    reduction = apply_pruning(loaded.model, cfg.pruning, seed=cfg.seed)
+    reduction = apply_pruning(loaded.model, cfg.pruning, seed=cfg.seed, image_size=size)
     module = ImageEncoderModule(encoder, dtype).to(device)
 
     data = SyntheticDataModule(**cfg.data, image_size=size, n_batches=cfg.warmup + cfg.runs, seed=cfg.seed)

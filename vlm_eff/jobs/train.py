@@ -62,7 +62,7 @@ def train(cfg: DictConfig) -> dict:
     data.setup("fit")
     loaded.model.float().train()  # fp32 master weights (a checkpoint may be stored in fp16); dtype= sets autocast
     adapters = add_lora(loaded.model, cfg.lora)  # before pruning: the reduction's hooks see the adapted q/k
-    reduction = apply_pruning(loaded.model, cfg.pruning, seed=cfg.seed)
+    reduction = apply_pruning(loaded.model, cfg.pruning, seed=cfg.seed, image_size=size)
     module = ZeroShotCLIP(loaded.model, load_tokenizer(cfg.model), data.class_names, cfg.prompts.templates, size,
                           optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler),
                           adapter_only=adapters is not None)
