@@ -141,7 +141,7 @@ def test_evit_preset_is_the_stock_model_at_keep_one_and_fuses_below(clip):
     CLS and one fused token."""
     cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "pruning" / "evit.yaml"))
     assert cfg | {"keep": None} == {"name": "evit", "keep": None, "layer": [3, 6, 9], "score": "cls_attn",
-                                   "keep_cls": True, "summary": "fused"}
+                                   "keep_cls": True, "summary": "fused", "mass": None}
     knobs = dict(layer=[1, 2, 3], score=cfg["score"], keep_cls=True, summary=cfg["summary"])
     x = pixels()
     stock = features(clip, x)
@@ -427,3 +427,42 @@ def test_batch_sizes_one_and_three(sharp_clips, attn, knobs):
         single = features(model, x[i : i + 1])
         assert single.shape == (1, PROJ) and torch.isfinite(single).all()
         torch.testing.assert_close(single[0], batched[i], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ATTNS)
+@pytest.mark.parametrize("knobs", [dict(layer=0, score="l2", mass=0.6), dict(layer=2, score="cls_attn", mass=0.7)])
+def test_adaptive_keep_budgets_meet_the_mass_and_padding_never_changes_a_result(sharp_clips, attn, knobs):
+    """mass: each image keeps the fewest top-scoring patches holding that share of its score mass
+    (at most the keep count); the batch is padded to the largest budget and the padding is masked,
+    so every image's output equals its output in a batch of one."""
+    model = sharp_clips[attn]
+    x = pixels(6) * torch.linspace(0.2, 3.0, 6).view(6, 1, 1, 1)  # images of different contrast
+    apply_patch(model, keep=0.9, **knobs)
+    reducer = model.vision_model.embeddings._reducer
+    original, seen = reducer.scores, []
+    reducer.scores = lambda tokens: seen.append(original(tokens)) or seen[-1]
+    batch = features(model, x)
+    budgets = reducer.budgets.tolist()
+    singles = torch.cat([features(model, x[i : i + 1]) for i in range(6)])
+    torch.testing.assert_close(batch, singles, atol=1e-5, rtol=0)
+    share = seen[0][:, 1:].float()
+    share = (share / share.sum(dim=1, keepdim=True)).sort(dim=1, descending=True).values  # [6, 64]
+    for i, budget in enumerate(budgets):
+        assert budget <= kept_count(N_PATCHES, 0.9)
+        assert share[i, :budget].sum() >= knobs["mass"] - 1e-6 or budget == kept_count(N_PATCHES, 0.9)
+        assert share[i, : budget - 1].sum() < knobs["mass"]  # and no smaller budget would do
+    assert len(set(budgets)) > 1  # budgets really differ per image
+
+
+@pytest.mark.parametrize(
+    "knobs, message",
+    [
+        (dict(mass=0.0), r"pruning.mass=0.0 is outside \(0, 1\]"),
+        (dict(mass=1.5), r"pruning.mass=1.5 is outside \(0, 1\]"),
+        (dict(mass=0.9, layer=[1, 2]), r"pruning.mass \(adaptive keep\) needs one pruning.layer"),
+        (dict(mass=0.9, summary="fused"), r"needs one pruning.layer, keep_cls=true and summary=none"),
+    ],
+)
+def test_bad_adaptive_knobs_are_one_line_errors(clip, knobs, message):
+    with pytest.raises(ValueError, match=message):
+        apply_patch(clip, **{"keep": 0.5, "layer": 1, **knobs})

@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 def _knobs(cfg: DictConfig, seed: int) -> dict:
     layer = list(cfg.layer) if isinstance(cfg.layer, ListConfig) else cfg.layer
-    return dict(keep=cfg.keep, layer=layer, score=cfg.score, keep_cls=cfg.keep_cls, summary=cfg.summary, seed=seed)
+    return dict(keep=cfg.keep, layer=layer, score=cfg.score, keep_cls=cfg.keep_cls, summary=cfg.summary, seed=seed,
+                mass=cfg.get("mass"))
 
 
 def check_pruning(cfg: DictConfig, n_layers: int) -> None:
@@ -74,5 +75,6 @@ def describe(reduction: Reduction | ToMeState | None) -> dict:
         return {"keep": "" if reduction.keep is None else reduction.keep, "layer": "all",
                 "score": f"tome_r{reduction.r}"}
     layers = reduction.layers
+    score = reduction.score if reduction.mass is None else f"{reduction.score} mass={reduction.mass}"
     return {"keep": reduction.keep, "layer": layers[0] if len(layers) == 1 else " ".join(map(str, layers)),
-            "score": reduction.score}
+            "score": score}

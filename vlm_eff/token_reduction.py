@@ -15,6 +15,9 @@ Knobs (the README's "Token reduction" section has the presets):
     summary   none | mean (mean of all patch tokens at that point) | fused (score-weighted mean of the
               dropped tokens, EViT). Where CLS is dropped the summary takes index 0; where kept, it
               goes right after CLS. A later step folds the previous fused token into the new one.
+    mass      None, or adaptive keep: each image keeps the fewest top-scoring patches holding this
+              share of its patch score mass (at most the `keep` count); the batch is padded to the
+              largest budget and the padding is masked out of every later attention
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class Reduction:
     keep_cls: bool
     summary: str
     seed: int = 0
+    mass: float | None = None
 
     @classmethod
     def create(
@@ -64,6 +68,7 @@ class Reduction:
         keep_cls: bool = True,
         summary: str = "none",
         seed: int = 0,
+        mass: float | None = None,
     ) -> "Reduction":
         """Check every knob against an encoder of `n_layers` layers; errors are one line each."""
         if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
@@ -91,7 +96,13 @@ class Reduction:
                 f"pruning.keep_cls=false with pruning.summary={summary} can leave a patch at index 0 for the pooler "
                 "(a fused token exists only where tokens are dropped); use summary=mean or keep_cls=true"
             )
-        return cls(float(keep), tuple(sorted(set(layers))), score, bool(keep_cls), summary, int(seed))
+        if mass is not None:
+            if isinstance(mass, bool) or not isinstance(mass, (int, float)) or not 0 < mass <= 1:
+                raise ValueError(f"pruning.mass={mass!r} is outside (0, 1]: the share of score mass each image keeps")
+            if len(layers) > 1 or not keep_cls or summary != "none":
+                raise ValueError("pruning.mass (adaptive keep) needs one pruning.layer, keep_cls=true and summary=none")
+            mass = float(mass)
+        return cls(float(keep), tuple(sorted(set(layers))), score, bool(keep_cls), summary, int(seed), mass)
 
 
 def tokens_per_layer(reduction: Reduction | None, n_patches: int, n_layers: int) -> list[int]:
@@ -129,10 +140,12 @@ class Reducer:
         self.has_cls = True
         self.has_summary = False
         self.captured: dict[str, torch.Tensor] = {}
+        self.valid: torch.Tensor | None = None  # [B, T] False on padding (adaptive keep)
+        self.budgets: torch.Tensor | None = None  # [B] patches each image kept (adaptive keep)
 
     def start(self, has_cls: bool) -> None:
         """Begin a forward pass: the sequence is [CLS?] + patches."""
-        self.has_cls, self.has_summary = has_cls, False
+        self.has_cls, self.has_summary, self.valid = has_cls, False, None
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Importance of every token of x [B, T, D] -> [B, T]."""
@@ -155,6 +168,8 @@ class Reducer:
     def reduce(self, x: torch.Tensor) -> torch.Tensor:
         """One step on x = [CLS?][summary?] + patches, [B, T, D] -> [CLS?][summary?] + kept patches."""
         r = self.reduction
+        if r.mass is not None:
+            return self.reduce_adaptive(x)
         n_prefix = int(self.has_cls) + int(self.has_summary)
         patches = x[:, n_prefix:]  # [B, N, D]
         B, N, D = patches.shape
@@ -179,6 +194,25 @@ class Reducer:
         self.has_cls = self.has_cls and r.keep_cls
         self.has_summary = summary is not None
         return torch.cat(parts, dim=1)
+
+    def reduce_adaptive(self, x: torch.Tensor) -> torch.Tensor:
+        """x = CLS + patches [B, 1 + N, D] -> CLS + each image's own budget of patches, in spatial
+        order, zero-padded at the end to the batch's largest budget (`self.valid` marks the real tokens)."""
+        patches = x[:, 1:]  # [B, N, D]
+        B, N, D = patches.shape
+        scores = self.scores(x)[:, 1:].float()  # [B, N]
+        order = scores.argsort(dim=1, descending=True)  # [B, N]
+        share = scores.gather(1, order) / scores.sum(dim=1, keepdim=True)  # [B, N], largest first
+        budget = ((share.cumsum(dim=1) < self.reduction.mass).sum(dim=1) + 1).clamp(max=kept_count(N, self.reduction.keep))
+        K = int(budget.max())
+        top = order[:, :K]  # [B, K]
+        valid = torch.arange(K, device=x.device) < budget[:, None]  # [B, K]
+        perm = torch.where(valid, top, top + N).argsort(dim=1)  # kept in spatial order, padding last
+        top, valid = top.gather(1, perm), valid.gather(1, perm)
+        kept = patches.gather(1, top.unsqueeze(-1).expand(B, K, D)) * valid.unsqueeze(-1).to(x.dtype)  # [B, K, D]
+        self.budgets = budget
+        self.valid = torch.cat([valid.new_ones(B, 1), valid], dim=1)  # [B, 1 + K]
+        return torch.cat([x[:, :1], kept], dim=1)
 
     def summary(self, x, patches, scores, n_prefix, kept_idx) -> torch.Tensor | None:
         """The summary token [B, 1, D] for this step, or None."""
@@ -258,12 +292,13 @@ def apply_patch(
     keep_cls: bool = True,
     summary: str = "none",
     seed: int = 0,
+    mass: float | None = None,
 ) -> Reduction:
     """Make `model`'s vision tower reduce tokens as described in the module docstring; returns the
     validated `Reduction`. Re-applying replaces an earlier patch (kept if the new knobs are invalid)."""
     tower = vision_tower(model)
     layers = tower.encoder.layers
-    reduction = Reduction.create(len(layers), keep, layer, score, keep_cls, summary, seed)
+    reduction = Reduction.create(len(layers), keep, layer, score, keep_cls, summary, seed, mass)
     remove_patch(model)
     reducer = Reducer(reduction, num_heads=layers[0].self_attn.num_heads)
     handles = []
@@ -277,8 +312,24 @@ def apply_patch(
             for name in ("q", "k"):
                 proj = getattr(reduced_layer.self_attn, f"{name}_proj")
                 handles.append(proj.register_forward_hook(_capture(reducer, name)))
+    if mass is not None:
+        handles += [layer.register_forward_pre_hook(_mask_padding(reducer), with_kwargs=True) for layer in layers]
     tower._token_reduction = (reduction, handles)
     return reduction
+
+
+def _mask_padding(reducer: Reducer):
+    """A layer pre-hook passing the padding (adaptive keep) as an additive attention mask [B, 1, 1, T]."""
+
+    def hook(module, args, kwargs):
+        if reducer.valid is None:
+            return None
+        hidden = args[0]  # [B, T, D]
+        mask = torch.zeros(reducer.valid.shape, dtype=hidden.dtype, device=hidden.device)
+        mask = mask.masked_fill(~reducer.valid, torch.finfo(hidden.dtype).min)[:, None, None, :]  # [B, 1, 1, T]
+        return (hidden, mask, *args[2:]), kwargs
+
+    return hook
 
 
 def _capture(reducer: Reducer, name: str):
