@@ -275,13 +275,26 @@ class _ReducingLayer:
 _SWAPPED: dict[tuple[type, type], type] = {}
 
 
-def _swap_class(module: nn.Module, mixin: type, reducer: Reducer) -> None:
+def swap_class(module: nn.Module, mixin: type, attr: str, state) -> None:
+    """Give `module` the class `mixin + its class` (ToMe's trick: the stock forward stays reachable
+    through super()), with `state` as `module.<attr>`; `restore_classes` undoes it."""
     base = module.__class__
     if (mixin, base) not in _SWAPPED:
-        _SWAPPED[(mixin, base)] = type(f"Reducing{base.__name__}", (mixin, base), {})
+        _SWAPPED[(mixin, base)] = type(f"{mixin.__name__.strip('_')}{base.__name__}", (mixin, base), {})
     module._original_class = base
-    module._reducer = reducer
+    setattr(module, attr, state)
     module.__class__ = _SWAPPED[(mixin, base)]
+
+
+def restore_classes(tower: nn.Module, tower_attr: str, attr: str) -> None:
+    """Undo `swap_class` for the modules holding `attr`, and remove the hooks kept in `tower.<tower_attr>`."""
+    _, handles = tower.__dict__.pop(tower_attr, (None, []))
+    for handle in handles:
+        handle.remove()
+    for module in tower.modules():
+        if attr in module.__dict__:
+            module.__class__ = module.__dict__.pop("_original_class")
+            delattr(module, attr)
 
 
 def apply_patch(
@@ -302,12 +315,12 @@ def apply_patch(
     remove_patch(model)
     reducer = Reducer(reduction, num_heads=layers[0].self_attn.num_heads)
     handles = []
-    _swap_class(tower.embeddings, _ReducingEmbeddings, reducer)
+    swap_class(tower.embeddings, _ReducingEmbeddings, "_reducer", reducer)
     for k in reduction.layers:
         if k < 1:
             continue
         reduced_layer = layers[k - 1]
-        _swap_class(reduced_layer, _ReducingLayer, reducer)
+        swap_class(reduced_layer, _ReducingLayer, "_reducer", reducer)
         if score == "cls_attn":
             for name in ("q", "k"):
                 proj = getattr(reduced_layer.self_attn, f"{name}_proj")
@@ -341,14 +354,7 @@ def _capture(reducer: Reducer, name: str):
 
 def remove_patch(model: nn.Module) -> None:
     """Undo `apply_patch`: original classes back, hooks removed. A no-op on an unpatched model."""
-    tower = vision_tower(model)
-    _, handles = tower.__dict__.pop("_token_reduction", (None, []))
-    for handle in handles:
-        handle.remove()
-    for module in tower.modules():
-        if "_reducer" in module.__dict__:
-            module.__class__ = module.__dict__.pop("_original_class")
-            del module._reducer
+    restore_classes(vision_tower(model), "_token_reduction", "_reducer")
 
 
 def current_reduction(model: nn.Module) -> Reduction | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from vlm_eff.token_reduction import vision_tower
+from vlm_eff.token_reduction import restore_classes, swap_class, vision_tower
 
 
 def bipartite_soft_matching(metric: torch.Tensor, r: int):
@@ -118,36 +118,18 @@ def apply_tome(model: nn.Module, r: int, prop_attn: bool = True, keep: float | N
     tower = vision_tower(model)
     state = ToMeState(r=r, prop_attn=prop_attn, keep=keep)
     handles = []
-    _swap(tower.embeddings, _MergingEmbeddings, state)
+    swap_class(tower.embeddings, _MergingEmbeddings, "_tome", state)
     for layer in tower.encoder.layers:
-        _swap(layer, _MergingLayer, state)
+        swap_class(layer, _MergingLayer, "_tome", state)
         handles.append(layer.self_attn.k_proj.register_forward_hook(
             lambda module, args, output: state.keys.__setitem__("k", output)))
-    tower._tome = (state, handles)
+    tower._tome_patch = (state, handles)
     return state
-
-
-_SWAPPED: dict[tuple[type, type], type] = {}
-
-
-def _swap(module: nn.Module, mixin: type, state: ToMeState) -> None:
-    base = module.__class__
-    if (mixin, base) not in _SWAPPED:
-        _SWAPPED[(mixin, base)] = type(f"Merging{base.__name__}", (mixin, base), {})
-    module._original_class, module._tome = base, state
-    module.__class__ = _SWAPPED[(mixin, base)]
 
 
 def remove_tome(model: nn.Module) -> None:
     """Undo `apply_tome`; a no-op on an unpatched model."""
-    tower = vision_tower(model)
-    _, handles = tower.__dict__.pop("_tome", (None, []))
-    for handle in handles:
-        handle.remove()
-    for module in tower.modules():
-        if "_tome" in module.__dict__:
-            module.__class__ = module.__dict__.pop("_original_class")
-            del module._tome
+    restore_classes(vision_tower(model), "_tome_patch", "_tome")
 
 
 def tome_tokens_per_layer(r: int, n_tokens: int, n_layers: int) -> list[int]:
