@@ -73,6 +73,7 @@ def add_lora(clip: CLIPModel, cfg: DictConfig) -> PeftModel | None:
 
 
 def check_adapter_dir(path: str | Path) -> Path:
+    """`path` as a Path when it holds a saved adapter, else a one-line error."""
     path = Path(path).expanduser()
     if not (path / "adapter_config.json").is_file():
         raise ConfigError(f"lora.checkpoint={path} holds no saved adapter (no adapter_config.json there)")

@@ -121,8 +121,10 @@ class ZeroShotCLIP(LightningModule):
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if not self.adapter_only:
+            return
         saved = {name: tuple(tensor.shape) for name, tensor in checkpoint["state_dict"].items()}
-        if self.adapter_only and saved != self.trainable_shapes():
+        if saved != self.trainable_shapes():
             raise ConfigError("the checkpoint's adapter does not match this run's lora config (rank, targets) "
                               "or model: resume with the same lora.* and model")
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from vlm_eff.errors import ConfigError
 from vlm_eff.token_reduction import Reduction, apply_patch, remove_patch, tokens_per_layer, vision_tower
-from vlm_eff.tome import ToMeState, apply_tome, r_for_keep, remove_tome, tome_tokens_per_layer
+from vlm_eff.tome import ToMeState, apply_tome, check_r, r_for_keep, remove_tome, tome_tokens_per_layer
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,8 @@ def check_pruning(cfg: DictConfig, n_layers: int) -> None:
     try:
         if cfg.name == "tome":
             Reduction.create(n_layers, keep=cfg.keep)  # keep in (0, 1]
-            if cfg.r is not None and (isinstance(cfg.r, bool) or not isinstance(cfg.r, int) or cfg.r < 0):
-                raise ValueError(f"pruning.r={cfg.r!r} must be an integer >= 0 (tokens merged per layer)")
+            if cfg.r is not None:
+                check_r(cfg.r)
         elif cfg.name != "none":
             Reduction.create(n_layers, **_knobs(cfg, seed=0))
     except ValueError as error:

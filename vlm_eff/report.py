@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from vlm_eff.results import COLUMNS, csv_text, read_results, write_atomic
+from vlm_eff.wandb_logging import offline_by_default, sweep_group
 
 STRATEGY_ORDER = ("none", "naive", "position_aware", "cls_preserving", "late_layer")
 
@@ -97,13 +98,8 @@ def by_strategy(rows: list[dict]) -> dict[str, list[dict]]:
 
 def trend_figure(rows: list[dict], column: str, ylabel: str, title: str, path: Path, error: str | None = None) -> Path:
     """One line per strategy of `column` against keep (the seed's Figures 1-2); `none` as a reference line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
-    for strategy, group in by_strategy([r for r in rows if r[column]]).items():
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.2), dpi=150)
+    for strategy, group in by_strategy([r for r in rows if r[column] and r["keep"]]).items():
         values = [float(r[column]) for r in group]
         if strategy == "none":
             ax.axhline(statistics.median(values), color="black", linestyle="--", linewidth=1, label="none (stock)")
@@ -121,12 +117,7 @@ def trend_figure(rows: list[dict], column: str, ylabel: str, title: str, path: P
 
 def pareto_figure(rows: list[dict], path: Path) -> Path:
     """Accuracy against throughput, every strategy and keep, with the Pareto front."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=150)
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.2), dpi=150)
     measured = [r for r in rows if r["top1"] and r["throughput_img_s"]]
     for strategy, group in by_strategy(measured).items():
         ax.scatter([float(r["throughput_img_s"]) for r in group], [100 * float(r["top1"]) for r in group],
@@ -145,12 +136,20 @@ def pareto_figure(rows: list[dict], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def save_figure(fig, path: Path) -> Path:
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (imported late: only the report draws)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, format="png")
-    plt.close(fig)
+    pyplot().close(fig)
     tmp.replace(path)  # atomic: never a half-written PNG
     return path
 
@@ -176,18 +175,15 @@ def sweep_logger(sweep_dir: Path) -> dict | None:
         if not cfg.get("logger"):
             return None
         return {"project": cfg.logger.get("project"), "entity": cfg.logger.get("entity"),
-                "group": f"{cfg.task}-{sweep_dir.name}"}
+                "group": sweep_group(cfg.task, sweep_dir)}
     return None
 
 
 def log_summary_run(rows: list[dict], pngs: list[Path], sweep_dir: Path, settings: dict) -> str:
     """One W&B run (job_type=report) in the sweep's group: the table, per-strategy line plots, the figures."""
-    import os
-
     import wandb
 
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
+    offline_by_default()
     run = wandb.init(project=settings["project"], entity=settings["entity"], group=settings["group"],
                      job_type="report", name=f"report-{sweep_dir.name}", dir=str(sweep_dir), reinit="finish_previous")
     columns = [c for c in COLUMNS if any(r.get(c) for r in rows)]

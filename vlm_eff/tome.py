@@ -15,13 +15,23 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from vlm_eff.token_reduction import restore_classes, swap_class, vision_tower
+from vlm_eff.token_reduction import kept_count, restore_classes, swap_class, vision_tower
+
+
+def merges(r: int, n_tokens: int) -> int:
+    """Merges a layer with `n_tokens` tokens can make: r, capped at half the non-CLS tokens."""
+    return min(r, (n_tokens - 1) // 2)
+
+
+def check_r(r) -> None:
+    if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+        raise ValueError(f"pruning.r={r!r} must be an integer >= 0 (tokens merged per layer)")
 
 
 def bipartite_soft_matching(metric: torch.Tensor, r: int):
     """ToMe's matching on metric [B, T, C] (token 0 = CLS, protected): a `merge(x, mode)` that maps
     [B, T, C'] to [B, T - r, C'], merging the r most similar tokens of the even set into the odd set."""
-    r = min(r, (metric.shape[1] - 1) // 2)
+    r = merges(r, metric.shape[1])
     if r <= 0:
         return lambda x, mode="mean": x
     with torch.no_grad():
@@ -53,15 +63,10 @@ def r_for_keep(keep: float, n_tokens: int, n_layers: int, width: int, mlp_width:
         return 4 * t_attn * width**2 + 2 * t_attn**2 * width + 2 * t_mlp * width * mlp_width
 
     def merged(r: int) -> float:
-        total, t = 0.0, n_tokens
-        for _ in range(n_layers):
-            after = t - min(r, (t - 1) // 2)
-            total += layer_flops(t, after)
-            t = after
-        return total
+        return sum(layer_flops(t, t - merges(r, t)) for t in tome_tokens_per_layer(r, n_tokens, n_layers))
 
     patches = n_tokens - 1
-    kept = 1 + max(1, math.floor(keep * patches + 1e-6))  # CLS + kept patches in every layer
+    kept = 1 + kept_count(patches, keep)  # CLS + kept patches in every layer
     target = n_layers * layer_flops(kept, kept)
     return min(range(patches + 1), key=lambda r: abs(merged(r) - target))
 
@@ -112,8 +117,7 @@ class _MergingLayer:
 
 def apply_tome(model: nn.Module, r: int, prop_attn: bool = True, keep: float | None = None) -> ToMeState:
     """Make `model`'s vision tower merge `r` tokens in every layer (r = 0: the stock model)."""
-    if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-        raise ValueError(f"pruning.r={r!r} must be an integer >= 0 (tokens merged per layer)")
+    check_r(r)
     remove_tome(model)
     tower = vision_tower(model)
     state = ToMeState(r=r, prop_attn=prop_attn, keep=keep)
@@ -137,5 +141,5 @@ def tome_tokens_per_layer(r: int, n_tokens: int, n_layers: int) -> list[int]:
     counts, t = [], n_tokens
     for _ in range(n_layers):
         counts.append(t)
-        t -= min(r, (t - 1) // 2)
+        t -= merges(r, t)
     return counts

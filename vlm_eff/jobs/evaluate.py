@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from vlm_eff.errors import ConfigError
 from vlm_eff.jobs.common import encoder_row, prepare, run_dir, save_row
-from vlm_eff.lora import load_adapter, new_adapters
+from vlm_eff.lora import check_adapter_dir, load_adapter
 from vlm_eff.models import RANDOM_WEIGHTS_WARNING, load_preprocess, load_tokenizer
 from vlm_eff.modules import ZeroShotCLIP
 from vlm_eff.profiling import ProfilingCallback
@@ -35,7 +35,8 @@ def evaluate(cfg: DictConfig) -> dict:
     adapter = cfg.lora.get("checkpoint")
     if cfg.lora.name != "none" and not adapter:
         raise ConfigError(f"lora={cfg.lora.name} needs lora.checkpoint=<a saved adapter dir> in evaluate.py")
-    new_adapters(cfg.lora)  # a bad lora.checkpoint fails before anything loads
+    if adapter:
+        check_adapter_dir(adapter)  # a bad lora.checkpoint fails before anything loads
     device, dtype, loaded, size = prepare(cfg, "data.batch_size", "warmup", "data.subset")
     tokenizer = load_tokenizer(cfg.model)
     data = instantiate(cfg.data, preprocess=load_preprocess(cfg.model, size), seed=cfg.seed)
