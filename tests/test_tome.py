@@ -11,7 +11,7 @@ from vlm_eff.errors import ConfigError
 from vlm_eff.flops import flops_per_image
 from vlm_eff.models import ImageEncoder, random_clip
 from vlm_eff.pruning import apply_pruning, check_pruning, remove_pruning
-from vlm_eff.tome import apply_tome, bipartite_soft_matching, r_for_keep, remove_tome, tome_tokens_per_layer
+from vlm_eff.tome import apply_tome, bipartite_soft_matching, r_for_keep, r_schedule, remove_tome, tome_tokens_per_layer
 from vlm_eff.token_reduction import apply_patch, remove_patch
 
 
@@ -61,7 +61,7 @@ def test_sizes_sum_to_the_original_token_count(clip, r):
         lengths = attention_lengths(clip, x)
     finally:
         remove_tome(clip)
-    assert lengths == tome_tokens_per_layer(r, 65, 4)
+    assert lengths == tome_tokens_per_layer([r] * 4, 65)
     assert state.size.shape == (3, lengths[-1] - min(r, (lengths[-1] - 1) // 2), 1)
     assert torch.equal(state.size.sum(dim=1).flatten(), torch.full((3,), 65.0))  # every image keeps 65 tokens' mass
     assert state.size.min() >= 1
@@ -113,8 +113,18 @@ def test_keep_maps_to_r_at_matched_flops(clip):
 def test_bad_tome_knobs_are_one_line_errors():
     cfg = OmegaConf.load(ROOT / "conf" / "pruning" / "tome.yaml")
     cfg.r = -2
-    with pytest.raises(ConfigError, match=r"^pruning.r=-2 must be an integer >= 0 \(tokens merged per layer\)$"):
+    with pytest.raises(ConfigError, match=r"^pruning.r=-2 must be an integer >= 0 \(tokens merged per layer\) or a list"):
         check_pruning(cfg, 12)
+    cfg.r = [4, 4]
+    with pytest.raises(ConfigError, match=r"^pruning.r=\[4, 4\] has 2 entries; a 12-layer encoder needs 12$"):
+        check_pruning(cfg, 12)
+    cfg.r, cfg.schedule = None, "cosine"
+    with pytest.raises(ConfigError, match=r"^pruning.schedule='cosine' is unknown; allowed: constant, decreasing, increasing$"):
+        check_pruning(cfg, 12)
+    cfg.r, cfg.schedule = [1, 2, 3, 4], "decreasing"
+    with pytest.raises(ConfigError, match=r"^pruning.r=\[1, 2, 3, 4\] is already a schedule"):
+        check_pruning(cfg, 4)
+    cfg.schedule = "constant"
     cfg.r, cfg.keep = None, 0
     with pytest.raises(ConfigError, match=r"^pruning.keep=0 is outside \(0, 1\]"):
         check_pruning(cfg, 12)
@@ -126,4 +136,49 @@ def test_r_follows_the_input_resolution(clip):
     native = apply_pruning(clip, cfg).r
     larger = apply_pruning(clip, cfg, image_size=64).r
     remove_pruning(clip)
-    assert native == r_for_keep(0.5, 65, 4, 64, 128) and larger == r_for_keep(0.5, 257, 4, 64, 128) > native
+    assert native == (r_for_keep(0.5, 65, 4, 64, 128),) * 4
+    assert larger == (r_for_keep(0.5, 257, 4, 64, 128),) * 4 and larger > native
+
+
+def test_schedules_follow_tomes_parse_r():
+    """ToMe's parse_r: decreasing runs 2r -> 0, increasing 0 -> 2r, linearly (truncated), a list is
+    taken as given; the total stays about r per layer."""
+    assert r_schedule(8, 4) == (8, 8, 8, 8)
+    assert r_schedule(8, 5, "decreasing") == (16, 12, 8, 4, 0)
+    assert r_schedule(8, 5, "increasing") == (0, 4, 8, 12, 16)
+    assert r_schedule(3, 4, "decreasing") == (6, 4, 2, 0)
+    assert r_schedule([5, 0, 2, 1], 4) == (5, 0, 2, 1)
+
+
+def test_a_schedule_merges_its_per_layer_counts_at_matched_flops(clip):
+    """Every layer merges its own count (tokens seen per layer follow the schedule), and keep 0.5
+    under the decreasing schedule costs what keep 0.5 costs under the constant r (within 5 %).
+    (`increasing` cannot match on a 4-layer, 65-token encoder: its first layer merges nothing.)"""
+    x, schedule = pixels(), "decreasing"
+    cfg = OmegaConf.load(ROOT / "conf" / "pruning" / "tome.yaml")
+    encoder = ImageEncoder(clip)
+    constant = apply_pruning(clip, cfg)
+    constant_flops = flops_per_image(encoder, x[:1])
+    cfg.schedule = schedule
+    state = apply_pruning(clip, cfg)
+    try:
+        lengths = attention_lengths(clip, x)
+        scheduled_flops = flops_per_image(encoder, x[:1])
+    finally:
+        remove_pruning(clip)
+    assert state.r == r_schedule(r_for_keep(0.5, 65, 4, 64, 128, schedule), 4, schedule) != constant.r
+    assert lengths == tome_tokens_per_layer(state.r, 65)
+    assert len({a - b for a, b in zip(lengths, lengths[1:])}) > 1  # layers really merge different counts
+    assert state.label == f"tome_r{r_for_keep(0.5, 65, 4, 64, 128, schedule)}_{schedule}"
+    assert scheduled_flops == pytest.approx(constant_flops, rel=0.05)
+
+
+def test_r_as_a_list_merges_exactly_those_counts(clip):
+    cfg = OmegaConf.load(ROOT / "conf" / "pruning" / "tome.yaml")
+    cfg.r = [10, 0, 5, 1]
+    state = apply_pruning(clip, cfg)
+    try:
+        lengths = attention_lengths(clip, pixels())
+    finally:
+        remove_pruning(clip)
+    assert lengths == [65, 55, 55, 50] and state.label == "tome_r10-0-5-1" and state.keep is None

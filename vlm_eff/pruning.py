@@ -15,9 +15,13 @@ from vlm_eff.tome import ToMeState, apply_tome, check_r, r_for_keep, remove_tome
 log = logging.getLogger(__name__)
 
 
+def _plain(value):
+    """A config list as a plain list (anything else as is)."""
+    return list(value) if isinstance(value, ListConfig) else value
+
+
 def _knobs(cfg: DictConfig, seed: int) -> dict:
-    layer = list(cfg.layer) if isinstance(cfg.layer, ListConfig) else cfg.layer
-    return dict(keep=cfg.keep, layer=layer, score=cfg.score, keep_cls=cfg.keep_cls, summary=cfg.summary, seed=seed,
+    return dict(keep=cfg.keep, layer=_plain(cfg.layer), score=cfg.score, keep_cls=cfg.keep_cls, summary=cfg.summary, seed=seed,
                 mass=cfg.get("mass"))
 
 
@@ -26,8 +30,7 @@ def check_pruning(cfg: DictConfig, n_layers: int) -> None:
     try:
         if cfg.name == "tome":
             Reduction.create(n_layers, keep=cfg.keep)  # keep in (0, 1]
-            if cfg.r is not None:
-                check_r(cfg.r)
+            check_r(0 if cfg.r is None else _plain(cfg.r), n_layers, cfg.get("schedule", "constant"))
         elif cfg.name != "none":
             Reduction.create(n_layers, **_knobs(cfg, seed=0))
     except ValueError as error:
@@ -45,9 +48,13 @@ def apply_pruning(model: nn.Module, cfg: DictConfig, seed: int = 0,
     if cfg.name == "tome":
         vision = vision_tower(model).config
         n_tokens = 1 + ((image_size or vision.image_size) // vision.patch_size) ** 2
-        r = cfg.r if cfg.r is not None else r_for_keep(
-            cfg.keep, n_tokens, vision.num_hidden_layers, vision.hidden_size, vision.intermediate_size)
-        return apply_tome(model, r, prop_attn=cfg.prop_attn, keep=cfg.keep if cfg.r is None else None)
+        schedule = cfg.get("schedule", "constant")
+        r = _plain(cfg.r) if cfg.r is not None else r_for_keep(
+            cfg.keep, n_tokens, vision.num_hidden_layers, vision.hidden_size, vision.intermediate_size, schedule)
+        try:
+            return apply_tome(model, r, cfg.prop_attn, keep=cfg.keep if cfg.r is None else None, schedule=schedule)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     try:
         return apply_patch(model, **_knobs(cfg, seed))
     except ValueError as error:
@@ -63,17 +70,18 @@ def remove_pruning(model: nn.Module) -> None:
 def tokens_at_layers(reduction: Reduction | ToMeState | None, n_patches: int, n_layers: int) -> list[int]:
     """Tokens entering each encoder layer's attention."""
     if isinstance(reduction, ToMeState):
-        return tome_tokens_per_layer(reduction.r, 1 + n_patches, n_layers)
+        return tome_tokens_per_layer(reduction.r, 1 + n_patches)
     return tokens_per_layer(reduction, n_patches, n_layers)
 
 
 def describe(reduction: Reduction | ToMeState | None) -> dict:
-    """The strategy columns of a result row (ToMe: its merges per layer as the score, e.g. `tome_r16`)."""
+    """The strategy columns of a result row (ToMe: its merges per layer as the score, e.g. `tome_r16`,
+    `tome_r16_decreasing`)."""
     if reduction is None:
         return {"keep": 1.0, "layer": "", "score": ""}
     if isinstance(reduction, ToMeState):
         return {"keep": "" if reduction.keep is None else reduction.keep, "layer": "all",
-                "score": f"tome_r{reduction.r}"}
+                "score": reduction.label}
     layers = reduction.layers
     score = reduction.score if reduction.mass is None else f"{reduction.score} mass={reduction.mass}"
     return {"keep": reduction.keep, "layer": layers[0] if len(layers) == 1 else " ".join(map(str, layers)),

@@ -4,13 +4,17 @@ In every encoder layer, between attention and MLP, `r` tokens are merged into th
 partners by bipartite soft matching on the attention keys (mean over heads); merged tokens are
 size-weighted averages, and with proportional attention each token's attention logit gets
 log(size) added (through SDPA's additive mask, so no eager attention is forced). CLS is never
-merged. `apply_tome` swaps the layers' classes in place, ToMe-style; `remove_tome` restores them.
+merged. `r` is one count for every layer, a schedule built from it (ToMe's `parse_r`: `decreasing`
+runs linearly from 2r down to 0, `increasing` from 0 up to 2r; same total merges), or a list with
+one count per layer. `apply_tome` swaps the layers' classes in place, ToMe-style; `remove_tome`
+restores them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -23,9 +27,33 @@ def merges(r: int, n_tokens: int) -> int:
     return min(r, (n_tokens - 1) // 2)
 
 
-def check_r(r) -> None:
-    if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-        raise ValueError(f"pruning.r={r!r} must be an integer >= 0 (tokens merged per layer)")
+SCHEDULES = ("constant", "decreasing", "increasing")
+
+
+def check_r(r, n_layers: int, schedule: str = "constant") -> None:
+    """r: an integer >= 0, or a list of one such integer per layer (then the schedule must be constant)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"pruning.schedule={schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
+    counts = list(r) if isinstance(r, Sequence) else [r]
+    if not counts or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in counts):
+        raise ValueError(f"pruning.r={r!r} must be an integer >= 0 (tokens merged per layer) or a list of them")
+    if isinstance(r, Sequence):
+        if len(counts) != n_layers:
+            raise ValueError(f"pruning.r={counts} has {len(counts)} entries; a {n_layers}-layer encoder needs {n_layers}")
+        if schedule != "constant":
+            raise ValueError(f"pruning.r={counts} is already a schedule: leave pruning.schedule=constant, not {schedule}")
+
+
+def r_schedule(r: int | Sequence[int], n_layers: int, schedule: str = "constant") -> tuple[int, ...]:
+    """Merges per layer (ToMe's `parse_r`): constant r, linearly 2r -> 0 (decreasing) or 0 -> 2r
+    (increasing), or `r` itself when it is already a list."""
+    check_r(r, n_layers, schedule)
+    if isinstance(r, Sequence):
+        return tuple(r)
+    inflect = {"constant": 0, "decreasing": -1, "increasing": 1}[schedule]
+    first = int(r * (1 - inflect))
+    step = (2 * r - 2 * first) / max(1, n_layers - 1)
+    return tuple(int(first + step * i) for i in range(n_layers))
 
 
 def bipartite_soft_matching(metric: torch.Tensor, r: int):
@@ -56,14 +84,17 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int):
     return merge
 
 
-def r_for_keep(keep: float, n_tokens: int, n_layers: int, width: int, mlp_width: int) -> int:
-    """The constant merge count per layer whose encoder FLOPs come closest to those of keeping
-    `keep` of the patch tokens from the start (cls_preserving at layer 0): keep 0.5 means the same work."""
+def r_for_keep(keep: float, n_tokens: int, n_layers: int, width: int, mlp_width: int,
+               schedule: str = "constant") -> int:
+    """The r (of `schedule`) whose encoder FLOPs come closest to those of keeping `keep` of the
+    patch tokens from the start (cls_preserving at layer 0): keep 0.5 means the same work."""
     def layer_flops(t_attn: int, t_mlp: int) -> float:  # multiply-adds of one layer
         return 4 * t_attn * width**2 + 2 * t_attn**2 * width + 2 * t_mlp * width * mlp_width
 
     def merged(r: int) -> float:
-        return sum(layer_flops(t, t - merges(r, t)) for t in tome_tokens_per_layer(r, n_tokens, n_layers))
+        counts = r_schedule(r, n_layers, schedule)
+        tokens = tome_tokens_per_layer(counts, n_tokens)
+        return sum(layer_flops(t, t - merges(n, t)) for t, n in zip(tokens, counts))
 
     patches = n_tokens - 1
     kept = 1 + kept_count(patches, keep)  # CLS + kept patches in every layer
@@ -75,9 +106,10 @@ def r_for_keep(keep: float, n_tokens: int, n_layers: int, width: int, mlp_width:
 class ToMeState:
     """Knobs and the per-forward token sizes ([B, T, 1]; None = all ones)."""
 
-    r: int
+    r: tuple[int, ...]  # merges in each layer
     prop_attn: bool = True
     keep: float | None = None  # the keep ratio r was chosen for, if any
+    label: str = ""  # how r was given, e.g. `tome_r16` or `tome_r16_decreasing`
     size: torch.Tensor | None = None
     keys: dict = field(default_factory=dict)
 
@@ -94,8 +126,9 @@ class _MergingLayer:
     """Mixin for a CLIPEncoderLayer: attention (proportional to token size), merge r tokens, MLP."""
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        state: ToMeState = self._tome
-        if state.r == 0:
+        state, index = self._tome  # ToMeState, this layer's index
+        r = state.r[index]
+        if r == 0:
             state.keys.clear()
             return super().forward(hidden_states, attention_mask, **kwargs)
         if state.prop_attn and state.size is not None:
@@ -107,7 +140,7 @@ class _MergingLayer:
         keys = state.keys.pop("k")  # [B, T, D] from the k_proj hook
         B, T, D = keys.shape
         metric = keys.view(B, T, self.self_attn.num_heads, -1).mean(dim=2)  # [B, T, head_dim]
-        merge = bipartite_soft_matching(metric, state.r)
+        merge = bipartite_soft_matching(metric, r)
         size = state.size if state.size is not None else torch.ones(B, T, 1, dtype=x.dtype, device=x.device)
         x = merge(x * size, mode="sum")  # size-weighted sums ...
         state.size = merge(size, mode="sum")  # [B, T - r, 1]
@@ -115,16 +148,21 @@ class _MergingLayer:
         return x + self.mlp(self.layer_norm2(x))
 
 
-def apply_tome(model: nn.Module, r: int, prop_attn: bool = True, keep: float | None = None) -> ToMeState:
-    """Make `model`'s vision tower merge `r` tokens in every layer (r = 0: the stock model)."""
-    check_r(r)
-    remove_tome(model)
+def apply_tome(model: nn.Module, r: int | Sequence[int], prop_attn: bool = True, keep: float | None = None,
+               schedule: str = "constant") -> ToMeState:
+    """Make `model`'s vision tower merge tokens in every layer as `r` and `schedule` say
+    (r = 0: the stock model)."""
     tower = vision_tower(model)
-    state = ToMeState(r=r, prop_attn=prop_attn, keep=keep)
+    layers = tower.encoder.layers
+    counts = r_schedule(r, len(layers), schedule)
+    remove_tome(model)
+    label = "tome_r" + ("-".join(map(str, counts)) if isinstance(r, Sequence) else
+                        f"{r}" + ("" if schedule == "constant" else f"_{schedule}"))
+    state = ToMeState(r=counts, prop_attn=prop_attn, keep=keep, label=label)
     handles = []
     swap_class(tower.embeddings, _MergingEmbeddings, "_tome", state)
-    for layer in tower.encoder.layers:
-        swap_class(layer, _MergingLayer, "_tome", state)
+    for index, layer in enumerate(layers):
+        swap_class(layer, _MergingLayer, "_tome", (state, index))
         handles.append(layer.self_attn.k_proj.register_forward_hook(
             lambda module, args, output: state.keys.__setitem__("k", output)))
     tower._tome_patch = (state, handles)
@@ -136,10 +174,11 @@ def remove_tome(model: nn.Module) -> None:
     restore_classes(vision_tower(model), "_tome_patch", "_tome")
 
 
-def tome_tokens_per_layer(r: int, n_tokens: int, n_layers: int) -> list[int]:
-    """Tokens entering each layer's attention (the last entry: what the last layer's attention sees)."""
+def tome_tokens_per_layer(r: Sequence[int], n_tokens: int) -> list[int]:
+    """Tokens entering each layer's attention, given its merges `r` (the last entry: what the last
+    layer's attention sees)."""
     counts, t = [], n_tokens
-    for _ in range(n_layers):
+    for n in r:
         counts.append(t)
-        t -= merges(r, t)
+        t -= merges(n, t)
     return counts
