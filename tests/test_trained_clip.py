@@ -128,3 +128,34 @@ def test_tome_at_half_the_flops_stays_within_two_points_of_the_stock_model(zero_
     assert r == 11
     # measured on these 2,000 images: stock 69.55, tome 68.80, cls_preserving at keep 0.5 56.25 (% top-1)
     assert merged >= stock - 0.02, (stock, merged)
+
+
+def test_adaptive_keep_rows_count_each_images_own_budget(zero_shot, subset):
+    """Under adaptive keep a row's FLOPs and tokens are means over images counted alone: each image's
+    FLOPs are exactly those of a fixed keep at its own budget, and the mean tokens match the budgets
+    the batched (padded) forward chose for the same images."""
+    from vlm_eff.flops import flops_per_image
+    from vlm_eff.jobs.common import cost_per_image
+    from vlm_eff.models import ImageEncoder
+    from vlm_eff.token_reduction import adaptive_budgets
+
+    pixels = subset[0][:16]
+    encoder = ImageEncoder(zero_shot.clip)
+    reduction = apply_patch(zero_shot.clip, keep=1.0, layer=0, mass=0.7)
+    try:
+        with torch.no_grad():
+            encoder(pixels)
+        budgets = adaptive_budgets(zero_shot.clip).tolist()  # [16] patches each image kept
+        flops, tokens = cost_per_image(encoder, reduction, pixels)
+        alone = [flops_per_image(encoder, image[None]) for image in pixels[:3]]
+    finally:
+        remove_patch(zero_shot.clip)
+    fixed = {}
+    for budget in set(budgets):
+        apply_patch(zero_shot.clip, keep=budget / 64, layer=0)
+        fixed[budget] = flops_per_image(encoder, pixels[:1])
+        remove_patch(zero_shot.clip)
+    assert len(set(budgets)) > 1  # real images need different budgets
+    assert alone == [fixed[b] for b in budgets[:3]]
+    assert tokens == pytest.approx(1 + sum(budgets) / 16)
+    assert flops == pytest.approx(sum(fixed[b] for b in budgets) / 16)

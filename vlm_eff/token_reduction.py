@@ -357,6 +357,12 @@ def remove_patch(model: nn.Module) -> None:
     restore_classes(vision_tower(model), "_token_reduction", "_reducer")
 
 
+def adaptive_budgets(model: nn.Module) -> torch.Tensor | None:
+    """Patches each image of the last forward kept under adaptive keep ([B]), else None."""
+    reducer = getattr(vision_tower(model).embeddings, "_reducer", None)
+    return None if reducer is None else reducer.budgets
+
+
 def current_reduction(model: nn.Module) -> Reduction | None:
     """The `Reduction` applied to `model`, or None when it runs stock."""
     return vision_tower(model).__dict__.get("_token_reduction", (None, None))[0]

@@ -3,6 +3,7 @@ preprocessing, and writing a job's row everywhere it goes."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -15,6 +16,7 @@ from vlm_eff.flops import flops_per_image
 from vlm_eff.models import ImageEncoder, LoadedCLIP, load_clip
 from vlm_eff.pruning import check_pruning, describe, tokens_at_layers
 from vlm_eff.results import base_row, write_results
+from vlm_eff.token_reduction import Reduction, adaptive_budgets
 from vlm_eff.runtime import device_label, resolve_device, resolve_dtype
 
 
@@ -46,19 +48,47 @@ def prepare(cfg: DictConfig, *count_keys: str) -> tuple[torch.device, torch.dtyp
     return device, dtype, loaded, image_size(cfg, loaded.model.config.vision_config)
 
 
-def encoder_row(task: str, cfg: DictConfig, weights: str, reduction, device: torch.device,
-                encoder: ImageEncoder, dtype: torch.dtype) -> dict:
-    """The columns every task fills from its model and strategy, FLOPs counted on one image."""
-    size = encoder.image_size
-    flops = flops_per_image(encoder, torch.zeros(1, 3, size, size, device=device, dtype=dtype))
+ADAPTIVE_SAMPLE = 64  # images whose own FLOPs and token counts are averaged under adaptive keep
+
+
+def first_images(dataset, n: int = ADAPTIVE_SAMPLE) -> torch.Tensor:
+    """The pixels of the first `n` items of a dataset of (pixels, ...) -> [n, 3, H, W]."""
+    return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
+
+
+def cost_per_image(encoder: ImageEncoder, reduction, images: torch.Tensor) -> tuple[float, float]:
+    """(FLOPs per image, tokens entering the last layer). Adaptive keep: means over `images`, each
+    counted alone (its own budget, no padding); otherwise one blank image (the cost depends on no pixel)."""
     n_layers = encoder.clip.config.vision_config.num_hidden_layers
+    if not (isinstance(reduction, Reduction) and reduction.mass is not None):
+        blank = torch.zeros_like(images[:1])
+        return flops_per_image(encoder, blank), tokens_at_layers(reduction, encoder.n_patches, n_layers)[-1]
+    flops, tokens = [], []
+    for image in images:
+        flops.append(flops_per_image(encoder, image[None]))  # [1, 3, H, W]
+        tokens.append(1 + int(adaptive_budgets(encoder.clip)[0]))  # CLS + the patches this image kept
+    return statistics.fmean(flops), statistics.fmean(tokens)
+
+
+def encoder_row(task: str, cfg: DictConfig, weights: str, reduction, device: torch.device,
+                encoder: ImageEncoder, dtype: torch.dtype, images: torch.Tensor) -> dict:
+    """The columns every task fills from its model and strategy; FLOPs and tokens as `cost_per_image`
+    counts them on `images` (some of the job's inputs, [n, 3, H, W])."""
+    size = encoder.image_size
+    flops, tokens = cost_per_image(encoder, reduction, images.to(device=device, dtype=dtype))
     return {
         **base_row(task, Path(cfg.paths.root_dir)),
         "model": cfg.model.name, "weights": weights, "strategy": cfg.pruning.name, **describe(reduction),
         "device": device_label(device), "dtype": cfg.dtype, "batch_size": cfg.data.batch_size, "image_size": size,
-        "tokens": tokens_at_layers(reduction, encoder.n_patches, n_layers)[-1],
+        "tokens": round(tokens, 2),
         "gflops_per_img": flops / 1e9, "gmacs_per_img": flops / 2e9,
     }  # fmt: skip
+
+
+def tokens_text(row: dict) -> str:
+    """The row's `tokens` in words (adaptive keep: a mean over images)."""
+    adaptive = "mass=" in str(row["score"])
+    return f"{row['tokens']} tokens at the last layer" + (" (mean per image, adaptive keep)" if adaptive else "")
 
 
 def run_dir() -> Path:

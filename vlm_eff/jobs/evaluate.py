@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from vlm_eff.errors import ConfigError
-from vlm_eff.jobs.common import encoder_row, prepare, run_dir, save_row
+from vlm_eff.jobs.common import encoder_row, first_images, prepare, run_dir, save_row, tokens_text
 from vlm_eff.lora import check_adapter_dir, load_adapter
 from vlm_eff.models import RANDOM_WEIGHTS_WARNING, load_preprocess, load_tokenizer
 from vlm_eff.modules import ZeroShotCLIP
@@ -21,12 +21,12 @@ from vlm_eff.wandb_logging import finish, make_logger
 
 
 def zero_shot_row(task: str, cfg: DictConfig, module: ZeroShotCLIP, weights: str, reduction, device,
-                  timing: dict, n_images: int) -> dict:
-    """A results row for a zero-shot test of `module` (shared by evaluate and train)."""
+                  timing: dict, test_set) -> dict:
+    """A results row for a zero-shot test of `module` on `test_set` (shared by evaluate and train)."""
     results = module.test_results()
     return {
-        **encoder_row(task, cfg, weights, reduction, device, module.encoder, module.dtype), **timing,
-        "top1": results["top1"], "top5": results["top5"], "n_images": n_images,
+        **encoder_row(task, cfg, weights, reduction, device, module.encoder, module.dtype, first_images(test_set)),
+        **timing, "top1": results["top1"], "top5": results["top5"], "n_images": len(test_set),
     }
 
 
@@ -56,9 +56,8 @@ def evaluate(cfg: DictConfig) -> dict:
     )  # fmt: skip
     trainer.test(module, datamodule=data, verbose=False)
 
-    n_images = len(data.test_set)
     row = zero_shot_row("evaluate", cfg, module, loaded.weights + ("+lora" if adapter else ""), reduction, device,
-                        profiler.summaries.get("test", {}), n_images)
+                        profiler.summaries.get("test", {}), data.test_set)
     per_class = module.test_results()["per_class"]
     write_atomic(out_dir / "per_class.json", json.dumps(per_class, indent=2) + "\n")
     save_row(row, cfg, out_dir, logger, "test")
@@ -79,7 +78,7 @@ def print_summary(row: dict, per_class: dict, source: str, out_dir: Path, projec
         f"keep={row['keep']} layer={row['layer']} score={row['score']}",
         f"  zero-shot top-1 {100 * row['top1']:.2f}%   top-5 {100 * row['top5']:.2f}%   on {row['n_images']} images",
         "  per class " + ", ".join(f"{name} {100 * acc:.1f}" for name, acc in per_class.items()),
-        f"  {row['tokens']} tokens at the last layer, {row['gflops_per_img']:.4g} GFLOPs/image; {timing}",
+        f"  {tokens_text(row)}, {row['gflops_per_img']:.4g} GFLOPs/image; {timing}",
         f"  results   {out_dir / 'results.csv'} (+ one row in {project_csv}; per class: per_class.json)",
     ]
     if wandb_dir:

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from vlm_eff.data import SyntheticDataModule
-from vlm_eff.jobs.common import encoder_row, prepare, run_dir, save_row
+from vlm_eff.jobs.common import encoder_row, first_images, prepare, run_dir, save_row, tokens_text
 from vlm_eff.models import RANDOM_WEIGHTS_WARNING, ImageEncoder
 from vlm_eff.modules import ImageEncoderModule
 from vlm_eff.profiling import ProfilingCallback
@@ -39,7 +39,8 @@ def profile(cfg: DictConfig) -> dict:
         trainer.test(module, datamodule=data, verbose=False)
 
     row = {
-        **encoder_row("profile", cfg, loaded.weights, reduction, device, module.encoder, dtype),
+        **encoder_row("profile", cfg, loaded.weights, reduction, device, module.encoder, dtype,
+                      first_images(data.dataset)),
         **profiler.summaries["test"],
         "n_images": profiler.timed_images["test"],
     }
@@ -55,7 +56,7 @@ def print_summary(row: dict, source: str, out_dir: Path, project_csv: Path, wand
         f"vlm-eff profile: {row['model']} ({row['weights']} weights: {source}), strategy={row['strategy']} "
         f"keep={row['keep']} layer={row['layer']} score={row['score']}",
         f"  device {row['device']}, {row['dtype']}, {row['threads']} threads, batch {row['batch_size']}, "
-        f"{row['image_size']} px, {row['tokens']} tokens at the last layer",
+        f"{row['image_size']} px, {tokens_text(row)}",
         f"  latency   {row['latency_ms_mean']:.2f} ms/batch mean, {row['latency_ms_median']:.2f} median, "
         f"{row['latency_ms_p90']:.2f} p90, std {row['latency_ms_std']:.2f} ({row['n_images']} images timed)",
         f"  throughput {row['throughput_img_s']:.1f} images/s",

@@ -92,7 +92,7 @@ def train(cfg: DictConfig) -> dict:
     module.eval()
     trainer.test(module, datamodule=data, verbose=False)
     row = zero_shot_row("train", cfg, module, loaded.weights + ("+lora" if adapters else ""), reduction, device,
-                        profiler.summaries.get("train", {}), len(data.test_set))
+                        profiler.summaries.get("train", {}), data.test_set)
     row["trainable_params"] = trainable
     if not trainer.is_global_zero:  # DDP: rank 0 writes the results
         return row
