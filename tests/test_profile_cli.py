@@ -9,7 +9,7 @@ from wandb_files import read_run
 from conftest import run_script
 from vlm_eff.results import COLUMNS, read_results
 
-NOT_MEASURED_BY_PROFILE = {"top1", "top5", "trainable_params"}
+NOT_MEASURED_BY_PROFILE = {"top1", "top5", "trainable_params", "reduce_share_pct"}  # the last: trace=true only
 GPU_ONLY = {"peak_reserved_mib", "gpu_util_pct", "gpu_mem_used_mib", "gpu_power_w", "gpu_sm_clock_mhz", "gpu_temp_c"}
 
 
@@ -26,6 +26,7 @@ def test_profile_writes_a_full_row_and_an_offline_wandb_run(tmp_path):
     assert [c for c in GPU_ONLY if row[c]] == []  # on CPU: empty, not zero
     assert (row["task"], row["model"], row["weights"], row["strategy"]) == ("profile", "clip_tiny", "random", "naive")
     assert int(row["tokens"]) == math.floor(0.7 * 64) + 1  # kept patches + the mean summary token
+    assert row["compile"] == "False"
     assert float(row["throughput_img_s"]) == pytest.approx(8 / (float(row["latency_ms_mean"]) / 1000), rel=0.05)
     assert int(row["n_images"]) == 10 * 8  # runs x batch size; the 3 warm-up batches are not counted
     assert "RANDOM WEIGHTS" in result.stdout and "results.csv" in result.stdout
@@ -38,6 +39,16 @@ def test_profile_writes_a_full_row_and_an_offline_wandb_run(tmp_path):
     assert "naive" in run["tags"]
     assert run["summary"]["profile/latency_ms_mean"] == pytest.approx(float(row["latency_ms_mean"]), rel=1e-5)
     assert run["summary"]["profile/tokens"] == int(row["tokens"])
+
+
+def test_compiled_profile_with_the_reduction_share_traced(tmp_path):
+    """compile=true times the torch.compile'd encoder; trace=true adds the reduction steps' share."""
+    result = run_script("profile.py", "model=clip_tiny", "pruning=tome", "compile=true", "trace=true", "logger=none",
+                        f"paths.work_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    (row,) = read_results(tmp_path / "outputs" / "results.csv")
+    assert row["compile"] == "True" and 0 < float(row["reduce_share_pct"]) < 100
+    assert "(torch.compile)" in result.stdout and "of encoder time in the reduction steps" in result.stdout
 
 
 def test_multirun_from_another_directory_flops_fall_with_keep(tmp_path):
@@ -65,6 +76,7 @@ BAD_INPUTS = [
     (["data.batch_size=0"], "data.batch_size=0 must be an integer >= 1"),
     (["model.image_size=30"], "model.image_size=30 must be a positive multiple of the patch size 4"),
     (["pruning=late_layer", "pruning.layer=9"], "pruning.layer=9 is out of range for a 4-layer encoder; allowed -1..3"),
+    (["compile=true", "warmup=0"], "compile=true needs warmup >= 1 (the first batch compiles), got warmup=0"),
 ]
 
 

@@ -12,7 +12,9 @@ from vlm_eff.data import SyntheticDataModule
 from vlm_eff.flops import flops_per_image
 from vlm_eff.models import ImageEncoder, random_clip
 from vlm_eff.modules import ImageEncoderModule
-from vlm_eff.profiling import ProfilingCallback
+from vlm_eff.profiling import ProfilingCallback, reduction_share
+from vlm_eff.token_reduction import apply_patch, remove_patch
+from vlm_eff.tome import apply_tome, remove_tome
 from vlm_eff.results import COLUMNS, append_locked, read_results, write_atomic
 
 
@@ -48,6 +50,46 @@ def test_interpolated_image_size_counts_more_tokens():
     encoder = ImageEncoder(clip, image_size=64)
     assert encoder.n_patches == 256
     assert encoder(torch.randn(2, 3, 64, 64)).shape == (2, 32)
+
+
+STRATEGIES = {
+    "cls_preserving": lambda clip: apply_patch(clip, keep=0.5, layer=0),
+    "evit": lambda clip: apply_patch(clip, keep=0.7, layer=[1, 2, 3], score="cls_attn", summary="fused"),
+    "adaptive": lambda clip: apply_patch(clip, keep=1.0, layer=0, mass=0.7),
+    "tome": lambda clip: apply_tome(clip, 8),
+}
+
+
+def test_reduction_share_is_zero_for_the_stock_model_and_positive_under_every_strategy(tiny_clip):
+    """Every strategy's reduction work (scores, selection, merging, padding masks) runs inside the
+    `vlm_eff.reduce` profiler range; the stock model has none."""
+    batches = [torch.randn(4, 3, 32, 32) for _ in range(2)]
+    encoder = ImageEncoder(tiny_clip)
+    assert reduction_share(encoder, batches) == 0
+    for name, patch in STRATEGIES.items():
+        patch(tiny_clip)
+        try:
+            share = reduction_share(encoder, batches)
+        finally:
+            remove_patch(tiny_clip)
+            remove_tome(tiny_clip)
+        assert 0 < share < 100, name
+
+
+@pytest.mark.parametrize("name", ["cls_preserving", "tome"])
+def test_compiled_encoder_gives_the_eager_output(tiny_clip, name):
+    """The torch.compile path (profile.py compile=true) computes what the eager patched model does."""
+    pixels = torch.randn(4, 3, 32, 32)
+    STRATEGIES[name](tiny_clip)
+    try:
+        module = ImageEncoderModule(ImageEncoder(tiny_clip), compile=True)
+        with torch.no_grad():
+            eager = module.encoder(pixels)
+            compiled = module.run_encoder(pixels)
+    finally:
+        remove_patch(tiny_clip)
+        remove_tome(tiny_clip)
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
 
 
 def test_callback_times_only_the_batches_after_warm_up(tiny_clip):

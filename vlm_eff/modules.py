@@ -15,14 +15,15 @@ from vlm_eff.models import ImageEncoder
 class ImageEncoderModule(LightningModule):
     """Runs CLIP's image path on each test batch: what profile.py times."""
 
-    def __init__(self, encoder: ImageEncoder, dtype: torch.dtype = torch.float32):
+    def __init__(self, encoder: ImageEncoder, dtype: torch.dtype = torch.float32, compile: bool = False):
         super().__init__()
         self.encoder = encoder.to(dtype)
         self.input_dtype = dtype
+        self.run_encoder = torch.compile(encoder.forward) if compile else encoder.forward  # compiled on first call
 
     def test_step(self, batch, batch_idx: int) -> torch.Tensor:
         (pixel_values,) = batch  # [B, 3, H, W]
-        return self.encoder(pixel_values.to(self.input_dtype))  # [B, P]
+        return self.run_encoder(pixel_values.to(self.input_dtype))  # [B, P]
 
 
 class ZeroShotCLIP(LightningModule):

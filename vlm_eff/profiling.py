@@ -22,6 +22,10 @@ from typing import Callable
 
 import torch
 from pytorch_lightning import Callback
+from torch import nn
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from vlm_eff.token_reduction import REDUCE_RANGE
 
 log = logging.getLogger(__name__)
 
@@ -242,3 +246,23 @@ class ProfilingCallback(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._end("train")
+
+
+ENCODER_RANGE = "vlm_eff.encoder"
+
+
+@torch.inference_mode()
+def reduction_share(encoder: nn.Module, batches: list[torch.Tensor]) -> float:
+    """The share (%) of the image encoder's time spent in the token reduction steps (scoring,
+    selecting, gathering, merging, masks: the `vlm_eff.reduce` profiler ranges), from a
+    torch.profiler trace of `encoder` over `batches`: host time on CPU, GPU time on CUDA."""
+    cuda = batches[0].device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as trace:
+        for pixels in batches:
+            with record_function(ENCODER_RANGE):
+                encoder(pixels)
+        if cuda:
+            torch.cuda.synchronize(batches[0].device)
+    spent = {e.key: e.device_time_total if cuda else e.cpu_time_total for e in trace.key_averages()}
+    return 100 * spent.get(REDUCE_RANGE, 0.0) / spent[ENCODER_RANGE]

@@ -28,7 +28,9 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
+REDUCE_RANGE = "vlm_eff.reduce"  # every reduction step runs inside this profiler range (ToMe's merging too)
 SCORES = ("l2", "cls_attn", "random")
 SUMMARIES = ("none", "mean", "fused")
 
@@ -165,6 +167,7 @@ class Reducer:
         attn = (q0 @ keys.transpose(-1, -2) * (D // H) ** -0.5).softmax(dim=-1)  # [B, H, 1, T]
         return attn.mean(dim=1).squeeze(1)  # [B, T]
 
+    @record_function(REDUCE_RANGE)
     def reduce(self, x: torch.Tensor) -> torch.Tensor:
         """One step on x = [CLS?][summary?] + patches, [B, T, D] -> [CLS?][summary?] + kept patches."""
         r = self.reduction
@@ -334,6 +337,7 @@ def apply_patch(
 def _mask_padding(reducer: Reducer):
     """A layer pre-hook passing the padding (adaptive keep) as an additive attention mask [B, 1, 1, T]."""
 
+    @record_function(REDUCE_RANGE)
     def hook(module, args, kwargs):
         if reducer.valid is None:
             return None

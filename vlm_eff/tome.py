@@ -18,8 +18,9 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
-from vlm_eff.token_reduction import kept_count, restore_classes, swap_class, vision_tower
+from vlm_eff.token_reduction import REDUCE_RANGE, kept_count, restore_classes, swap_class, vision_tower
 
 
 def merges(r: int, n_tokens: int) -> int:
@@ -129,14 +130,22 @@ class _MergingLayer:
         state, index = self._tome  # ToMeState, this layer's index
         r = state.r[index]
         if r == 0:
-            state.keys.clear()
-            return super().forward(hidden_states, attention_mask, **kwargs)
+            out = super().forward(hidden_states, attention_mask, **kwargs)
+            state.keys.clear()  # nothing to match: drop the keys the k_proj hook just stored
+            return out
         if state.prop_attn and state.size is not None:
-            bias = state.size.log().transpose(1, 2)[:, None].to(hidden_states.dtype)  # [B, 1, 1, T]
-            attention_mask = bias if attention_mask is None else attention_mask + bias
+            with record_function(REDUCE_RANGE):
+                bias = state.size.log().transpose(1, 2)[:, None].to(hidden_states.dtype)  # [B, 1, 1, T]
+                attention_mask = bias if attention_mask is None else attention_mask + bias
         residual = hidden_states  # [B, T, D]
         x, _ = self.self_attn(hidden_states=self.layer_norm1(hidden_states), attention_mask=attention_mask, **kwargs)
-        x = residual + x
+        x = self._merge(residual + x, r)
+        return x + self.mlp(self.layer_norm2(x))
+
+    @record_function(REDUCE_RANGE)
+    def _merge(self, x: torch.Tensor, r: int) -> torch.Tensor:
+        """Merge r tokens of x [B, T, D] -> [B, T - r, D], matched on this layer's keys; sizes updated."""
+        state, _ = self._tome
         keys = state.keys.pop("k")  # [B, T, D] from the k_proj hook
         B, T, D = keys.shape
         metric = keys.view(B, T, self.self_attn.num_heads, -1).mean(dim=2)  # [B, T, head_dim]
@@ -144,8 +153,7 @@ class _MergingLayer:
         size = state.size if state.size is not None else torch.ones(B, T, 1, dtype=x.dtype, device=x.device)
         x = merge(x * size, mode="sum")  # size-weighted sums ...
         state.size = merge(size, mode="sum")  # [B, T - r, 1]
-        x = x / state.size  # ... divided by the merged sizes: size-weighted means
-        return x + self.mlp(self.layer_norm2(x))
+        return x / state.size  # ... divided by the merged sizes: size-weighted means
 
 
 def apply_tome(model: nn.Module, r: int | Sequence[int], prop_attn: bool = True, keep: float | None = None,
