@@ -12,6 +12,7 @@ from wandb_files import read_run
 from conftest import run_script
 from vlm_eff.profiling import Sampler, nvml_sampler
 from vlm_eff.report import main as report_main
+from vlm_eff.report import pareto_front, variant
 from vlm_eff.results import COLUMNS, read_results
 
 SWEEP = ("profile.py", "-m", "model=clip_tiny", "pruning=naive,cls_preserving", "pruning.keep=1.0,0.5", "runs=4")
@@ -143,5 +144,23 @@ def test_report_of_an_evaluate_sweep_adds_accuracy_and_the_pareto_figure(tmp_pat
     assert "W&B summary run" not in capsys.readouterr().out  # logger=none sweeps get no summary run
     header = (sweep_dir / "report.md").read_text().splitlines()[0]
     assert "top-1 %" in header
-    with Image.open(sweep_dir / "accuracy_vs_throughput.png") as image:
-        assert image.format == "PNG"
+    for name in ("accuracy_vs_flops.png", "accuracy_vs_throughput.png"):
+        with Image.open(sweep_dir / name) as image:
+            assert image.format == "PNG"
+
+
+def test_pareto_front_and_series_names():
+    """The front keeps the rows nothing cheaper beats (ties in cost: the more accurate one); the
+    figures tell adaptive keep and ToMe schedules apart from their strategy."""
+    def row(strategy, gflops, top1, score="l2"):
+        return {"strategy": strategy, "gflops_per_img": str(gflops), "top1": str(top1), "score": score,
+                "throughput_img_s": str(100 / gflops), "keep": "0.5"}
+
+    rows = [row("none", 4.0, 0.70), row("tome", 2.0, 0.69, "tome_r11"), row("late_layer", 3.0, 0.68),
+            row("naive", 2.0, 0.20), row("cls_preserving", 1.0, 0.40, "l2 mass=0.5"),
+            row("tome", 1.0, 0.30, "tome_r8_decreasing")]
+    front = pareto_front(rows, "gflops_per_img", lower_is_better=True)
+    assert [(r["strategy"], r["gflops_per_img"]) for r in front] == [("cls_preserving", "1.0"), ("tome", "2.0"),
+                                                                        ("none", "4.0")]
+    assert pareto_front(rows, "throughput_img_s", lower_is_better=False) == front  # throughput = 100 / FLOPs here
+    assert [variant(r) for r in rows[3:]] == ["naive", "cls_preserving adaptive (l2)", "tome decreasing"]

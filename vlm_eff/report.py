@@ -2,8 +2,9 @@
 
 Gathers every job's `results.csv` under the sweep dir into `report.csv` and a Markdown table
 (`report.md`, also printed) with speed-ups against the stock model measured in the same sweep,
-draws the figures (`latency_vs_keep.png`, `memory_vs_keep.png`, and `accuracy_vs_throughput.png`
-when the jobs measured accuracy), and logs all of it to one summary W&B run in the sweep's group.
+draws the figures (`latency_vs_keep.png`, `memory_vs_keep.png`, and `accuracy_vs_flops.png` and
+`accuracy_vs_throughput.png` with their Pareto fronts when the jobs measured accuracy), and logs all
+of it to one summary W&B run in the sweep's group.
 Failed, unfinished or missing jobs are named with their reason and left out.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from vlm_eff.results import COLUMNS, csv_text, read_results, write_atomic
 from vlm_eff.wandb_logging import offline_by_default, sweep_group
 
-STRATEGY_ORDER = ("none", "naive", "position_aware", "cls_preserving", "late_layer")
+STRATEGY_ORDER = ("none", "naive", "position_aware", "cls_preserving", "late_layer", "evit", "tome")
 
 
 def gather(sweep_dir: Path) -> tuple[list[dict], list[str]]:
@@ -41,7 +42,7 @@ def gather(sweep_dir: Path) -> tuple[list[dict], list[str]]:
 def _sort_key(row: dict):
     strategy = row["strategy"]
     rank = STRATEGY_ORDER.index(strategy) if strategy in STRATEGY_ORDER else len(STRATEGY_ORDER)
-    return rank, strategy, -float(row["keep"] or 1)
+    return rank, strategy, variant(row), -float(row["keep"] or 1), -float(row["gflops_per_img"])
 
 
 def baseline(rows: list[dict]) -> dict | None:
@@ -59,7 +60,7 @@ def baseline(rows: list[dict]) -> dict | None:
 
 def markdown(rows: list[dict]) -> str:
     base = baseline(rows)
-    header = ["strategy", "keep", "layer", "tokens", "GFLOPs/img", "latency ms (mean ± std)", "throughput img/s",
+    header = ["strategy", "keep", "layer", "score", "tokens", "GFLOPs/img", "latency ms (mean ± std)", "throughput img/s",
               "speed-up", "FLOP ratio", "peak MiB"]
     if any(r["top1"] for r in rows):
         header.insert(-1, "top-1 %")
@@ -71,7 +72,7 @@ def markdown(rows: list[dict]) -> str:
             if timed and base["latency_ms_mean"]:
                 speedup = f"{float(base['latency_ms_mean']) / float(r['latency_ms_mean']):.2f}x"
             flop_ratio = f"{float(base['gflops_per_img']) / float(r['gflops_per_img']):.2f}x"
-        cells = [r["strategy"], r["keep"], r["layer"], r["tokens"], f"{float(r['gflops_per_img']):.4g}",
+        cells = [r["strategy"], r["keep"], r["layer"], r["score"], r["tokens"], f"{float(r['gflops_per_img']):.4g}",
                  f"{float(r['latency_ms_mean']):.1f} ± {float(r['latency_ms_std']):.1f}" if timed else "not timed",
                  f"{float(r['throughput_img_s']):.2f}" if timed else "", speedup, flop_ratio]
         if "top-1 %" in header:
@@ -88,18 +89,31 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def variant(row: dict) -> str:
+    """A figure's series: the strategy, told apart from its adaptive-keep and ToMe-schedule variants."""
+    score = row["score"]
+    if "mass=" in score:
+        return f"{row['strategy']} adaptive ({score.split()[0]})"
+    for schedule in ("decreasing", "increasing"):
+        if score.endswith("_" + schedule):
+            return f"{row['strategy']} {schedule}"
+    return row["strategy"]
+
+
 def by_strategy(rows: list[dict]) -> dict[str, list[dict]]:
-    """Rows per strategy in report order, each list sorted by keep."""
+    """Rows per `variant` in report order, each list sorted by keep (then by FLOPs)."""
     lines: dict[str, list[dict]] = {}
     for row in sorted(rows, key=_sort_key):
-        lines.setdefault(row["strategy"], []).append(row)
-    return {name: sorted(group, key=lambda r: float(r["keep"] or 1)) for name, group in lines.items()}
+        lines.setdefault(variant(row), []).append(row)
+    return {name: sorted(group, key=lambda r: (float(r["keep"] or 1), float(r["gflops_per_img"])))
+            for name, group in lines.items()}
 
 
 def trend_figure(rows: list[dict], column: str, ylabel: str, title: str, path: Path, error: str | None = None) -> Path:
     """One line per strategy of `column` against keep (the seed's Figures 1-2); `none` as a reference line."""
     fig, ax = pyplot().subplots(figsize=(6.4, 4.2), dpi=150)
-    for strategy, group in by_strategy([r for r in rows if r[column] and r["keep"]]).items():
+    on_keep_axis = [r for r in rows if r[column] and r["keep"] and "mass=" not in r["score"]]  # adaptive: no keep axis
+    for strategy, group in by_strategy(on_keep_axis).items():
         values = [float(r[column]) for r in group]
         if strategy == "none":
             ax.axhline(statistics.median(values), color="black", linestyle="--", linewidth=1, label="none (stock)")
@@ -115,23 +129,32 @@ def trend_figure(rows: list[dict], column: str, ylabel: str, title: str, path: P
     return save_figure(fig, path)
 
 
-def pareto_figure(rows: list[dict], path: Path) -> Path:
-    """Accuracy against throughput, every strategy and keep, with the Pareto front."""
-    fig, ax = pyplot().subplots(figsize=(6.4, 4.2), dpi=150)
-    measured = [r for r in rows if r["top1"] and r["throughput_img_s"]]
-    for strategy, group in by_strategy(measured).items():
-        ax.scatter([float(r["throughput_img_s"]) for r in group], [100 * float(r["top1"]) for r in group],
-                   label=strategy, s=24)
+def pareto_front(rows: list[dict], column: str, lower_is_better: bool) -> list[dict]:
+    """The rows that no row at least as cheap (`column`: FLOPs, lower is better) or as fast
+    (throughput, higher is better) beats on top-1, cheapest first."""
     front, best = [], -1.0
-    for r in sorted(measured, key=lambda r: -float(r["throughput_img_s"])):  # fastest first
+    cost = (lambda r: float(r[column])) if lower_is_better else (lambda r: -float(r[column]))
+    for r in sorted(rows, key=lambda r: (cost(r), -float(r["top1"]))):
         if float(r["top1"]) > best:
             front.append(r)
             best = float(r["top1"])
-    ax.plot([float(r["throughput_img_s"]) for r in front], [100 * float(r["top1"]) for r in front],
+    return front
+
+
+def pareto_figure(rows: list[dict], column: str, xlabel: str, path: Path, lower_is_better: bool) -> Path:
+    """Accuracy against `column` (FLOPs or throughput), every strategy and keep, with the Pareto front:
+    the rows no cheaper (or faster) row beats on accuracy."""
+    fig, ax = pyplot().subplots(figsize=(7.2, 4.8), dpi=150)
+    measured = [r for r in rows if r["top1"] and r[column]]
+    for name, group in by_strategy(measured).items():
+        ax.scatter([float(r[column]) for r in group], [100 * float(r["top1"]) for r in group], label=name, s=24,
+                   marker="*" if name == "none" else "o")
+    front = pareto_front(measured, column, lower_is_better)
+    ax.plot([float(r[column]) for r in front], [100 * float(r["top1"]) for r in front],
             color="gray", linestyle=":", label="Pareto front")
-    ax.set(xlabel="throughput (images/s)", ylabel="top-1 accuracy (%)", title="Accuracy vs throughput")
+    ax.set(xlabel=xlabel, ylabel="top-1 accuracy (%)", title=f"Accuracy vs {xlabel.split(' (')[0]}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -162,7 +185,10 @@ def figures(rows: list[dict], out_dir: Path) -> list[Path]:
                      out_dir / "memory_vs_keep.png"),
     ]
     if any(r["top1"] for r in rows):
-        paths.append(pareto_figure(rows, out_dir / "accuracy_vs_throughput.png"))
+        paths.append(pareto_figure(rows, "gflops_per_img", "FLOPs (GFLOPs per image)", out_dir / "accuracy_vs_flops.png",
+                                   lower_is_better=True))
+        paths.append(pareto_figure(rows, "throughput_img_s", "throughput (images/s)",
+                                   out_dir / "accuracy_vs_throughput.png", lower_is_better=False))
     return paths
 
 
