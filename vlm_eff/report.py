@@ -144,7 +144,7 @@ def pareto_front(rows: list[dict], column: str, lower_is_better: bool) -> list[d
 def pareto_figure(rows: list[dict], column: str, xlabel: str, path: Path, lower_is_better: bool) -> Path:
     """Accuracy against `column` (FLOPs or throughput), every strategy and keep, with the Pareto front:
     the rows no cheaper (or faster) row beats on accuracy."""
-    fig, ax = pyplot().subplots(figsize=(7.2, 4.8), dpi=150)
+    fig, ax = pyplot().subplots(figsize=(8.4, 4.8), dpi=150)
     measured = [r for r in rows if r["top1"] and r[column]]
     for name, group in by_strategy(measured).items():
         ax.scatter([float(r[column]) for r in group], [100 * float(r["top1"]) for r in group], label=name, s=24,
@@ -154,7 +154,7 @@ def pareto_figure(rows: list[dict], column: str, xlabel: str, path: Path, lower_
             color="gray", linestyle=":", label="Pareto front")
     ax.set(xlabel=xlabel, ylabel="top-1 accuracy (%)", title=f"Accuracy vs {xlabel.split(' (')[0]}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: the points stay visible
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -177,7 +177,8 @@ class Reducer:
         patches = x[:, n_prefix:]  # [B, N, D]
         B, N, D = patches.shape
         k = kept_count(N, r.keep)
-        if k == N and r.summary == "none" and (r.keep_cls or not self.has_cls):
+        adds_summary = r.summary == "mean" or (r.summary == "fused" and self.has_summary)  # fused: only if one exists
+        if k == N and not adds_summary and (r.keep_cls or not self.has_cls):
             if r.score == "cls_attn":
                 self.captured.clear()
             return x  # nothing dropped, nothing added: the stock sequence, untouched
