@@ -64,6 +64,10 @@ def markdown(rows: list[dict]) -> str:
               "speed-up", "FLOP ratio", "peak MiB"]
     if any(r["top1"] for r in rows):
         header.insert(-1, "top-1 %")
+    extra = {"compile": "compiled", "reduce_share_pct": "reduction % of encoder time"}
+    extra = {column: title for column, title in extra.items() if any(r.get(column) == "True" or
+                                                                     (column != "compile" and r.get(column)) for r in rows)}
+    header += list(extra.values())
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in sorted(rows, key=_sort_key):
         timed = bool(r["latency_ms_mean"])
@@ -78,6 +82,10 @@ def markdown(rows: list[dict]) -> str:
         if "top-1 %" in header:
             cells.append(f"{100 * float(r['top1']):.2f}" if r["top1"] else "")
         cells.append(f"{float(r['peak_mem_mib']):.0f}" if r["peak_mem_mib"] else "")
+        if "compile" in extra:
+            cells.append("yes" if r["compile"] == "True" else "")
+        if "reduce_share_pct" in extra:
+            cells.append(f"{float(r['reduce_share_pct']):.2f}" if r["reduce_share_pct"] else "")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     first = rows[0]
     lines.append("")
