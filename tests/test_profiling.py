@@ -6,16 +6,16 @@ import statistics
 import pytest
 import pytorch_lightning as pl
 import torch
-
 from conftest import model_config
+
 from vlm_eff.data import SyntheticDataModule
 from vlm_eff.flops import flops_per_image
 from vlm_eff.models import ImageEncoder, random_clip
 from vlm_eff.modules import ImageEncoderModule
 from vlm_eff.profiling import ProfilingCallback, reduction_share
+from vlm_eff.results import COLUMNS, append_locked, read_results, write_atomic
 from vlm_eff.token_reduction import apply_patch, remove_patch
 from vlm_eff.tome import apply_tome, remove_tome
-from vlm_eff.results import COLUMNS, append_locked, read_results, write_atomic
 
 
 def test_image_encoder_is_exactly_the_stock_hugging_face_output(tiny_clip):

@@ -6,10 +6,10 @@ import time
 
 import pytest
 import torch
+from conftest import run_script
 from PIL import Image
 from wandb_files import read_run
 
-from conftest import run_script
 from vlm_eff.profiling import Sampler, nvml_sampler
 from vlm_eff.report import main as report_main
 from vlm_eff.report import pareto_front, variant

@@ -2,17 +2,19 @@
 proportional attention with unit sizes is a no-op, the matching merges the most similar tokens, and
 `keep` maps onto r at matched FLOPs."""
 
+import itertools
+
 import pytest
 import torch
+from conftest import ROOT, model_config
 from omegaconf import OmegaConf
 
-from conftest import ROOT, model_config
 from vlm_eff.errors import ConfigError
 from vlm_eff.flops import flops_per_image
 from vlm_eff.models import ImageEncoder, random_clip
 from vlm_eff.pruning import apply_pruning, check_pruning, remove_pruning
-from vlm_eff.tome import apply_tome, bipartite_soft_matching, r_for_keep, r_schedule, remove_tome, tome_tokens_per_layer
 from vlm_eff.token_reduction import apply_patch, remove_patch
+from vlm_eff.tome import apply_tome, bipartite_soft_matching, r_for_keep, r_schedule, remove_tome, tome_tokens_per_layer
 
 
 @pytest.fixture(scope="module", params=["sdpa", "eager"])
@@ -168,7 +170,7 @@ def test_a_schedule_merges_its_per_layer_counts_at_matched_flops(clip):
         remove_pruning(clip)
     assert state.r == r_schedule(r_for_keep(0.5, 65, 4, 64, 128, schedule), 4, schedule) != constant.r
     assert lengths == tome_tokens_per_layer(state.r, 65)
-    assert len({a - b for a, b in zip(lengths, lengths[1:])}) > 1  # layers really merge different counts
+    assert len({a - b for a, b in itertools.pairwise(lengths)}) > 1  # layers really merge different counts
     assert state.label == f"tome_r{r_for_keep(0.5, 65, 4, 64, 128, schedule)}_{schedule}"
     assert scheduled_flops == pytest.approx(constant_flops, rel=0.05)
 

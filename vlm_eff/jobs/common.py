@@ -16,8 +16,8 @@ from vlm_eff.flops import flops_per_image
 from vlm_eff.models import ImageEncoder, LoadedCLIP, load_clip
 from vlm_eff.pruning import check_pruning, describe, tokens_at_layers
 from vlm_eff.results import base_row, write_results
-from vlm_eff.token_reduction import Reduction, adaptive_budgets
 from vlm_eff.runtime import device_label, resolve_device, resolve_dtype
+from vlm_eff.token_reduction import Reduction, adaptive_budgets
 
 
 def check_counts(cfg: DictConfig, *keys: str) -> None:
