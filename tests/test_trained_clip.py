@@ -134,6 +134,8 @@ def test_adaptive_keep_rows_count_each_images_own_budget(zero_shot, subset):
     """Under adaptive keep a row's FLOPs and tokens are means over images counted alone: each image's
     FLOPs are exactly those of a fixed keep at its own budget, and the mean tokens match the budgets
     the batched (padded) forward chose for the same images."""
+    from torch.utils.data import TensorDataset
+
     from vlm_eff.flops import flops_per_image
     from vlm_eff.jobs.common import cost_per_image
     from vlm_eff.models import ImageEncoder
@@ -146,7 +148,7 @@ def test_adaptive_keep_rows_count_each_images_own_budget(zero_shot, subset):
         with torch.no_grad():
             encoder(pixels)
         budgets = adaptive_budgets(zero_shot.clip).tolist()  # [16] patches each image kept
-        flops, tokens = cost_per_image(encoder, reduction, pixels)
+        flops, tokens = cost_per_image(encoder, reduction, TensorDataset(pixels), torch.device("cpu"), torch.float32)
         alone = [flops_per_image(encoder, image[None]) for image in pixels[:3]]
     finally:
         remove_patch(zero_shot.clip)

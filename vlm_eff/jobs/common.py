@@ -56,31 +56,32 @@ def first_images(dataset, n: int = ADAPTIVE_SAMPLE) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
 
 
-def cost_per_image(encoder: ImageEncoder, reduction, images: torch.Tensor) -> tuple[float, float]:
-    """(FLOPs per image, tokens entering the last layer). Adaptive keep: means over `images`, each
-    counted alone (its own budget, no padding); otherwise one blank image (the cost depends on no pixel)."""
+def cost_per_image(encoder: ImageEncoder, reduction, dataset, device: torch.device,
+                   dtype: torch.dtype) -> tuple[float, float]:
+    """(FLOPs per image, tokens entering the last layer). Adaptive keep: means over the first
+    `ADAPTIVE_SAMPLE` images of `dataset`, each counted alone (its own budget, no padding);
+    otherwise one blank image (the cost depends on no pixel)."""
     n_layers = encoder.clip.config.vision_config.num_hidden_layers
     if not (isinstance(reduction, Reduction) and reduction.mass is not None):
-        blank = torch.zeros_like(images[:1])
+        blank = torch.zeros(1, 3, encoder.image_size, encoder.image_size, device=device, dtype=dtype)
         return flops_per_image(encoder, blank), tokens_at_layers(reduction, encoder.n_patches, n_layers)[-1]
     flops, tokens = [], []
-    for image in images:
+    for image in first_images(dataset).to(device=device, dtype=dtype):
         flops.append(flops_per_image(encoder, image[None]))  # [1, 3, H, W]
         tokens.append(1 + int(adaptive_budgets(encoder.clip)[0]))  # CLS + the patches this image kept
     return statistics.fmean(flops), statistics.fmean(tokens)
 
 
 def encoder_row(task: str, cfg: DictConfig, weights: str, reduction, device: torch.device,
-                encoder: ImageEncoder, dtype: torch.dtype, images: torch.Tensor) -> dict:
+                encoder: ImageEncoder, dtype: torch.dtype, dataset) -> dict:
     """The columns every task fills from its model and strategy; FLOPs and tokens as `cost_per_image`
-    counts them on `images` (some of the job's inputs, [n, 3, H, W])."""
-    size = encoder.image_size
-    flops, tokens = cost_per_image(encoder, reduction, images.to(device=device, dtype=dtype))
+    counts them (`dataset`: the job's inputs, (pixels, ...) items)."""
+    flops, tokens = cost_per_image(encoder, reduction, dataset, device, dtype)
     return {
         **base_row(task, Path(cfg.paths.root_dir)),
         "model": cfg.model.name, "weights": weights, "strategy": cfg.pruning.name, **describe(reduction),
-        "device": device_label(device), "dtype": cfg.dtype, "batch_size": cfg.data.batch_size, "image_size": size,
-        "tokens": round(tokens, 2),
+        "device": device_label(device), "dtype": cfg.dtype, "batch_size": cfg.data.batch_size,
+        "image_size": encoder.image_size, "tokens": round(tokens, 2),
         "gflops_per_img": flops / 1e9, "gmacs_per_img": flops / 2e9,
     }  # fmt: skip
 

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from vlm_eff.errors import ConfigError
-from vlm_eff.jobs.common import encoder_row, first_images, prepare, run_dir, save_row, tokens_text
+from vlm_eff.jobs.common import encoder_row, prepare, run_dir, save_row, tokens_text
 from vlm_eff.lora import check_adapter_dir, load_adapter
 from vlm_eff.models import RANDOM_WEIGHTS_WARNING, load_preprocess, load_tokenizer
 from vlm_eff.modules import ZeroShotCLIP
@@ -25,7 +25,7 @@ def zero_shot_row(task: str, cfg: DictConfig, module: ZeroShotCLIP, weights: str
     """A results row for a zero-shot test of `module` on `test_set` (shared by evaluate and train)."""
     results = module.test_results()
     return {
-        **encoder_row(task, cfg, weights, reduction, device, module.encoder, module.dtype, first_images(test_set)),
+        **encoder_row(task, cfg, weights, reduction, device, module.encoder, module.dtype, test_set),
         **timing, "top1": results["top1"], "top5": results["top5"], "n_images": len(test_set),
     }
 

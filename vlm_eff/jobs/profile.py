@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from vlm_eff.data import SyntheticDataModule
 from vlm_eff.errors import ConfigError
-from vlm_eff.jobs.common import encoder_row, first_images, prepare, run_dir, save_row, tokens_text
+from vlm_eff.jobs.common import encoder_row, prepare, run_dir, save_row, tokens_text
 from vlm_eff.models import RANDOM_WEIGHTS_WARNING, ImageEncoder
 from vlm_eff.modules import ImageEncoderModule
 from vlm_eff.profiling import ProfilingCallback, reduction_share
@@ -42,8 +42,7 @@ def profile(cfg: DictConfig) -> dict:
         trainer.test(module, datamodule=data, verbose=False)
 
     row = {
-        **encoder_row("profile", cfg, loaded.weights, reduction, device, module.encoder, dtype,
-                      first_images(data.dataset)),
+        **encoder_row("profile", cfg, loaded.weights, reduction, device, module.encoder, dtype, data.dataset),
         **profiler.summaries["test"],
         "n_images": profiler.timed_images["test"], "compile": cfg.compile,
     }
