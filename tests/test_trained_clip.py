@@ -161,3 +161,16 @@ def test_adaptive_keep_rows_count_each_images_own_budget(zero_shot, subset):
     assert alone == [fixed[b] for b in budgets[:3]]
     assert tokens == pytest.approx(1 + sum(budgets) / 16)
     assert flops == pytest.approx(sum(fixed[b] for b in budgets) / 16)
+
+
+def test_compiled_evaluation_gives_the_eager_accuracy(tmp_path, shared_archive, cache_dir):
+    """evaluate.py compile=true (ToMe at keep 0.5, 500 real test images): the same predictions
+    as eager evaluation, within 2 images for float reordering in the compiled kernels."""
+    result = run_script("evaluate.py", "-m", "model=tiny_clip_cifar10", f"data.root={shared_archive}",
+                        "data.subset=500", "pruning=tome", "compile=false,true", "logger=none",
+                        f"paths.work_dir={tmp_path}", env={"VLM_EFF_CACHE": str(cache_dir)})
+    assert result.returncode == 0, result.stderr
+    rows = {r["compile"]: r for r in read_results(tmp_path / "outputs" / "results.csv")}
+    assert sorted(rows) == ["False", "True"] and "(torch.compile)" in result.stdout
+    assert abs(float(rows["True"]["top1"]) - float(rows["False"]["top1"])) <= 2 / 500
+    assert float(rows["False"]["top1"]) >= 0.6  # the trained model, not chance

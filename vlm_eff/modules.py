@@ -36,12 +36,13 @@ class ZeroShotCLIP(LightningModule):
     from the model the module is built on when it resumes."""
 
     def __init__(self, clip, tokenizer, class_names: list[str], templates: list[str], image_size: int | None = None,
-                 optimizer=None, scheduler=None, adapter_only: bool = False):
+                 optimizer=None, scheduler=None, adapter_only: bool = False, compile: bool = False):
         super().__init__()
         self.clip = clip
         self.adapter_only = adapter_only
         self.strict_loading = not adapter_only
         self.encoder = ImageEncoder(clip, image_size)
+        self.run_encoder = torch.compile(self.encoder.forward) if compile else self.encoder.forward
         self.class_names, self.templates = list(class_names), list(templates)
         prompts = [template.format(name) for name in self.class_names for template in self.templates]
         tokens = tokenizer(prompts, padding=True, return_tensors="pt")
@@ -67,7 +68,7 @@ class ZeroShotCLIP(LightningModule):
         return F.normalize(text.mean(dim=1), dim=-1)  # [C, P]
 
     def logits(self, pixel_values: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        image = F.normalize(self.encoder(pixel_values), dim=-1)  # [B, P]
+        image = F.normalize(self.run_encoder(pixel_values), dim=-1)  # [B, P]
         return self.clip.logit_scale.exp() * image @ text.to(image.dtype).T  # [B, C]
 
     def on_test_start(self) -> None:

@@ -40,6 +40,8 @@ def image_size(cfg: DictConfig, vision_config) -> int:
 def prepare(cfg: DictConfig, *count_keys: str) -> tuple[torch.device, torch.dtype, LoadedCLIP, int]:
     """Check the cheap things first, then seed and load the model: (device, dtype, model, image size)."""
     check_counts(cfg, *count_keys)
+    if cfg.get("compile") and cfg.warmup < 1:
+        raise ConfigError(f"compile=true needs warmup >= 1 (the first batch compiles), got warmup={cfg.warmup}")
     check_pruning(cfg.pruning, cfg.model.architecture.vision_config.num_hidden_layers)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)

@@ -27,6 +27,7 @@ def zero_shot_row(task: str, cfg: DictConfig, module: ZeroShotCLIP, weights: str
     return {
         **encoder_row(task, cfg, weights, reduction, device, module.encoder, module.dtype, test_set),
         **timing, "top1": results["top1"], "top5": results["top5"], "n_images": len(test_set),
+        "compile": cfg.get("compile", False),
     }
 
 
@@ -44,7 +45,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if adapter:
         load_adapter(loaded.model, adapter)  # before pruning: the reduction's hooks see the adapted q/k
     reduction = apply_pruning(loaded.model, cfg.pruning, seed=cfg.seed, image_size=size)
-    module = ZeroShotCLIP(loaded.model, tokenizer, data.class_names, cfg.prompts.templates, size)
+    module = ZeroShotCLIP(loaded.model, tokenizer, data.class_names, cfg.prompts.templates, size, compile=cfg.compile)
     module = module.to(device=device, dtype=dtype).eval()
 
     out_dir = run_dir()
@@ -71,6 +72,7 @@ def evaluate(cfg: DictConfig) -> dict:
 def print_summary(row: dict, per_class: dict, source: str, out_dir: Path, project_csv: Path,
                   wandb_dir: str | None) -> None:
     timing = (f"{row['throughput_img_s']:.1f} images/s, {row['latency_ms_mean']:.1f} ms/batch"
+              + (" (torch.compile)" if row["compile"] else "")
               if row.get("throughput_img_s") else "not timed (no batch after warm-up)")
     lines = [
         "",

@@ -9,7 +9,6 @@ import torch
 from omegaconf import DictConfig
 
 from vlm_eff.data import SyntheticDataModule
-from vlm_eff.errors import ConfigError
 from vlm_eff.jobs.common import encoder_row, prepare, run_dir, save_row, tokens_text
 from vlm_eff.models import RANDOM_WEIGHTS_WARNING, ImageEncoder
 from vlm_eff.modules import ImageEncoderModule
@@ -21,8 +20,6 @@ from vlm_eff.wandb_logging import finish, make_logger
 def profile(cfg: DictConfig) -> dict:
     """Time `warmup` + `runs` batches through the (pruned) image encoder; write and log the row."""
     device, dtype, loaded, size = prepare(cfg, "data.batch_size", "runs", "warmup")
-    if cfg.compile and cfg.warmup < 1:
-        raise ConfigError(f"compile=true needs warmup >= 1 (the first batch compiles), got warmup={cfg.warmup}")
     encoder = ImageEncoder(loaded.model, size).eval()
     reduction = apply_pruning(loaded.model, cfg.pruning, seed=cfg.seed, image_size=size)
     module = ImageEncoderModule(encoder, dtype, compile=cfg.compile).to(device)
