@@ -12,7 +12,7 @@ from wandb_files import read_run
 
 from vlm_eff.profiling import Sampler, nvml_sampler
 from vlm_eff.report import main as report_main
-from vlm_eff.report import pareto_front, variant
+from vlm_eff.report import markdown, pareto_front, variant
 from vlm_eff.results import COLUMNS, read_results
 
 SWEEP = ("profile.py", "-m", "model=clip_tiny", "pruning=naive,cls_preserving", "pruning.keep=1.0,0.5", "runs=4")
@@ -147,6 +147,18 @@ def test_report_of_an_evaluate_sweep_adds_accuracy_and_the_pareto_figure(tmp_pat
     for name in ("accuracy_vs_flops.png", "accuracy_vs_throughput.png"):
         with Image.open(sweep_dir / name) as image:
             assert image.format == "PNG"
+
+
+def test_report_table_takes_rows_of_older_versions_beside_new_ones(sweep):
+    """A sweep dir filled by several commands may mix rows without the newer columns (compile,
+    reduce_share_pct) and rows with them; the table shows those columns, blank for the old rows."""
+    rows = [dict(r) for r in read_results(next(sweep.glob("[0-9]/results.csv"))) * 2]
+    for column in ("compile", "reduce_share_pct"):
+        del rows[0][column]
+    rows[1].update(compile="True", reduce_share_pct="1.5")
+    table = markdown(rows).splitlines()
+    assert table[0].endswith("| compiled | reduction % of encoder time |")
+    assert table[2].endswith("|  |  |") and table[3].endswith("| yes | 1.50 |")
 
 
 def test_pareto_front_and_series_names():

@@ -184,3 +184,15 @@ def test_r_as_a_list_merges_exactly_those_counts(clip):
     finally:
         remove_pruning(clip)
     assert lengths == [65, 55, 55, 50] and state.label == "tome_r10-0-5-1" and state.keep is None
+
+
+def test_layers_that_merge_nothing_still_attend_in_proportion_to_size(clip):
+    """After a merge, sizes are uneven: a later layer with r = 0 must still add log(size) to its
+    attention logits (ToMe applies proportional attention in every block)."""
+    x = pixels()
+    outputs = {}
+    for prop_attn in (True, False):
+        apply_tome(clip, [8, 0, 0, 0], prop_attn=prop_attn)
+        outputs[prop_attn] = features(clip, x)
+        remove_tome(clip)
+    assert not torch.allclose(outputs[True], outputs[False], atol=1e-5)

@@ -65,11 +65,13 @@ def test_checkpoint_is_small_and_documented():
     assert "train.py experiment=tiny_clip_cifar10" in card and "top-1" in card
 
 
-def test_cls_preserving_and_late_layer_at_keep_one_equal_the_stock_model(zero_shot, subset):
+def test_cls_preserving_late_layer_and_evit_at_keep_one_equal_the_stock_model(zero_shot, subset):
     pixels, _ = subset
     stock = logits_under(zero_shot, pixels[:500])
-    for name in ("cls_preserving", "late_layer"):
-        assert torch.equal(logits_under(zero_shot, pixels[:500], keep=1.0, **PRESETS[name]), stock), name
+    evit = dict(layer=[2, 3, 4], score="cls_attn", summary="fused")
+    for name, knobs in [("cls_preserving", PRESETS["cls_preserving"]), ("late_layer", PRESETS["late_layer"]),
+                        ("evit", evit)]:
+        assert torch.equal(logits_under(zero_shot, pixels[:500], keep=1.0, **knobs), stock), name
 
 
 def test_ladder_at_keep_half(zero_shot, subset):

@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 from pytorch_lightning import Callback
 from torch import nn
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from vlm_eff.token_reduction import REDUCE_RANGE
@@ -252,10 +253,13 @@ ENCODER_RANGE = "vlm_eff.encoder"
 
 
 @torch.inference_mode()
-def reduction_share(encoder: nn.Module, batches: list[torch.Tensor]) -> float:
+def reduction_share(encoder: nn.Module, batches: list[torch.Tensor]) -> float | None:
     """The share (%) of the image encoder's time spent in the token reduction steps (scoring,
     selecting, gathering, merging, masks: the `vlm_eff.reduce` profiler ranges), from a
-    torch.profiler trace of `encoder` over `batches`: host time on CPU, GPU time on CUDA."""
+    torch.profiler trace of `encoder` over `batches`: host time on CPU; on CUDA the GPU time of
+    the kernels each range launched. None without batches."""
+    if not batches:
+        return None
     cuda = batches[0].device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as trace:
@@ -264,5 +268,6 @@ def reduction_share(encoder: nn.Module, batches: list[torch.Tensor]) -> float:
                 encoder(pixels)
         if cuda:
             torch.cuda.synchronize(batches[0].device)
-    spent = {e.key: e.device_time_total if cuda else e.cpu_time_total for e in trace.key_averages()}
+    spent = {e.key: e.device_time_total if cuda else e.cpu_time_total
+             for e in trace.key_averages() if e.device_type == DeviceType.CPU}  # the ranges, not their GPU spans
     return 100 * spent.get(REDUCE_RANGE, 0.0) / spent[ENCODER_RANGE]

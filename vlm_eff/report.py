@@ -50,7 +50,8 @@ def baseline(rows: list[dict]) -> dict | None:
     stock); several rows (a sweep over keep runs none once per keep) give their median latency
     (empty when none of them was timed: a job too short to get past its warm-up batches)."""
     for strategy in ("none", "cls_preserving", "late_layer"):
-        matches = [r for r in rows if r["strategy"] == strategy and float(r["keep"] or 1) == 1.0]
+        matches = [r for r in rows if r["strategy"] == strategy and float(r["keep"] or 1) == 1.0
+                   and "mass=" not in r["score"]]  # adaptive keep at keep 1.0 still drops tokens
         if matches:
             timed = [float(r["latency_ms_mean"]) for r in matches if r["latency_ms_mean"]]
             latency = statistics.median(timed) if timed else ""
@@ -64,10 +65,9 @@ def markdown(rows: list[dict]) -> str:
               "speed-up", "FLOP ratio", "peak MiB"]
     if any(r["top1"] for r in rows):
         header.insert(-1, "top-1 %")
-    extra = {"compile": "compiled", "reduce_share_pct": "reduction % of encoder time"}
-    extra = {column: title for column, title in extra.items() if any(r.get(column) == "True" or
-                                                                     (column != "compile" and r.get(column)) for r in rows)}
-    header += list(extra.values())
+    shown = {"compile": any(r.get("compile") == "True" for r in rows),  # rows of older versions lack these
+             "reduce_share_pct": any(r.get("reduce_share_pct") for r in rows)}
+    header += ["compiled"] * shown["compile"] + ["reduction % of encoder time"] * shown["reduce_share_pct"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in sorted(rows, key=_sort_key):
         timed = bool(r["latency_ms_mean"])
@@ -82,10 +82,10 @@ def markdown(rows: list[dict]) -> str:
         if "top-1 %" in header:
             cells.append(f"{100 * float(r['top1']):.2f}" if r["top1"] else "")
         cells.append(f"{float(r['peak_mem_mib']):.0f}" if r["peak_mem_mib"] else "")
-        if "compile" in extra:
-            cells.append("yes" if r["compile"] == "True" else "")
-        if "reduce_share_pct" in extra:
-            cells.append(f"{float(r['reduce_share_pct']):.2f}" if r["reduce_share_pct"] else "")
+        if shown["compile"]:
+            cells.append("yes" if r.get("compile") == "True" else "")
+        if shown["reduce_share_pct"]:
+            cells.append(f"{float(r['reduce_share_pct']):.2f}" if r.get("reduce_share_pct") else "")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     first = rows[0]
     lines.append("")
@@ -223,7 +223,8 @@ def log_summary_run(rows: list[dict], pngs: list[Path], sweep_dir: Path, setting
     columns = [c for c in COLUMNS if any(r.get(c) for r in rows)]
     table = wandb.Table(columns=columns, data=[[r.get(c, "") for c in columns] for r in rows])
     logged = {"report/results": table}
-    lines = {k: v for k, v in by_strategy(rows).items() if k != "none"}
+    on_keep_axis = [r for r in rows if r["keep"] and "mass=" not in r["score"]]  # as in trend_figure
+    lines = {k: v for k, v in by_strategy(on_keep_axis).items() if k != "none"}
     for column, title in [("latency_ms_mean", "latency (ms/batch) vs keep"), ("peak_mem_mib", "peak memory (MiB) vs keep"),
                           ("top1", "top-1 vs keep")]:
         if lines and all(r[column] for group in lines.values() for r in group):

@@ -5,7 +5,7 @@ partners by bipartite soft matching on the attention keys (mean over heads); mer
 size-weighted averages, and with proportional attention each token's attention logit gets
 log(size) added (through SDPA's additive mask, so no eager attention is forced). CLS is never
 merged. `r` is one count for every layer, a schedule built from it (ToMe's `parse_r`: `decreasing`
-runs linearly from 2r down to 0, `increasing` from 0 up to 2r; same total merges), or a list with
+runs linearly from 2r down to 0, `increasing` from 0 up to 2r; about r per layer), or a list with
 one count per layer. `apply_tome` swaps the layers' classes in place, ToMe-style; `remove_tome`
 restores them.
 """
@@ -43,11 +43,14 @@ def check_r(r, n_layers: int, schedule: str = "constant") -> None:
             raise ValueError(f"pruning.r={counts} has {len(counts)} entries; a {n_layers}-layer encoder needs {n_layers}")
         if schedule != "constant":
             raise ValueError(f"pruning.r={counts} is already a schedule: leave pruning.schedule=constant, not {schedule}")
+    elif schedule != "constant" and n_layers < 2:
+        raise ValueError(f"pruning.schedule={schedule} needs at least 2 layers; this encoder has {n_layers}")
 
 
 def r_schedule(r: int | Sequence[int], n_layers: int, schedule: str = "constant") -> tuple[int, ...]:
     """Merges per layer (ToMe's `parse_r`): constant r, linearly 2r -> 0 (decreasing) or 0 -> 2r
-    (increasing), or `r` itself when it is already a list."""
+    (increasing; truncated to integers, so about r per layer on average), or `r` itself when it
+    is already a list."""
     check_r(r, n_layers, schedule)
     if isinstance(r, Sequence):
         return tuple(r)
@@ -129,14 +132,14 @@ class _MergingLayer:
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         state, index = self._tome  # ToMeState, this layer's index
         r = state.r[index]
+        if state.prop_attn and state.size is not None:  # also where this layer merges nothing: sizes are uneven
+            with record_function(REDUCE_RANGE):
+                bias = state.size.log().transpose(1, 2)[:, None].to(hidden_states.dtype)  # [B, 1, 1, T]
+                attention_mask = bias if attention_mask is None else attention_mask + bias
         if r == 0:
             out = super().forward(hidden_states, attention_mask, **kwargs)
             state.keys.clear()  # nothing to match: drop the keys the k_proj hook just stored
             return out
-        if state.prop_attn and state.size is not None:
-            with record_function(REDUCE_RANGE):
-                bias = state.size.log().transpose(1, 2)[:, None].to(hidden_states.dtype)  # [B, 1, 1, T]
-                attention_mask = bias if attention_mask is None else attention_mask + bias
         residual = hidden_states  # [B, T, D]
         x, _ = self.self_attn(hidden_states=self.layer_norm1(hidden_states), attention_mask=attention_mask, **kwargs)
         x = self._merge(residual + x, r)

@@ -53,22 +53,24 @@ def prepare(cfg: DictConfig, *count_keys: str) -> tuple[torch.device, torch.dtyp
 ADAPTIVE_SAMPLE = 64  # images whose own FLOPs and token counts are averaged under adaptive keep
 
 
-def first_images(dataset, n: int = ADAPTIVE_SAMPLE) -> torch.Tensor:
-    """The pixels of the first `n` items of a dataset of (pixels, ...) -> [n, 3, H, W]."""
-    return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
+def sample_images(dataset, n: int = ADAPTIVE_SAMPLE) -> torch.Tensor:
+    """The pixels of `n` evenly spaced items of a dataset of (pixels, ...) -> [n, 3, H, W] (evenly
+    spaced: folder datasets are sorted by class)."""
+    indices = torch.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().long().unique()
+    return torch.stack([dataset[int(i)][0] for i in indices])
 
 
 def cost_per_image(encoder: ImageEncoder, reduction, dataset, device: torch.device,
                    dtype: torch.dtype) -> tuple[float, float]:
-    """(FLOPs per image, tokens entering the last layer). Adaptive keep: means over the first
-    `ADAPTIVE_SAMPLE` images of `dataset`, each counted alone (its own budget, no padding);
+    """(FLOPs per image, tokens entering the last layer). Adaptive keep: means over
+    `ADAPTIVE_SAMPLE` images spread over `dataset`, each counted alone (its own budget, no padding);
     otherwise one blank image (the cost depends on no pixel)."""
     n_layers = encoder.clip.config.vision_config.num_hidden_layers
     if not (isinstance(reduction, Reduction) and reduction.mass is not None):
         blank = torch.zeros(1, 3, encoder.image_size, encoder.image_size, device=device, dtype=dtype)
         return flops_per_image(encoder, blank), tokens_at_layers(reduction, encoder.n_patches, n_layers)[-1]
     flops, tokens = [], []
-    for image in first_images(dataset).to(device=device, dtype=dtype):
+    for image in sample_images(dataset).to(device=device, dtype=dtype):
         flops.append(flops_per_image(encoder, image[None]))  # [1, 3, H, W]
         tokens.append(1 + int(adaptive_budgets(encoder.clip)[0]))  # CLS + the patches this image kept
     return statistics.fmean(flops), statistics.fmean(tokens)
