@@ -21,8 +21,8 @@ def _plain(value):
 
 
 def _knobs(cfg: DictConfig, seed: int) -> dict:
-    return dict(keep=cfg.keep, layer=_plain(cfg.layer), score=cfg.score, keep_cls=cfg.keep_cls, summary=cfg.summary, seed=seed,
-                mass=cfg.get("mass"))
+    return dict(keep=cfg.keep, layer=_plain(cfg.layer), score=cfg.score, keep_cls=cfg.keep_cls,
+                summary=cfg.summary, seed=seed, mass=cfg.mass)
 
 
 def check_pruning(cfg: DictConfig, n_layers: int) -> None:
@@ -30,7 +30,7 @@ def check_pruning(cfg: DictConfig, n_layers: int) -> None:
     try:
         if cfg.name == "tome":
             Reduction.create(n_layers, keep=cfg.keep)  # keep in (0, 1]
-            check_r(0 if cfg.r is None else _plain(cfg.r), n_layers, cfg.get("schedule", "constant"))
+            check_r(0 if cfg.r is None else _plain(cfg.r), n_layers, cfg.schedule)
         elif cfg.name != "none":
             Reduction.create(n_layers, **_knobs(cfg, seed=0))
     except ValueError as error:
@@ -48,11 +48,11 @@ def apply_pruning(model: nn.Module, cfg: DictConfig, seed: int = 0,
     if cfg.name == "tome":
         vision = vision_tower(model).config
         n_tokens = 1 + ((image_size or vision.image_size) // vision.patch_size) ** 2
-        schedule = cfg.get("schedule", "constant")
-        r = _plain(cfg.r) if cfg.r is not None else r_for_keep(
-            cfg.keep, n_tokens, vision.num_hidden_layers, vision.hidden_size, vision.intermediate_size, schedule)
         try:
-            return apply_tome(model, r, cfg.prop_attn, keep=cfg.keep if cfg.r is None else None, schedule=schedule)
+            r = _plain(cfg.r) if cfg.r is not None else r_for_keep(
+                cfg.keep, n_tokens, vision.num_hidden_layers, vision.hidden_size, vision.intermediate_size,
+                cfg.schedule)
+            return apply_tome(model, r, cfg.prop_attn, keep=cfg.keep if cfg.r is None else None, schedule=cfg.schedule)
         except ValueError as error:
             raise ConfigError(str(error)) from None
     try:

@@ -51,7 +51,7 @@ def baseline(rows: list[dict]) -> dict | None:
     (empty when none of them was timed: a job too short to get past its warm-up batches)."""
     for strategy in ("none", "cls_preserving", "late_layer"):
         matches = [r for r in rows if r["strategy"] == strategy and float(r["keep"] or 1) == 1.0
-                   and "mass=" not in r["score"]]  # adaptive keep at keep 1.0 still drops tokens
+                   and not adaptive(r)]  # adaptive keep at keep 1.0 still drops tokens
         if matches:
             timed = [float(r["latency_ms_mean"]) for r in matches if r["latency_ms_mean"]]
             latency = statistics.median(timed) if timed else ""
@@ -97,10 +97,15 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def adaptive(row: dict) -> bool:
+    """An adaptive-keep row: per-image budgets, so its keep (1.0, a cap) is no point on a keep axis."""
+    return "mass=" in row["score"]
+
+
 def variant(row: dict) -> str:
     """A figure's series: the strategy, told apart from its adaptive-keep and ToMe-schedule variants."""
     score = row["score"]
-    if "mass=" in score:
+    if adaptive(row):
         return f"{row['strategy']} adaptive ({score.split()[0]})"
     for schedule in ("decreasing", "increasing"):
         if score.endswith("_" + schedule):
@@ -120,7 +125,7 @@ def by_strategy(rows: list[dict]) -> dict[str, list[dict]]:
 def trend_figure(rows: list[dict], column: str, ylabel: str, title: str, path: Path, error: str | None = None) -> Path:
     """One line per strategy of `column` against keep (the seed's Figures 1-2); `none` as a reference line."""
     fig, ax = pyplot().subplots(figsize=(6.4, 4.2), dpi=150)
-    on_keep_axis = [r for r in rows if r[column] and r["keep"] and "mass=" not in r["score"]]  # adaptive: no keep axis
+    on_keep_axis = [r for r in rows if r[column] and r["keep"] and not adaptive(r)]
     for strategy, group in by_strategy(on_keep_axis).items():
         values = [float(r[column]) for r in group]
         if strategy == "none":
@@ -223,7 +228,7 @@ def log_summary_run(rows: list[dict], pngs: list[Path], sweep_dir: Path, setting
     columns = [c for c in COLUMNS if any(r.get(c) for r in rows)]
     table = wandb.Table(columns=columns, data=[[r.get(c, "") for c in columns] for r in rows])
     logged = {"report/results": table}
-    on_keep_axis = [r for r in rows if r["keep"] and "mass=" not in r["score"]]  # as in trend_figure
+    on_keep_axis = [r for r in rows if r["keep"] and not adaptive(r)]
     lines = {k: v for k, v in by_strategy(on_keep_axis).items() if k != "none"}
     for column, title in [("latency_ms_mean", "latency (ms/batch) vs keep"), ("peak_mem_mib", "peak memory (MiB) vs keep"),
                           ("top1", "top-1 vs keep")]:

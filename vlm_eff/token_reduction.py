@@ -142,12 +142,12 @@ class Reducer:
         self.has_cls = True
         self.has_summary = False
         self.captured: dict[str, torch.Tensor] = {}
-        self.valid: torch.Tensor | None = None  # [B, T] False on padding (adaptive keep)
+        self.padding_mask: torch.Tensor | None = None  # [B, 1, 1, T] additive, -inf-like on padding (adaptive keep)
         self.budgets: torch.Tensor | None = None  # [B] patches each image kept (adaptive keep)
 
     def start(self, has_cls: bool) -> None:
         """Begin a forward pass: the sequence is [CLS?] + patches."""
-        self.has_cls, self.has_summary, self.valid = has_cls, False, None
+        self.has_cls, self.has_summary, self.padding_mask = has_cls, False, None
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Importance of every token of x [B, T, D] -> [B, T]."""
@@ -201,7 +201,8 @@ class Reducer:
 
     def reduce_adaptive(self, x: torch.Tensor) -> torch.Tensor:
         """x = CLS + patches [B, 1 + N, D] -> CLS + each image's own budget of patches, in spatial
-        order, zero-padded at the end to the batch's largest budget (`self.valid` marks the real tokens)."""
+        order, zero-padded at the end to the batch's largest budget (`self.padding_mask` hides the padding
+        from every later attention)."""
         patches = x[:, 1:]  # [B, N, D]
         B, N, D = patches.shape
         scores = self.scores(x)[:, 1:].float()  # [B, N]
@@ -215,7 +216,9 @@ class Reducer:
         top, valid = top.gather(1, perm), valid.gather(1, perm)
         kept = patches.gather(1, top.unsqueeze(-1).expand(B, K, D)) * valid.unsqueeze(-1).to(x.dtype)  # [B, K, D]
         self.budgets = budget
-        self.valid = torch.cat([valid.new_ones(B, 1), valid], dim=1)  # [B, 1 + K]
+        valid = torch.cat([valid.new_ones(B, 1), valid], dim=1)  # [B, 1 + K]
+        mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill(~valid, torch.finfo(x.dtype).min)
+        self.padding_mask = mask[:, None, None, :]  # [B, 1, 1, 1 + K], built once for all later layers
         return torch.cat([x[:, :1], kept], dim=1)
 
     def summary(self, x, patches, scores, n_prefix, kept_idx) -> torch.Tensor | None:
@@ -336,16 +339,12 @@ def apply_patch(
 
 
 def _mask_padding(reducer: Reducer):
-    """A layer pre-hook passing the padding (adaptive keep) as an additive attention mask [B, 1, 1, T]."""
+    """A layer pre-hook passing the padding (adaptive keep) as the layer's additive attention mask."""
 
-    @record_function(REDUCE_RANGE)
     def hook(module, args, kwargs):
-        if reducer.valid is None:
+        if reducer.padding_mask is None:
             return None
-        hidden = args[0]  # [B, T, D]
-        mask = torch.zeros(reducer.valid.shape, dtype=hidden.dtype, device=hidden.device)
-        mask = mask.masked_fill(~reducer.valid, torch.finfo(hidden.dtype).min)[:, None, None, :]  # [B, 1, 1, T]
-        return (hidden, mask, *args[2:]), kwargs
+        return (args[0], reducer.padding_mask, *args[2:]), kwargs
 
     return hook
 
