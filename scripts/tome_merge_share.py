@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from vlm_eff.models import ImageEncoder, random_clip
-from vlm_eff.tome import _MergingLayer, apply_tome
+from vlm_eff.models import ImageEncoder, random_model
+from vlm_eff.reduction.merging import _MergingLayer, apply_tome
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,7 @@ def main() -> None:
     cfg = OmegaConf.load(ROOT / "conf" / "model" / "clip_vit_b16.yaml")
     cfg.attn_implementation = "sdpa"
     torch.manual_seed(0)
-    clip = random_clip(cfg).eval()
+    clip = random_model(cfg).eval()
     encoder = ImageEncoder(clip)
     apply_tome(clip, args.r)
     spent = [0.0]

@@ -31,10 +31,10 @@ def model_config(name: str, attn_implementation: str = "sdpa"):
 
 @pytest.fixture
 def tiny_clip():
-    from vlm_eff.models import random_clip
+    from vlm_eff.models import random_model
 
     torch.manual_seed(0)
-    return random_clip(model_config("clip_tiny")).eval()
+    return random_model(model_config("clip_tiny")).eval()
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from vlm_eff.data.cifar10 import (
     load_split,
     stratified_subset,
 )
-from vlm_eff.data.preprocess import ClipPreprocess
+from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.errors import ConfigError
 
 TOKENIZER_DIR = ROOT / "assets" / "clip-tokenizer"
@@ -33,7 +33,7 @@ def test_preprocessing_equals_clip_image_processor_on_real_images(cifar_test):
         processor = CLIPImageProcessor.from_pretrained(TOKENIZER_DIR, size={"shortest_edge": size},
                                                        crop_size={"height": size, "width": size})
         expected = processor(images=images, return_tensors="pt")["pixel_values"]  # [10, 3, S, S]
-        ours = torch.stack([ClipPreprocess(size, size)(image) for image in images])
+        ours = torch.stack([ImagePreprocess(size, size)(image) for image in images])
         assert ours.shape == expected.shape == (10, 3, size, size)
         torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
 
@@ -43,7 +43,7 @@ def test_preprocessing_of_a_non_square_image_resizes_the_short_edge_and_center_c
     processor = CLIPImageProcessor.from_pretrained(TOKENIZER_DIR, size={"shortest_edge": 24},
                                                    crop_size={"height": 24, "width": 24})
     expected = processor(images=[image], return_tensors="pt")["pixel_values"][0]
-    torch.testing.assert_close(ClipPreprocess(24, 24)(image), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ImagePreprocess(24, 24)(image), expected, atol=1e-5, rtol=0)
 
 
 def test_the_shared_archive_decodes_to_the_official_layout(cifar_test):
@@ -106,7 +106,7 @@ def official_archive(tmp_path, cifar_test):
 
 def test_download_fetches_verifies_and_extracts_the_official_archive(tmp_path, official_archive, cifar_test):
     url, md5 = official_archive
-    data = ImageClassificationDataModule(root=None, preprocess=ClipPreprocess(32, 32), download=True, url=url,
+    data = ImageClassificationDataModule(root=None, preprocess=ImagePreprocess(32, 32), download=True, url=url,
                                          md5=md5, cache_dir=tmp_path / "cache")
     data.setup("test")
     assert len(data.test_set) == 20 and data.class_names == list(CIFAR10_CLASSES)
@@ -118,14 +118,14 @@ def test_download_fetches_verifies_and_extracts_the_official_archive(tmp_path, o
 def test_download_with_a_wrong_checksum_is_refused_and_leaves_nothing(tmp_path, official_archive):
     url, _ = official_archive
     with pytest.raises(ConfigError, match="is corrupt: md5"):
-        ImageClassificationDataModule(root=None, preprocess=ClipPreprocess(32, 32), download=True, url=url,
+        ImageClassificationDataModule(root=None, preprocess=ImagePreprocess(32, 32), download=True, url=url,
                                       md5="0" * 32, cache_dir=tmp_path / "cache")
     assert list((tmp_path / "cache" / "downloads").iterdir()) == []
 
 
 def test_missing_root_offline_names_the_fix(tmp_path):
     with pytest.raises(ConfigError, match=r"data.root=/nowhere does not exist; set it"):
-        ImageClassificationDataModule(root="/nowhere", preprocess=ClipPreprocess(32, 32), download=False,
+        ImageClassificationDataModule(root="/nowhere", preprocess=ImagePreprocess(32, 32), download=False,
                                       cache_dir=tmp_path)
 
 
@@ -140,10 +140,10 @@ def imagefolder(tmp_path, cifar_test, classes=("cat", "dog")):
 
 def test_imagefolder_classes_from_folders_or_overridden(tmp_path, cifar_test):
     root = imagefolder(tmp_path, cifar_test, classes=("sports_car", "tabby"))
-    data = ImageClassificationDataModule(root=str(root), preprocess=ClipPreprocess(32, 32), cache_dir=tmp_path / "c")
+    data = ImageClassificationDataModule(root=str(root), preprocess=ImagePreprocess(32, 32), cache_dir=tmp_path / "c")
     data.setup("test")
     assert data.class_names == ["sports car", "tabby"] and len(data.test_set) == 6
-    named = ImageClassificationDataModule(root=str(root), preprocess=ClipPreprocess(32, 32), cache_dir=tmp_path / "c",
+    named = ImageClassificationDataModule(root=str(root), preprocess=ImagePreprocess(32, 32), cache_dir=tmp_path / "c",
                                           class_names=["race car", "cat"])
     named.setup("test")
     assert named.class_names == ["race car", "cat"]
@@ -153,7 +153,7 @@ def test_a_corrupt_image_is_an_error_naming_the_file(tmp_path, cifar_test):
     root = imagefolder(tmp_path, cifar_test)
     bad = root / "test" / "dog" / "1.png"
     bad.write_bytes(b"not an image at all")
-    data = ImageClassificationDataModule(root=str(root), preprocess=ClipPreprocess(32, 32), cache_dir=tmp_path / "c")
+    data = ImageClassificationDataModule(root=str(root), preprocess=ImagePreprocess(32, 32), cache_dir=tmp_path / "c")
     with pytest.raises(ConfigError, match=f"cannot read image {bad}"):
         data.setup("test")
 
@@ -171,7 +171,7 @@ def test_training_split_holds_out_validation_and_augments(cifar_train_module):
 
 
 def test_k_shot_training_set_is_balanced(tmp_path, shared_archive, cache_dir):
-    data = ImageClassificationDataModule(root=str(shared_archive), preprocess=ClipPreprocess(32, 32),
+    data = ImageClassificationDataModule(root=str(shared_archive), preprocess=ImagePreprocess(32, 32),
                                          cache_dir=cache_dir, shots=16, seed=0)
     data.setup("fit")
     assert np.bincount(data.train_set.labels, minlength=10).tolist() == [16] * 10
@@ -179,7 +179,7 @@ def test_k_shot_training_set_is_balanced(tmp_path, shared_archive, cache_dir):
 
 @pytest.fixture(scope="module")
 def cifar_train_module(shared_archive, cache_dir):
-    data = ImageClassificationDataModule(root=str(shared_archive), preprocess=ClipPreprocess(32, 32),
+    data = ImageClassificationDataModule(root=str(shared_archive), preprocess=ImagePreprocess(32, 32),
                                          cache_dir=cache_dir)
     data.setup("fit")
     return data

@@ -10,12 +10,12 @@ from transformers import AutoTokenizer, CLIPModel
 
 from conftest import ROOT, model_config
 from vlm_eff.data.cifar10 import CIFAR10_CLASSES, stratified_subset
-from vlm_eff.data.preprocess import ClipPreprocess
+from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.errors import ConfigError
 from vlm_eff.lora import TARGETS, add_lora, count_parameters, expected_trainable, load_adapter, lora_config, merge
-from vlm_eff.models import random_clip
-from vlm_eff.modules import ZeroShotCLIP
-from vlm_eff.token_reduction import apply_patch, remove_patch
+from vlm_eff.models import random_model
+from vlm_eff.modules import ZeroShotModule
+from vlm_eff.reduction.dropping import apply_patch, remove_patch
 
 TOKENIZER = ROOT / "assets" / "clip-tokenizer"
 
@@ -28,22 +28,22 @@ def lora_cfg(rank=4, targets=("vision_attn", "text_attn", "projections"), **extr
 def random_clip_seeded(attn: str = "sdpa") -> CLIPModel:
     """clip_tiny at random init, the same weights on every call."""
     torch.manual_seed(0)
-    return random_clip(model_config("clip_tiny", attn))
+    return random_model(model_config("clip_tiny", attn))
 
 
 @pytest.fixture(scope="module")
 def cifar_batch(cifar_test):
     """64 real test images (stratified) at 32 px with their labels."""
     keep = stratified_subset(cifar_test["labels"], 64, seed=0)
-    preprocess = ClipPreprocess(shortest_edge=32, crop_size=32)
+    preprocess = ImagePreprocess(size=32, crop_size=32)
     pixels = torch.stack([preprocess(image) for image in cifar_test["images"][keep]])  # [64, 3, 32, 32]
     return pixels, torch.as_tensor(cifar_test["labels"][keep])
 
 
-def zero_shot(clip, adapter_only=True) -> ZeroShotCLIP:
+def zero_shot(clip, adapter_only=True) -> ZeroShotModule:
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
     optimizer = lambda params: torch.optim.AdamW(params, lr=1e-2)  # noqa: E731
-    return ZeroShotCLIP(clip, tokenizer, CIFAR10_CLASSES, ["a photo of a {}.", "a picture of a {}."],
+    return ZeroShotModule(clip, tokenizer, CIFAR10_CLASSES, ["a photo of a {}.", "a picture of a {}."],
                         optimizer=optimizer, adapter_only=adapter_only)
 
 
@@ -90,7 +90,7 @@ def test_trainable_parameters_match_the_formula(targets, rank):
 
 def test_a_training_step_changes_only_the_adapters(trained):
     module, _, base = trained
-    current = dict(module.clip.named_parameters())
+    current = dict(module.model.named_parameters())
     for name, before in base.items():
         key = name if name in current else name.replace(".weight", ".base_layer.weight").replace(
             ".bias", ".base_layer.bias")
@@ -154,14 +154,14 @@ def test_cls_attn_pruning_sees_the_adapted_attention(trained, cifar_batch, tmp_p
         adapted_row = merged.vision_model(pixel_values=x, output_attentions=True).attentions[1][:, :, 0].mean(1)
     assert (adapted_row - base_row).abs().max() > 1e-4  # the adapters changed layer 1's attention
 
-    apply_patch(module.clip, keep=0.5, layer=2, score="cls_attn")
-    reducer, seen = module.clip.vision_model.embeddings._reducer, []
+    apply_patch(module.model, keep=0.5, layer=2, score="cls_attn")
+    reducer, seen = module.model.vision_model.embeddings._reducer, []
     original = reducer.scores
     reducer.scores = lambda tokens: seen.append(original(tokens)) or seen[-1]
     try:
         logits_of(module, x)
     finally:
-        remove_patch(module.clip)
+        remove_patch(module.model)
     torch.testing.assert_close(seen[0], adapted_row, atol=1e-5, rtol=0)
 
 
@@ -187,7 +187,7 @@ def test_an_adapter_for_another_model_is_a_one_line_error(trained, tmp_path):
     _, adapters, _ = trained
     adapters.save_pretrained(tmp_path / "adapter")
     cfg = model_config("tiny_clip_cifar10")
-    other = random_clip(cfg)  # wider towers than clip_tiny
+    other = random_model(cfg)  # wider towers than clip_tiny
     with pytest.raises(ConfigError, match=r"lora.checkpoint=.*adapter does not fit this model: .*size mismatch") as error:
         load_adapter(other, tmp_path / "adapter")
     assert "\n" not in str(error.value)

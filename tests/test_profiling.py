@@ -10,12 +10,12 @@ from conftest import model_config
 
 from vlm_eff.data import SyntheticDataModule
 from vlm_eff.flops import flops_per_image
-from vlm_eff.models import ImageEncoder, random_clip
+from vlm_eff.models import ImageEncoder, random_model
 from vlm_eff.modules import ImageEncoderModule
 from vlm_eff.profiling import ProfilingCallback, reduction_share
 from vlm_eff.results import COLUMNS, append_locked, read_results, write_atomic
-from vlm_eff.token_reduction import apply_patch, remove_patch
-from vlm_eff.tome import apply_tome, remove_tome
+from vlm_eff.reduction.dropping import apply_patch, remove_patch
+from vlm_eff.reduction.merging import apply_tome, remove_tome
 
 
 def test_image_encoder_is_exactly_the_stock_hugging_face_output(tiny_clip):
@@ -30,13 +30,13 @@ def test_sdpa_and_eager_flop_counts_agree():
     counts = {}
     for attn in ("sdpa", "eager"):
         torch.manual_seed(0)
-        counts[attn] = flops_per_image(ImageEncoder(random_clip(model_config("clip_tiny", attn))), pixels)
+        counts[attn] = flops_per_image(ImageEncoder(random_model(model_config("clip_tiny", attn))), pixels)
     assert counts["sdpa"] == counts["eager"] > 0
 
 
 def test_vit_b16_flops_match_the_analytic_count():
     """Matmuls + patch conv + attention (QK^T and AV): 35.1 GFLOPs = 17.6 GMACs at 224 px, SDPA on CPU included."""
-    clip = random_clip(model_config("clip_vit_b16"))
+    clip = random_model(model_config("clip_vit_b16"))
     N, D, L, M, P = 197, 768, 12, 3072, 512
     per_layer = 2 * N * D * D * 4 + 2 * N * D * M * 2 + 2 * 2 * N * N * D
     analytic = L * per_layer + 2 * (N - 1) * D * 3 * 16 * 16 + 2 * D * P
@@ -46,7 +46,7 @@ def test_vit_b16_flops_match_the_analytic_count():
 
 
 def test_interpolated_image_size_counts_more_tokens():
-    clip = random_clip(model_config("clip_tiny")).eval()
+    clip = random_model(model_config("clip_tiny")).eval()
     encoder = ImageEncoder(clip, image_size=64)
     assert encoder.n_patches == 256
     assert encoder(torch.randn(2, 3, 64, 64)).shape == (2, 32)

@@ -13,8 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from vlm_eff.models import random_clip
-from vlm_eff.token_reduction import apply_patch, current_reduction, kept_count, remove_patch, tokens_per_layer
+from vlm_eff.models import random_model
+from vlm_eff.reduction.dropping import apply_patch, current_reduction, kept_count, remove_patch, tokens_per_layer
 
 ROOT = Path(__file__).resolve().parents[1]
 N_PATCHES, N_LAYERS, WIDTH, PROJ = 64, 4, 64, 32
@@ -33,7 +33,7 @@ def build(attn_implementation: str):
     cfg = OmegaConf.load(ROOT / "conf" / "model" / "clip_tiny.yaml")
     cfg.attn_implementation = attn_implementation
     torch.manual_seed(0)
-    return random_clip(cfg).eval()
+    return random_model(cfg).eval()
 
 
 @pytest.fixture(scope="module")
@@ -135,12 +135,12 @@ def test_keep_one_reproduces_the_stock_model(clip, preset):
 
 
 def test_evit_preset_is_the_stock_model_at_keep_one_and_fuses_below(clip):
-    """evit = cls_attn scores, CLS kept, dropped tokens fused into one, at layers 3/6/9 (10+ layer
+    """evit = pool_attn scores (CLS's attention row on CLIP), CLS kept, dropped tokens fused into one, at layers 3/6/9 (10+ layer
     encoders; this 4-layer model reduces after layers 1, 2, 3). At keep 1.0 nothing is dropped and no
     fused token is added: the stock forward. At keep 0.7 each step keeps 70 % of the patches, plus
     CLS and one fused token."""
     cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "pruning" / "evit.yaml"))
-    assert cfg | {"keep": None} == {"name": "evit", "keep": None, "layer": [3, 6, 9], "score": "cls_attn",
+    assert cfg | {"keep": None} == {"name": "evit", "keep": None, "layer": [3, 6, 9], "score": "pool_attn",
                                    "keep_cls": True, "summary": "fused", "mass": None}
     knobs = dict(layer=[1, 2, 3], score=cfg["score"], keep_cls=True, summary=cfg["summary"])
     x = pixels()
@@ -388,7 +388,7 @@ ERROR_CASES = [
     (dict(keep=0.5, layer=-2), ["layer=-2", "-1..3"]),
     (dict(keep=0.5, layer=[1, 4]), ["layer=4", "-1..3"]),
     (dict(keep=0.5, layer=0, score="cls_attn"), ["cls_attn", "layer >= 1"]),
-    (dict(keep=0.5, score="foo"), ["'foo'", "l2, cls_attn, random"]),
+    (dict(keep=0.5, score="foo"), ["'foo'", "l2, cls_attn, pool_attn, random"]),
     (dict(keep=0.5, summary="bar"), ["'bar'", "none, mean, fused"]),
     (dict(keep=0.5, keep_cls=False, summary="none"), ["keep_cls", "summary=none", "summary=mean"]),
     (dict(keep=1.0, keep_cls=False, summary="fused"), ["keep_cls", "summary=fused", "summary=mean"]),

@@ -11,16 +11,16 @@ from omegaconf import OmegaConf
 
 from vlm_eff.errors import ConfigError
 from vlm_eff.flops import flops_per_image
-from vlm_eff.models import ImageEncoder, random_clip
-from vlm_eff.pruning import apply_pruning, check_pruning, remove_pruning
-from vlm_eff.token_reduction import apply_patch, remove_patch
-from vlm_eff.tome import apply_tome, bipartite_soft_matching, r_for_keep, r_schedule, remove_tome, tome_tokens_per_layer
+from vlm_eff.models import ImageEncoder, random_model
+from vlm_eff.reduction import apply_config, build, remove_all
+from vlm_eff.reduction.dropping import apply_patch, remove_patch
+from vlm_eff.reduction.merging import apply_tome, bipartite_soft_matching, r_for_keep, r_schedule, remove_tome, tome_tokens_per_layer
 
 
 @pytest.fixture(scope="module", params=["sdpa", "eager"])
 def clip(request):
     torch.manual_seed(0)
-    return random_clip(model_config("clip_tiny", request.param)).eval()
+    return random_model(model_config("clip_tiny", request.param)).eval()
 
 
 def pixels(batch: int = 3) -> torch.Tensor:
@@ -106,10 +106,16 @@ def test_keep_maps_to_r_at_matched_flops(clip):
     apply_patch(clip, keep=0.5, layer=0)
     pruned = flops_per_image(encoder, x)
     remove_patch(clip)
-    apply_pruning(clip, OmegaConf.load(ROOT / "conf" / "pruning" / "tome.yaml"))  # keep 0.5
+    apply_config(clip, OmegaConf.load(ROOT / "conf" / "pruning" / "tome.yaml"))  # keep 0.5
     merged = flops_per_image(encoder, x)
-    remove_pruning(clip)
+    remove_all(clip)
     assert merged == pytest.approx(pruned, rel=0.05)
+
+
+def check_pruning(cfg, n_layers: int) -> None:
+    """Validate `cfg` for a ViT-B/16-shaped tower of `n_layers` layers."""
+    build(cfg, {"num_hidden_layers": n_layers, "image_size": 224, "patch_size": 16, "hidden_size": 768,
+                "intermediate_size": 3072}, has_cls=True)
 
 
 def test_bad_tome_knobs_are_one_line_errors():
@@ -135,9 +141,9 @@ def test_bad_tome_knobs_are_one_line_errors():
 def test_r_follows_the_input_resolution(clip):
     """At 64 px (256 patches) keep 0.5 needs more merges per layer than at the native 32 px."""
     cfg = OmegaConf.load(ROOT / "conf" / "pruning" / "tome.yaml")
-    native = apply_pruning(clip, cfg).r
-    larger = apply_pruning(clip, cfg, image_size=64).r
-    remove_pruning(clip)
+    native = apply_config(clip, cfg).r
+    larger = apply_config(clip, cfg, image_size=64).r
+    remove_all(clip)
     assert native == (r_for_keep(0.5, 65, 4, 64, 128),) * 4
     assert larger == (r_for_keep(0.5, 257, 4, 64, 128),) * 4 and larger > native
 
@@ -159,15 +165,15 @@ def test_a_schedule_merges_its_per_layer_counts_at_matched_flops(clip):
     x, schedule = pixels(), "decreasing"
     cfg = OmegaConf.load(ROOT / "conf" / "pruning" / "tome.yaml")
     encoder = ImageEncoder(clip)
-    constant = apply_pruning(clip, cfg)
+    constant = apply_config(clip, cfg)
     constant_flops = flops_per_image(encoder, x[:1])
     cfg.schedule = schedule
-    state = apply_pruning(clip, cfg)
+    state = apply_config(clip, cfg)
     try:
         lengths = attention_lengths(clip, x)
         scheduled_flops = flops_per_image(encoder, x[:1])
     finally:
-        remove_pruning(clip)
+        remove_all(clip)
     assert state.r == r_schedule(r_for_keep(0.5, 65, 4, 64, 128, schedule), 4, schedule) != constant.r
     assert lengths == tome_tokens_per_layer(state.r, 65)
     assert len({a - b for a, b in itertools.pairwise(lengths)}) > 1  # layers really merge different counts
@@ -178,11 +184,11 @@ def test_a_schedule_merges_its_per_layer_counts_at_matched_flops(clip):
 def test_r_as_a_list_merges_exactly_those_counts(clip):
     cfg = OmegaConf.load(ROOT / "conf" / "pruning" / "tome.yaml")
     cfg.r = [10, 0, 5, 1]
-    state = apply_pruning(clip, cfg)
+    state = apply_config(clip, cfg)
     try:
         lengths = attention_lengths(clip, pixels())
     finally:
-        remove_pruning(clip)
+        remove_all(clip)
     assert lengths == [65, 55, 55, 50] and state.label == "tome_r10-0-5-1" and state.keep is None
 
 

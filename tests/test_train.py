@@ -9,7 +9,7 @@ from wandb_files import read_run
 
 from conftest import model_config, run_script
 from vlm_eff.lora import expected_trainable
-from vlm_eff.models import random_clip
+from vlm_eff.models import random_model
 from vlm_eff.results import read_results
 
 PRUNED = ("pruning=cls_preserving", "pruning.keep=0.5")
@@ -106,7 +106,7 @@ def test_bf16_autocast_trains_and_wandb_gets_the_trainable_share_with_lora_rank_
     assert row["dtype"] == "bf16" and 0 <= float(row["top1"]) <= 1
     (wandb_dir,) = (tmp_path / "outputs").glob("*/*/wandb/offline-run-*")
     run = read_run(wandb_dir)
-    trainable = expected_trainable(random_clip(model_config("clip_tiny")).config, 2, ["vision_attn", "text_attn"])
+    trainable = expected_trainable(random_model(model_config("clip_tiny")).config, 2, ["vision_attn", "text_attn"])
     assert run["summary"]["train/trainable_params"] == trainable == int(row["trainable_params"])
     assert 0 < run["summary"]["train/trainable_share"] < 0.01
     assert run["config"]["lora"]["rank"] == 2 and run["summary"]["test/top1"] == pytest.approx(float(row["top1"]))

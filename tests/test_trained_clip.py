@@ -6,11 +6,11 @@ import torch
 
 from conftest import ROOT, model_config, run_script
 from vlm_eff.data.cifar10 import stratified_subset
-from vlm_eff.data.preprocess import ClipPreprocess
-from vlm_eff.models import load_clip
-from vlm_eff.modules import ZeroShotCLIP
+from vlm_eff.data.preprocess import ImagePreprocess
+from vlm_eff.models import load_model
+from vlm_eff.modules import ZeroShotModule
 from vlm_eff.results import read_results
-from vlm_eff.token_reduction import apply_patch, remove_patch
+from vlm_eff.reduction.dropping import apply_patch, remove_patch
 
 CHECKPOINT = ROOT / "checkpoints" / "tiny_clip_cifar10"
 PRESETS = {
@@ -27,10 +27,10 @@ def zero_shot():
 
     cfg = model_config("tiny_clip_cifar10")
     cfg.path, cfg.tokenizer = str(CHECKPOINT), None
-    clip = load_clip(cfg).model.float().eval()
+    clip = load_model(cfg).model.float().eval()
     tokenizer = AutoTokenizer.from_pretrained(ROOT / "assets" / "clip-tokenizer")
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    module = ZeroShotCLIP(clip, tokenizer, classes, ["a photo of a {}."])
+    module = ZeroShotModule(clip, tokenizer, classes, ["a photo of a {}."])
     with torch.no_grad():
         module.text_features = module.class_embeddings()
     return module
@@ -40,7 +40,7 @@ def zero_shot():
 def subset(cifar_test):
     """2,000 real test images, 200 per class, preprocessed as the checkpoint's config says."""
     keep = stratified_subset(cifar_test["labels"], 2000, seed=0)
-    preprocess = ClipPreprocess.from_config(CHECKPOINT)
+    preprocess = ImagePreprocess.from_config(CHECKPOINT)
     pixels = torch.stack([preprocess(image) for image in cifar_test["images"][keep]])  # [2000, 3, 32, 32]
     return pixels, torch.as_tensor(cifar_test["labels"][keep])
 
@@ -48,11 +48,11 @@ def subset(cifar_test):
 @torch.no_grad()
 def logits_under(module, pixels, **knobs):
     if knobs:
-        apply_patch(module.clip, **knobs)
+        apply_patch(module.model, **knobs)
     try:
         return torch.cat([module.logits(chunk, module.text_features) for chunk in pixels.split(500)])
     finally:
-        remove_patch(module.clip)
+        remove_patch(module.model)
 
 
 def top1(logits, labels) -> float:
@@ -116,17 +116,17 @@ def test_random_scores_beat_l2_at_layer_0(zero_shot, subset):
 def test_tome_at_half_the_flops_stays_within_two_points_of_the_stock_model(zero_shot, subset):
     """Merging instead of dropping: ToMe with the r of keep 0.5 (r = 11 here: 2.09x fewer FLOPs) keeps
     nearly all the accuracy (full test set: 69.60 vs 70.46 %), far above dropping at the same cost."""
-    from vlm_eff.tome import apply_tome, r_for_keep, remove_tome
+    from vlm_eff.reduction.merging import apply_tome, r_for_keep, remove_tome
 
     pixels, labels = subset
     stock = top1(logits_under(zero_shot, pixels), labels)
     r = r_for_keep(0.5, 65, 6, 192, 768)
-    apply_tome(zero_shot.clip, r)
+    apply_tome(zero_shot.model, r)
     try:
         with torch.no_grad():
             merged = top1(torch.cat([zero_shot.logits(c, zero_shot.text_features) for c in pixels.split(500)]), labels)
     finally:
-        remove_tome(zero_shot.clip)
+        remove_tome(zero_shot.model)
     assert r == 11
     # measured on these 2,000 images: stock 69.55, tome 68.80, cls_preserving at keep 0.5 56.25 (% top-1)
     assert merged >= stock - 0.02, (stock, merged)
@@ -141,24 +141,24 @@ def test_adaptive_keep_rows_count_each_images_own_budget(zero_shot, subset):
     from vlm_eff.flops import flops_per_image
     from vlm_eff.jobs.common import cost_per_image
     from vlm_eff.models import ImageEncoder
-    from vlm_eff.token_reduction import adaptive_budgets
+    from vlm_eff.reduction.dropping import adaptive_budgets
 
     pixels = subset[0][:16]
-    encoder = ImageEncoder(zero_shot.clip)
-    reduction = apply_patch(zero_shot.clip, keep=1.0, layer=0, mass=0.7)
+    encoder = ImageEncoder(zero_shot.model)
+    reduction = apply_patch(zero_shot.model, keep=1.0, layer=0, mass=0.7)
     try:
         with torch.no_grad():
             encoder(pixels)
-        budgets = adaptive_budgets(zero_shot.clip).tolist()  # [16] patches each image kept
+        budgets = adaptive_budgets(zero_shot.model).tolist()  # [16] patches each image kept
         flops, tokens = cost_per_image(encoder, reduction, TensorDataset(pixels), torch.device("cpu"), torch.float32)
         alone = [flops_per_image(encoder, image[None]) for image in pixels[:3]]
     finally:
-        remove_patch(zero_shot.clip)
+        remove_patch(zero_shot.model)
     fixed = {}
     for budget in set(budgets):
-        apply_patch(zero_shot.clip, keep=budget / 64, layer=0)
+        apply_patch(zero_shot.model, keep=budget / 64, layer=0)
         fixed[budget] = flops_per_image(encoder, pixels[:1])
-        remove_patch(zero_shot.clip)
+        remove_patch(zero_shot.model)
     assert len(set(budgets)) > 1  # real images need different budgets
     assert alone == [fixed[b] for b in budgets[:3]]
     assert tokens == pytest.approx(1 + sum(budgets) / 16)

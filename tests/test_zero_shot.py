@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from conftest import ROOT, run_script
-from vlm_eff.modules import ZeroShotCLIP
+from vlm_eff.modules import ZeroShotModule
 from vlm_eff.results import read_results
 
 CLASSES = ["cat", "dog", "ship"]
@@ -28,7 +28,7 @@ def text_features(clip, tokenizer, prompts):
 
 @torch.no_grad()
 def test_prompt_ensemble_is_the_normalised_mean_of_normalised_prompt_embeddings(tiny_clip, tokenizer):
-    module = ZeroShotCLIP(tiny_clip, tokenizer, CLASSES, TEMPLATES)
+    module = ZeroShotModule(tiny_clip, tokenizer, CLASSES, TEMPLATES)
     per_template = [F.normalize(text_features(tiny_clip, tokenizer, [t.format(c) for c in CLASSES]), dim=-1)
                     for t in TEMPLATES]  # each [C, P]
     expected = F.normalize((per_template[0] + per_template[1]) / 2, dim=-1)
@@ -38,7 +38,7 @@ def test_prompt_ensemble_is_the_normalised_mean_of_normalised_prompt_embeddings(
 
 @torch.no_grad()
 def test_logits_are_scaled_cosine_similarities(tiny_clip, tokenizer):
-    module = ZeroShotCLIP(tiny_clip, tokenizer, CLASSES, TEMPLATES[:1])
+    module = ZeroShotModule(tiny_clip, tokenizer, CLASSES, TEMPLATES[:1])
     pixels = torch.randn(4, 3, 32, 32)
     text = module.class_embeddings()
     image = tiny_clip.get_image_features(pixel_values=pixels).pooler_output
@@ -48,7 +48,7 @@ def test_logits_are_scaled_cosine_similarities(tiny_clip, tokenizer):
 
 def test_top1_is_micro_averaged_and_per_class_is_reported(tiny_clip, tokenizer):
     """torchmetrics' default is macro; top-1 here is the plain fraction of correct images."""
-    module = ZeroShotCLIP(tiny_clip, tokenizer, CLASSES, TEMPLATES[:1])
+    module = ZeroShotModule(tiny_clip, tokenizer, CLASSES, TEMPLATES[:1])
     logits = torch.tensor([[3.0, 0, 0], [3.0, 0, 0], [3.0, 0, 0], [0, 3.0, 0]])  # predicts 0, 0, 0, 1
     labels = torch.tensor([0, 0, 0, 2])
     for metric in module.metrics.values():

@@ -1,4 +1,4 @@
-"""LoRA adapters for CLIP through PEFT: which modules, how many parameters, save / load / merge.
+"""LoRA adapters for CLIP and SigLIP through PEFT: which modules, how many parameters, save / load / merge.
 
 Targets are named groups of modules, matched by one regex (PEFT full-matches module names, so a
 plain `q_proj` would hit both towers):
@@ -6,7 +6,8 @@ plain `q_proj` would hit both towers):
 - `text_attn`: the same in the text tower;
 - `projections`: `visual_projection` and `text_projection`, the seed's "cross-modal low-rank
   fusion" (a low-rank update of each tower's map into the shared space, W frozen).
-The adapted model stays a `CLIPModel` (PEFT injects the adapters in place), so token reduction and
+SigLIP has no projection layers (`projections` is an error there). The adapted model stays a
+`CLIPModel` / `SiglipModel` (PEFT injects the adapters in place), so token reduction and
 the rest of vlm-eff work on it unchanged; apply LoRA before `apply_patch`.
 """
 
@@ -20,6 +21,7 @@ from torch import nn
 from transformers import CLIPConfig, CLIPModel
 
 from vlm_eff.errors import ConfigError
+from vlm_eff.towers import family_of
 
 ATTENTION = r"encoder\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)"
 TARGETS = {
@@ -69,7 +71,12 @@ def add_lora(clip: CLIPModel, cfg: DictConfig) -> PeftModel | None:
     if cfg.get("checkpoint"):
         return load_adapter(clip, cfg.checkpoint, trainable=True)
     config = new_adapters(cfg)
-    return None if config is None else get_peft_model(clip, config)
+    if config is None:
+        return None
+    if "projections" in cfg.targets and family_of(clip).projection_modules() is None:
+        raise ConfigError(f"lora.targets=projections: a {family_of(clip).name} model has no projection layers; "
+                          f"allowed here: vision_attn, text_attn")
+    return get_peft_model(clip, config)
 
 
 def check_adapter_dir(path: str | Path) -> Path:

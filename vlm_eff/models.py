@@ -1,11 +1,14 @@
-"""Loading CLIP: from the Hugging Face cache (hub id), a local `save_pretrained` dir, or random init.
+"""Loading a dual encoder (any family in `towers.FAMILIES`): from the Hugging Face cache (hub id), a local
+`save_pretrained` dir (its `config.json` names the family), or random init.
 
-Random init builds the architecture from the model config's `architecture` block, which matches the
-published checkpoint exactly, so timing, memory and FLOPs are valid while accuracy is not.
+Random init builds the architecture from the model config's `architecture` block (its `model_type`
+picks the family, CLIP when absent), which matches the published checkpoint exactly, so timing,
+memory and FLOPs are valid while accuracy is not.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -16,10 +19,12 @@ from urllib.parse import urlparse
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+from transformers import AutoTokenizer
+from transformers.utils import cached_file
 
-from vlm_eff.data.preprocess import ClipPreprocess
+from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.errors import ConfigError
+from vlm_eff.towers import Family, family_for, family_of
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +37,8 @@ RANDOM_WEIGHTS_WARNING = (
 
 
 @dataclass
-class LoadedCLIP:
-    model: CLIPModel
+class LoadedModel:
+    model: nn.Module  # a Hugging Face dual encoder (CLIPModel, SiglipModel)
     weights: str  # "pretrained" or "random"
     source: str  # hub id, local path, or "random init"
 
@@ -50,42 +55,65 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-def _from_pretrained(source: str, attn_implementation: str, local_files_only: bool) -> CLIPModel:
-    return CLIPModel.from_pretrained(
+def model_config(cfg: DictConfig):
+    """The Hugging Face config of the model `cfg` names, read before any weights: `model.path`'s
+    config.json (its `model_type` picks the family), else (and for random weights) the `architecture`
+    block (CLIP unless it names a `model_type`). Bad or unsupported configs are one-line errors."""
+    if cfg.get("path") and cfg.weights != "random":
+        file = Path(cfg.path).expanduser() / "config.json"
+        try:
+            config = json.loads(file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"model.path={cfg.path} holds no save_pretrained model (no config.json there)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ConfigError(f"model.path={cfg.path}: config.json is not valid JSON") from None
+        if not isinstance(config, dict) or "model_type" not in config:
+            raise ConfigError(f"model.path={cfg.path}: config.json names no model_type")
+        family = family_for(config.pop("model_type"), f"model.path={cfg.path}")
+        return family.config_class.from_dict(config)
+    arch = OmegaConf.to_container(cfg.architecture, resolve=True)
+    return family_for(arch.pop("model_type", "clip"), f"model={cfg.name}").config_class(**arch)
+
+
+def _from_pretrained(family: Family, source: str, attn_implementation: str, local_files_only: bool) -> nn.Module:
+    return family.model_class.from_pretrained(
         source, attn_implementation=attn_implementation, local_files_only=local_files_only
     )
 
 
-def _pretrained(cfg: DictConfig) -> LoadedCLIP | None:
+def _pretrained(cfg: DictConfig, family: Family) -> LoadedModel | None:
     """The pretrained model, or None when it is neither on disk nor downloadable right now."""
     attn = cfg.attn_implementation
     if cfg.get("path"):
-        path = Path(cfg.path).expanduser()
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"model.path={cfg.path} holds no save_pretrained model (no config.json there)")
-        return LoadedCLIP(_from_pretrained(str(path), attn, True), "pretrained", str(path))
+        return LoadedModel(_from_pretrained(family, str(Path(cfg.path).expanduser()), attn, True), "pretrained",
+                           str(cfg.path))
     if not cfg.get("hub_id"):
         return None
     try:  # the local Hugging Face cache first: instant, and the only option offline
-        return LoadedCLIP(_from_pretrained(cfg.hub_id, attn, True), "pretrained", cfg.hub_id)
+        return LoadedModel(_from_pretrained(family, cfg.hub_id, attn, True), "pretrained", cfg.hub_id)
     except OSError:
         pass
     if not hub_reachable():
         return None
     log.info("downloading %s from the Hugging Face hub", cfg.hub_id)
-    return LoadedCLIP(_from_pretrained(cfg.hub_id, attn, False), "pretrained", cfg.hub_id)
+    return LoadedModel(_from_pretrained(family, cfg.hub_id, attn, False), "pretrained", cfg.hub_id)
 
 
-def random_clip(cfg: DictConfig) -> CLIPModel:
+def random_model(cfg: DictConfig) -> nn.Module:
     """The architecture of `cfg.architecture` with freshly initialised weights (seeded by the caller)."""
-    arch = OmegaConf.to_container(cfg.architecture, resolve=True)
-    config = CLIPConfig(**arch)
+    config = model_config(cfg)
+    family = family_for(config.model_type)
     config._attn_implementation = cfg.attn_implementation
-    return CLIPModel(config)
+    model = family.model_class(config)
+    family.init_random(model)
+    if cfg.get("init_logit_bias") is not None:  # a SigLIP trained on few classes: see tiny_siglip_cifar10.yaml
+        with torch.no_grad():
+            model.logit_bias.fill_(cfg.init_logit_bias)
+    return model
 
 
-def load_clip(cfg: DictConfig) -> LoadedCLIP:
-    """Load CLIP as `cfg.weights` says: pretrained (missing is an error), random, or auto (pretrained
+def load_model(cfg: DictConfig) -> LoadedModel:
+    """Load the model as `cfg.weights` says: pretrained (missing is an error), random, or auto (pretrained
     when available, else random with a loud warning)."""
     if cfg.weights not in WEIGHTS:
         raise ConfigError(f"model.weights={cfg.weights!r} is unknown; allowed: {', '.join(WEIGHTS)}")
@@ -95,7 +123,7 @@ def load_clip(cfg: DictConfig) -> LoadedCLIP:
         )
     source = cfg.get("path") or cfg.get("hub_id") or f"model={cfg.name}"
     if cfg.weights != "random":
-        loaded = _pretrained(cfg)
+        loaded = _pretrained(cfg, family_for(model_config(cfg).model_type))
         if loaded is not None:
             return loaded
         if cfg.weights == "pretrained":
@@ -105,16 +133,18 @@ def load_clip(cfg: DictConfig) -> LoadedCLIP:
                 f"or use model.weights=random (timing only)"
             )
         log.warning(RANDOM_WEIGHTS_WARNING.format(source=source))
-    return LoadedCLIP(random_clip(cfg), "random", "random init")
+    return LoadedModel(random_model(cfg), "random", "random init")
 
 
 def load_tokenizer(cfg: DictConfig):
-    """The tokenizer at `model.tokenizer`, else beside the weights (`model.path` or the hub id, cached)."""
+    """The tokenizer at `model.tokenizer`, else beside the weights (`model.path` or the hub id, cached);
+    `model.padding_side`, when set, overrides the side the tokenizer pads on."""
     source = cfg.get("tokenizer") or cfg.get("path") or cfg.get("hub_id")
     if not source:
         raise ConfigError(f"model={cfg.name} names no tokenizer: set model.tokenizer=<a tokenizer dir or hub id>")
+    options = {"padding_side": cfg.padding_side} if cfg.get("padding_side") else {}
     try:
-        return AutoTokenizer.from_pretrained(str(source), local_files_only=not hub_reachable())
+        return AutoTokenizer.from_pretrained(str(source), local_files_only=not hub_reachable(), **options)
     except OSError:
         raise ConfigError(
             f"no tokenizer at {source} (not on disk or in the Hugging Face cache, hub unreachable); "
@@ -122,25 +152,32 @@ def load_tokenizer(cfg: DictConfig):
         ) from None
 
 
-def load_preprocess(cfg: DictConfig, image_size: int) -> ClipPreprocess:
-    """The model's own `preprocessor_config.json` when `model.path` has one, else CLIP's standard
-    preprocessing at `image_size` (what every OpenAI CLIP checkpoint publishes)."""
-    path = Path(cfg.path).expanduser() if cfg.get("path") else None
-    if path is not None and (path / "preprocessor_config.json").is_file():
-        preprocess = ClipPreprocess.from_config(path)
-        if preprocess.crop_size == image_size:
-            return preprocess
-    return ClipPreprocess(shortest_edge=image_size, crop_size=image_size)
+def load_preprocess(cfg: DictConfig, image_size: int) -> ImagePreprocess:
+    """The checkpoint's own preprocessing at `image_size`: `model.path`'s `preprocessor_config.json`
+    (missing or malformed: a one-line error), the hub checkpoint's (from the cache, or downloaded when
+    online), else (and for random weights) the published values in the model config's `preprocess` block."""
+    if cfg.get("path") and cfg.weights != "random":
+        return ImagePreprocess.from_config(Path(cfg.path).expanduser()).at_size(image_size)
+    if cfg.get("hub_id") and cfg.weights != "random":
+        try:
+            file = cached_file(cfg.hub_id, "preprocessor_config.json", local_files_only=not hub_reachable())
+            if file:
+                return ImagePreprocess.from_config(Path(file)).at_size(image_size)
+        except OSError:
+            pass
+    published = OmegaConf.to_container(cfg.preprocess, resolve=True) if cfg.get("preprocess") else {}
+    return ImagePreprocess(**published).at_size(image_size)
 
 
 class ImageEncoder(nn.Module):
-    """CLIP's image path, pixels [B, 3, H, W] -> projected embedding [B, P]: the vision tower
-    (token reduction, if patched in, happens inside it) and `visual_projection`."""
+    """A dual encoder's image path, pixels [B, 3, H, W] -> the embedding compared with text [B, P]:
+    the vision tower (token reduction, if patched in, happens inside it) and the family's pooling."""
 
-    def __init__(self, clip: CLIPModel, image_size: int | None = None):
+    def __init__(self, model: nn.Module, image_size: int | None = None):
         super().__init__()
-        self.clip = clip
-        vision = clip.config.vision_config
+        self.model = model
+        self.family = family_of(model)
+        vision = model.config.vision_config
         self.image_size = image_size or vision.image_size
         self.patch_size = vision.patch_size
         self.interpolate_pos_encoding = self.image_size != vision.image_size
@@ -150,7 +187,4 @@ class ImageEncoder(nn.Module):
         return (self.image_size // self.patch_size) ** 2
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        pooled = self.clip.vision_model(
-            pixel_values=pixel_values, interpolate_pos_encoding=self.interpolate_pos_encoding
-        ).pooler_output  # [B, D]
-        return self.clip.visual_projection(pooled)  # [B, P]
+        return self.family.image_embedding(self.model, pixel_values, self.interpolate_pos_encoding)  # [B, P]

@@ -1,4 +1,4 @@
-"""LightningModules wrapping CLIP."""
+"""LightningModules wrapping a dual encoder (any family in `towers.FAMILIES`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from vlm_eff.models import ImageEncoder
 
 
 class ImageEncoderModule(LightningModule):
-    """Runs CLIP's image path on each test batch: what profile.py times."""
+    """Runs the image path on each test batch: what profile.py times."""
 
     def __init__(self, encoder: ImageEncoder, dtype: torch.dtype = torch.float32, compile: bool = False):
         super().__init__()
@@ -26,28 +26,32 @@ class ImageEncoderModule(LightningModule):
         return self.run_encoder(pixel_values.to(self.input_dtype))  # [B, P]
 
 
-class ZeroShotCLIP(LightningModule):
-    """CLIP as a classifier over class prompts: logits = scale * cos(image, class text embedding).
+class ZeroShotModule(LightningModule):
+    """A dual encoder as a classifier over class prompts: logits = scale * cos(image, class text
+    embedding) (+ bias for SigLIP), as its family defines them.
 
     A class's text embedding is the normalised mean of its normalised prompt embeddings (the CLIP
     paper's prompt ensembling). `test_step` is zero-shot evaluation (text embedded once);
-    `training_step` fine-tunes with cross-entropy over the class prompts. With `adapter_only`, a
+    `training_step` fine-tunes with the family's loss over the class prompts (CLIP: cross-entropy;
+    SigLIP: sigmoid). With `adapter_only`, a
     checkpoint holds only the trainable parameters (the LoRA adapters); the frozen base weights come
     from the model the module is built on when it resumes."""
 
-    def __init__(self, clip, tokenizer, class_names: list[str], templates: list[str], image_size: int | None = None,
+    def __init__(self, model, tokenizer, class_names: list[str], templates: list[str], image_size: int | None = None,
                  optimizer=None, scheduler=None, adapter_only: bool = False, compile: bool = False):
         super().__init__()
-        self.clip = clip
+        self.model = model
         self.adapter_only = adapter_only
         self.strict_loading = not adapter_only
-        self.encoder = ImageEncoder(clip, image_size)
+        self.encoder = ImageEncoder(model, image_size)
+        self.family = self.encoder.family
         self.run_encoder = torch.compile(self.encoder.forward) if compile else self.encoder.forward
         self.class_names, self.templates = list(class_names), list(templates)
         prompts = [template.format(name) for name in self.class_names for template in self.templates]
-        tokens = tokenizer(prompts, padding=True, return_tensors="pt")
-        self.register_buffer("input_ids", tokens["input_ids"], persistent=False)  # [C * T, L]
-        self.register_buffer("attention_mask", tokens["attention_mask"], persistent=False)  # [C * T, L]
+        tokens = self.family.tokenize(tokenizer, prompts, model.config)
+        for name, value in tokens.items():  # input_ids (and CLIP's attention_mask), [C * T, L] each
+            self.register_buffer(name, value, persistent=False)
+        self.token_names = list(tokens)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         n = len(self.class_names)
         self.metrics = nn.ModuleDict({
@@ -62,14 +66,14 @@ class ZeroShotCLIP(LightningModule):
         """[C, P] unit vectors, one per class: averaged over all prompt templates, or of one `template`."""
         n_templates = len(self.templates) if template is None else 1
         rows = slice(None) if template is None else slice(template, None, len(self.templates))
-        input_ids, attention_mask = self.input_ids[rows], self.attention_mask[rows]  # [C * T', L]
-        text = self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        tokens = {name: getattr(self, name)[rows] for name in self.token_names}  # [C * T', L] each
+        text = self.family.text_embedding(self.model, tokens)  # [C * T', P]
         text = F.normalize(text, dim=-1).view(len(self.class_names), n_templates, -1)  # [C, T', P]
         return F.normalize(text.mean(dim=1), dim=-1)  # [C, P]
 
     def logits(self, pixel_values: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         image = F.normalize(self.run_encoder(pixel_values), dim=-1)  # [B, P]
-        return self.clip.logit_scale.exp() * image @ text.to(image.dtype).T  # [B, C]
+        return self.family.logits(self.model, image, text)  # [B, C]
 
     def on_test_start(self) -> None:
         with torch.no_grad():
@@ -97,7 +101,7 @@ class ZeroShotCLIP(LightningModule):
         pixel_values, labels = batch
         template = int(torch.randint(len(self.templates), ()))  # one caption style per step, like CLIP's data
         logits = self.logits(pixel_values, self.class_embeddings(template))
-        loss = F.cross_entropy(logits, labels)
+        loss = self.family.loss(logits, labels)
         accuracy = (logits.argmax(dim=-1) == labels).float().mean()
         self.log_dict({"train/loss": loss, "train/acc": accuracy}, prog_bar=True)
         return loss

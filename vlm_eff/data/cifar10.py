@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from vlm_eff.data.preprocess import ClipPreprocess
+from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class ImageArrayDataset(Dataset):
     """uint8 images [N, H, W, 3] + labels -> (preprocessed pixels [3, S, S], label); optional
     training augmentation (random crop with 4 px of padding, horizontal flip) on the uint8 image."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, preprocess: ClipPreprocess, augment: bool = False):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, preprocess: ImagePreprocess, augment: bool = False):
         self.images, self.labels, self.preprocess, self.augment = images, labels, preprocess, augment
 
     def __len__(self) -> int:
@@ -189,7 +189,7 @@ class ImageClassificationDataModule(LightningDataModule):
     """Test split for zero-shot evaluation; train (augmented) and a held-out validation part of the
     train split for fine-tuning. `class_names` overrides the names found in the data."""
 
-    def __init__(self, root: str | None, preprocess: ClipPreprocess, batch_size: int = 256, num_workers: int = 0,
+    def __init__(self, root: str | None, preprocess: ImagePreprocess, batch_size: int = 256, num_workers: int = 0,
                  subset: int | None = None, seed: int = 0, cache_dir: str = "~/.cache/vlm-eff",
                  class_names: list[str] | None = None, download: bool = False, url: str = CIFAR10_URL,
                  md5: str = CIFAR10_MD5, val_size: int = 5000, shots: int | None = None, **unused):

@@ -4,6 +4,7 @@ preprocessing, and writing a job's row everywhere it goes."""
 from __future__ import annotations
 
 import statistics
+from typing import NamedTuple
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -13,11 +14,12 @@ from omegaconf import DictConfig
 
 from vlm_eff.errors import ConfigError
 from vlm_eff.flops import flops_per_image
-from vlm_eff.models import ImageEncoder, LoadedCLIP, load_clip
-from vlm_eff.pruning import check_pruning, describe, tokens_at_layers
+from vlm_eff.models import ImageEncoder, LoadedModel, load_model, model_config
+from vlm_eff.reduction import Strategy, build
+from vlm_eff.reduction.dropping import adaptive_budgets
 from vlm_eff.results import base_row, write_results
 from vlm_eff.runtime import device_label, resolve_device, resolve_dtype
-from vlm_eff.token_reduction import Reduction, adaptive_budgets
+from vlm_eff.towers import family_for
 
 
 def check_counts(cfg: DictConfig, *keys: str) -> None:
@@ -37,17 +39,27 @@ def image_size(cfg: DictConfig, vision_config) -> int:
     return size
 
 
-def prepare(cfg: DictConfig, *count_keys: str) -> tuple[torch.device, torch.dtype, LoadedCLIP, int]:
-    """Check the cheap things first, then seed and load the model: (device, dtype, model, image size)."""
+class Prepared(NamedTuple):
+    device: torch.device
+    dtype: torch.dtype
+    loaded: LoadedModel
+    image_size: int
+    strategy: Strategy  # validated for the model, not yet applied (LoRA goes on first)
+
+
+def prepare(cfg: DictConfig, *count_keys: str) -> Prepared:
+    """Check the cheap things first (the model's config and the pruning knobs before any weights
+    load), then seed and load the model."""
     check_counts(cfg, *count_keys)
     if cfg.get("compile") and cfg.warmup < 1:
         raise ConfigError(f"compile=true needs warmup >= 1 (the first batch compiles), got warmup={cfg.warmup}")
-    check_pruning(cfg.pruning, cfg.model.architecture.vision_config.num_hidden_layers)
+    config = model_config(cfg.model)
+    size = image_size(cfg, config.vision_config)
+    strategy = build(cfg.pruning, config.vision_config, family_for(config.model_type).has_cls, cfg.seed, size)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     pl.seed_everything(cfg.seed, verbose=False)
-    loaded = load_clip(cfg.model)
-    return device, dtype, loaded, image_size(cfg, loaded.model.config.vision_config)
+    return Prepared(device, dtype, load_model(cfg.model), size, strategy)
 
 
 ADAPTIVE_SAMPLE = 64  # images whose own FLOPs and token counts are averaged under adaptive keep
@@ -60,30 +72,30 @@ def sample_images(dataset, n: int = ADAPTIVE_SAMPLE) -> torch.Tensor:
     return torch.stack([dataset[int(i)][0] for i in indices])
 
 
-def cost_per_image(encoder: ImageEncoder, reduction, dataset, device: torch.device,
+def cost_per_image(encoder: ImageEncoder, strategy: Strategy, dataset, device: torch.device,
                    dtype: torch.dtype) -> tuple[float, float]:
     """(FLOPs per image, tokens entering the last layer). Adaptive keep: means over
     `ADAPTIVE_SAMPLE` images spread over `dataset`, each counted alone (its own budget, no padding);
     otherwise one blank image (the cost depends on no pixel)."""
-    n_layers = encoder.clip.config.vision_config.num_hidden_layers
-    if not (isinstance(reduction, Reduction) and reduction.mass is not None):
+    n_layers, has_cls = encoder.model.config.vision_config.num_hidden_layers, encoder.family.has_cls
+    if not strategy.per_image:
         blank = torch.zeros(1, 3, encoder.image_size, encoder.image_size, device=device, dtype=dtype)
-        return flops_per_image(encoder, blank), tokens_at_layers(reduction, encoder.n_patches, n_layers)[-1]
+        return flops_per_image(encoder, blank), strategy.tokens_per_layer(encoder.n_patches, n_layers, has_cls)[-1]
     flops, tokens = [], []
     for image in sample_images(dataset).to(device=device, dtype=dtype):
         flops.append(flops_per_image(encoder, image[None]))  # [1, 3, H, W]
-        tokens.append(1 + int(adaptive_budgets(encoder.clip)[0]))  # CLS + the patches this image kept
+        tokens.append(int(has_cls) + int(adaptive_budgets(encoder.model)[0]))  # CLS + the patches this image kept
     return statistics.fmean(flops), statistics.fmean(tokens)
 
 
-def encoder_row(task: str, cfg: DictConfig, weights: str, reduction, device: torch.device,
+def encoder_row(task: str, cfg: DictConfig, weights: str, strategy: Strategy, device: torch.device,
                 encoder: ImageEncoder, dtype: torch.dtype, dataset) -> dict:
     """The columns every task fills from its model and strategy; FLOPs and tokens as `cost_per_image`
     counts them (`dataset`: the job's inputs, (pixels, ...) items)."""
-    flops, tokens = cost_per_image(encoder, reduction, dataset, device, dtype)
+    flops, tokens = cost_per_image(encoder, strategy, dataset, device, dtype)
     return {
         **base_row(task, Path(cfg.paths.root_dir)),
-        "model": cfg.model.name, "weights": weights, "strategy": cfg.pruning.name, **describe(reduction),
+        "model": cfg.model.name, "weights": weights, "strategy": cfg.pruning.name, **strategy.columns(),
         "device": device_label(device), "dtype": cfg.dtype, "batch_size": cfg.data.batch_size,
         "image_size": encoder.image_size, "tokens": round(tokens, 2),
         "gflops_per_img": flops / 1e9, "gmacs_per_img": flops / 2e9,

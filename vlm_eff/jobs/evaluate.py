@@ -13,19 +13,18 @@ from vlm_eff.errors import ConfigError
 from vlm_eff.jobs.common import encoder_row, prepare, run_dir, save_row, tokens_text
 from vlm_eff.lora import check_adapter_dir, load_adapter
 from vlm_eff.models import RANDOM_WEIGHTS_WARNING, load_preprocess, load_tokenizer
-from vlm_eff.modules import ZeroShotCLIP
+from vlm_eff.modules import ZeroShotModule
 from vlm_eff.profiling import ProfilingCallback
-from vlm_eff.pruning import apply_pruning
 from vlm_eff.results import write_atomic
 from vlm_eff.wandb_logging import finish, make_logger
 
 
-def zero_shot_row(task: str, cfg: DictConfig, module: ZeroShotCLIP, weights: str, reduction, device,
+def zero_shot_row(task: str, cfg: DictConfig, module: ZeroShotModule, weights: str, strategy, device,
                   timing: dict, test_set) -> dict:
     """A results row for a zero-shot test of `module` on `test_set` (shared by evaluate and train)."""
     results = module.test_results()
     return {
-        **encoder_row(task, cfg, weights, reduction, device, module.encoder, module.dtype, test_set),
+        **encoder_row(task, cfg, weights, strategy, device, module.encoder, module.dtype, test_set),
         **timing, "top1": results["top1"], "top5": results["top5"], "n_images": len(test_set),
         "compile": cfg.get("compile", False),
     }
@@ -38,14 +37,14 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ConfigError(f"lora={cfg.lora.name} needs lora.checkpoint=<a saved adapter dir> in evaluate.py")
     if adapter:
         check_adapter_dir(adapter)  # a bad lora.checkpoint fails before anything loads
-    device, dtype, loaded, size = prepare(cfg, "data.batch_size", "warmup", "data.subset")
+    device, dtype, loaded, size, strategy = prepare(cfg, "data.batch_size", "warmup", "data.subset")
     tokenizer = load_tokenizer(cfg.model)
     data = instantiate(cfg.data, preprocess=load_preprocess(cfg.model, size), seed=cfg.seed)
     data.setup("test")
     if adapter:
         load_adapter(loaded.model, adapter)  # before pruning: the reduction's hooks see the adapted q/k
-    reduction = apply_pruning(loaded.model, cfg.pruning, seed=cfg.seed, image_size=size)
-    module = ZeroShotCLIP(loaded.model, tokenizer, data.class_names, cfg.prompts.templates, size, compile=cfg.compile)
+    strategy.apply(loaded.model)
+    module = ZeroShotModule(loaded.model, tokenizer, data.class_names, cfg.prompts.templates, size, compile=cfg.compile)
     module = module.to(device=device, dtype=dtype).eval()
 
     out_dir = run_dir()
@@ -57,7 +56,7 @@ def evaluate(cfg: DictConfig) -> dict:
     )  # fmt: skip
     trainer.test(module, datamodule=data, verbose=False)
 
-    row = zero_shot_row("evaluate", cfg, module, loaded.weights + ("+lora" if adapter else ""), reduction, device,
+    row = zero_shot_row("evaluate", cfg, module, loaded.weights + ("+lora" if adapter else ""), strategy, device,
                         profiler.summaries.get("test", {}), data.test_set)
     per_class = module.test_results()["per_class"]
     write_atomic(out_dir / "per_class.json", json.dumps(per_class, indent=2) + "\n")

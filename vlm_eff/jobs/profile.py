@@ -13,15 +13,14 @@ from vlm_eff.jobs.common import encoder_row, prepare, run_dir, save_row, tokens_
 from vlm_eff.models import RANDOM_WEIGHTS_WARNING, ImageEncoder
 from vlm_eff.modules import ImageEncoderModule
 from vlm_eff.profiling import ProfilingCallback, reduction_share
-from vlm_eff.pruning import apply_pruning
 from vlm_eff.wandb_logging import finish, make_logger
 
 
 def profile(cfg: DictConfig) -> dict:
     """Time `warmup` + `runs` batches through the (pruned) image encoder; write and log the row."""
-    device, dtype, loaded, size = prepare(cfg, "data.batch_size", "runs", "warmup")
+    device, dtype, loaded, size, strategy = prepare(cfg, "data.batch_size", "runs", "warmup")
     encoder = ImageEncoder(loaded.model, size).eval()
-    reduction = apply_pruning(loaded.model, cfg.pruning, seed=cfg.seed, image_size=size)
+    strategy.apply(loaded.model)
     module = ImageEncoderModule(encoder, dtype, compile=cfg.compile).to(device)
 
     data = SyntheticDataModule(**cfg.data, image_size=size, n_batches=cfg.warmup + cfg.runs, seed=cfg.seed)
@@ -39,7 +38,7 @@ def profile(cfg: DictConfig) -> dict:
         trainer.test(module, datamodule=data, verbose=False)
 
     row = {
-        **encoder_row("profile", cfg, loaded.weights, reduction, device, module.encoder, dtype, data.dataset),
+        **encoder_row("profile", cfg, loaded.weights, strategy, device, module.encoder, dtype, data.dataset),
         **profiler.summaries["test"],
         "n_images": profiler.timed_images["test"], "compile": cfg.compile,
     }

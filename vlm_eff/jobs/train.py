@@ -1,4 +1,4 @@
-"""train.py's job: fine-tune CLIP as a zero-shot classifier over class prompts (every weight, or
+"""train.py's job: fine-tune a dual encoder as a zero-shot classifier over class prompts (every weight, or
 LoRA adapters only), then test it like evaluate.py. Progress is checkpointed in the run dir
 (adapter-only under LoRA), and rerunning resumes."""
 
@@ -18,27 +18,21 @@ from vlm_eff.jobs.common import prepare, run_dir, save_row
 from vlm_eff.jobs.evaluate import zero_shot_row
 from vlm_eff.lora import add_lora, count_parameters, merge, new_adapters
 from vlm_eff.models import load_preprocess, load_tokenizer
-from vlm_eff.modules import ZeroShotCLIP
+from vlm_eff.modules import ZeroShotModule
 from vlm_eff.profiling import ProfilingCallback
-from vlm_eff.pruning import apply_pruning, remove_pruning
 from vlm_eff.results import write_atomic
 from vlm_eff.wandb_logging import finish, make_logger
 
 PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}  # half precision = autocast
 
 
-def export(clip, preprocess, export_dir: Path, summary: dict) -> None:
-    """The trained model as an fp16 `save_pretrained` dir with its preprocessing and training summary."""
+def export(model, tokenizer, preprocess, export_dir: Path, summary: dict) -> None:
+    """The trained model as an fp16 `save_pretrained` dir with its tokenizer, preprocessing and training
+    summary: `model.path=<export_dir>` needs nothing else."""
     export_dir.mkdir(parents=True, exist_ok=True)
-    clip.to(torch.float16).save_pretrained(export_dir)
-    config = {
-        "do_resize": True, "size": {"shortest_edge": preprocess.shortest_edge}, "resample": 3,
-        "do_center_crop": True, "crop_size": {"height": preprocess.crop_size, "width": preprocess.crop_size},
-        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": preprocess.mean.flatten().tolist(), "image_std": preprocess.std.flatten().tolist(),
-        "do_convert_rgb": True, "image_processor_type": "CLIPImageProcessor",
-    }  # fmt: skip
-    write_atomic(export_dir / "preprocessor_config.json", json.dumps(config, indent=2) + "\n")
+    model.to(torch.float16).save_pretrained(export_dir)
+    tokenizer.save_pretrained(export_dir)
+    write_atomic(export_dir / "preprocessor_config.json", json.dumps(preprocess.to_config(), indent=2) + "\n")
     write_atomic(export_dir / "training_summary.json", json.dumps(summary, indent=2) + "\n")
 
 
@@ -54,7 +48,7 @@ def resume_from(cfg: DictConfig, out_dir: Path) -> str | None:
 
 def train(cfg: DictConfig) -> dict:
     new_adapters(cfg.lora)  # bad lora.* values fail before anything loads
-    device, _, loaded, size = prepare(cfg, "data.batch_size", "trainer.max_epochs", "warmup")
+    device, _, loaded, size, strategy = prepare(cfg, "data.batch_size", "trainer.max_epochs", "warmup")
     out_dir = run_dir()
     ckpt_path = resume_from(cfg, out_dir)
     preprocess = load_preprocess(cfg.model, size)
@@ -62,8 +56,9 @@ def train(cfg: DictConfig) -> dict:
     data.setup("fit")
     loaded.model.float().train()  # fp32 master weights (a checkpoint may be stored in fp16); dtype= sets autocast
     adapters = add_lora(loaded.model, cfg.lora)  # before pruning: the reduction's hooks see the adapted q/k
-    reduction = apply_pruning(loaded.model, cfg.pruning, seed=cfg.seed, image_size=size)
-    module = ZeroShotCLIP(loaded.model, load_tokenizer(cfg.model), data.class_names, cfg.prompts.templates, size,
+    strategy.apply(loaded.model)
+    tokenizer = load_tokenizer(cfg.model)
+    module = ZeroShotModule(loaded.model, tokenizer, data.class_names, cfg.prompts.templates, size,
                           optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler),
                           adapter_only=adapters is not None)
     trainable, total = count_parameters(loaded.model)
@@ -91,7 +86,7 @@ def train(cfg: DictConfig) -> dict:
     data.setup("test")
     module.eval()
     trainer.test(module, datamodule=data, verbose=False)
-    row = zero_shot_row("train", cfg, module, loaded.weights + ("+lora" if adapters else ""), reduction, device,
+    row = zero_shot_row("train", cfg, module, loaded.weights + ("+lora" if adapters else ""), strategy, device,
                         profiler.summaries.get("train", {}), data.test_set)
     row["trainable_params"] = trainable
     if not trainer.is_global_zero:  # DDP: rank 0 writes the results
@@ -100,13 +95,13 @@ def train(cfg: DictConfig) -> dict:
     if adapters is not None:
         adapters.save_pretrained(out_dir / "adapter")
     if cfg.export_dir:
-        remove_pruning(loaded.model)
+        strategy.remove(loaded.model)
         summary = {
             "epochs": cfg.trainer.max_epochs, "train_images": len(data.train_set), "val_images": len(data.val_set),
             "wall_time_s_this_run": round(train_seconds, 1), "test_top1": row["top1"], "test_top5": row["top5"],
             "test_templates": list(cfg.prompts.templates), "val_top1": val_top1,
         }  # fmt: skip
-        export(merge(adapters) if adapters else loaded.model, preprocess, Path(cfg.export_dir), summary)
+        export(merge(adapters) if adapters else loaded.model, tokenizer, preprocess, Path(cfg.export_dir), summary)
     wandb_dir = finish(logger)
     print(
         f"\nvlm-eff train: {row['model']} strategy={row['strategy']} keep={row['keep']}: "

@@ -1,8 +1,10 @@
-"""Token reduction for Hugging Face CLIP vision towers: one mechanism, many presets.
+"""Token dropping for every tower family (towers.py): one mechanism, many presets (naive,
+position_aware, cls_preserving, late_layer, evit, adaptive keep).
 
 At each reduction step the `keep` fraction of *patch* tokens with the highest `score` is kept, in
-their original spatial order; CLS may be kept at index 0 and a summary token may stand for the
-rest. `apply_patch` wraps a stock model in place (ToMe-style class swap, the stock forward code is
+their original spatial order; CLS (where the tower has one) may be kept at index 0 and a summary
+token may stand for the rest. Towers without CLS (SigLIP) pool every remaining token, summaries
+included, through their attention head. `apply_patch` wraps a stock model in place (ToMe-style class swap, the stock forward code is
 untouched) and `remove_patch` restores it exactly.
 
 Knobs (the README's "Token reduction" section has the presets):
@@ -10,47 +12,40 @@ Knobs (the README's "Token reduction" section has the presets):
     layer     -1: raw patch embeddings (before positions and CLS); k >= 0: after k encoder layers
               (0 = the embeddings output, before pre_layrnorm); a list reduces at each; None = L // 2
     score     l2 (norm of the residual stream), cls_attn (attention from token 0, CLS or the summary that
-              replaced it, in the layer just run, averaged over heads; layer >= 1), random (seeded: the control)
+              replaced it, in the layer just run, averaged over heads; layer >= 1; CLS towers only),
+              pool_attn (the attention the pooled query pays to each token: cls_attn on CLS towers; on
+              SigLIP the head's probe, with the head's own projections, on post_layernorm of the tokens;
+              layer >= 1), random (seeded: the control)
     keep_cls  keep the original CLS token at index 0 (the pooler reads index 0); false needs summary=mean
+              on CLS towers; nothing to keep on towers without CLS
     summary   none | mean (mean of all patch tokens at that point) | fused (score-weighted mean of the
               dropped tokens, EViT). Where CLS is dropped the summary takes index 0; where kept, it
               goes right after CLS. A later step folds the previous fused token into the new one.
     mass      None, or adaptive keep: each image keeps the fewest top-scoring patches holding this
               share of its patch score mass (at most the `keep` count); the batch is padded to the
-              largest budget and the padding is masked out of every later attention
+              largest budget and the padding is masked out of every later attention (and the pooling head)
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
-REDUCE_RANGE = "vlm_eff.reduce"  # every reduction step runs inside this profiler range (ToMe's merging too)
-SCORES = ("l2", "cls_attn", "random")
+from vlm_eff.reduction.base import REDUCE_RANGE, bias_pooling, check_keep, kept_count, restore_classes, swap_class
+from vlm_eff.towers import family_of, vision_tower
+
+SCORES = ("l2", "cls_attn", "pool_attn", "random")
 SUMMARIES = ("none", "mean", "fused")
-
-
-def kept_count(n_patches: int, keep: float) -> int:
-    """Patch tokens kept out of `n_patches` at one step (the 1e-6 absorbs float error, e.g. 0.29 * 100)."""
-    return max(1, math.floor(keep * n_patches + 1e-6))
-
-
-def vision_tower(model: nn.Module) -> nn.Module:
-    """The module holding `embeddings`, `encoder` and `post_layernorm` (CLIPModel or CLIPVisionModel)."""
-    tower = getattr(model, "vision_model", model)
-    if not (hasattr(tower, "embeddings") and hasattr(tower, "encoder")):
-        raise TypeError(f"expected a Hugging Face CLIPModel or CLIPVisionModel, got {type(model).__name__}")
-    return tower
 
 
 @dataclass(frozen=True)
 class Reduction:
-    """A validated point in the reduction space."""
+    """A validated point in the reduction space, for a tower with or without CLS (a `Strategy`)."""
 
     keep: float
     layers: tuple[int, ...]
@@ -59,6 +54,7 @@ class Reduction:
     summary: str
     seed: int = 0
     mass: float | None = None
+    has_cls: bool = True
 
     @classmethod
     def create(
@@ -71,10 +67,10 @@ class Reduction:
         summary: str = "none",
         seed: int = 0,
         mass: float | None = None,
+        has_cls: bool = True,
     ) -> "Reduction":
-        """Check every knob against an encoder of `n_layers` layers; errors are one line each."""
-        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
-            raise ValueError(f"pruning.keep={keep!r} is outside (0, 1]: keep is the fraction of patch tokens kept")
+        """Check every knob against an encoder of `n_layers` layers (with or without CLS); errors are one line each."""
+        keep = check_keep(keep)
         if layer is None:
             layer = n_layers // 2
         layers = (layer,) if isinstance(layer, int) else tuple(layer)
@@ -89,11 +85,14 @@ class Reduction:
             raise ValueError(f"pruning.score={score!r} is unknown; allowed: {', '.join(SCORES)}")
         if summary not in SUMMARIES:
             raise ValueError(f"pruning.summary={summary!r} is unknown; allowed: {', '.join(SUMMARIES)}")
-        if score == "cls_attn" and min(layers) < 1:
+        if score == "cls_attn" and not has_cls:
+            raise ValueError("pruning.score=cls_attn needs a CLS token and this tower has none (SigLIP); "
+                             "use pool_attn (the pooling head's attention), l2 or random")
+        if score in ("cls_attn", "pool_attn") and min(layers) < 1:
             raise ValueError(
-                f"pruning.score=cls_attn needs pruning.layer >= 1 (attention of a layer that has run), got {min(layers)}"
+                f"pruning.score={score} needs pruning.layer >= 1 (attention of a layer that has run), got {min(layers)}"
             )
-        if not keep_cls and summary != "mean":
+        if has_cls and not keep_cls and summary != "mean":
             raise ValueError(
                 f"pruning.keep_cls=false with pruning.summary={summary} can leave a patch at index 0 for the pooler "
                 "(a fused token exists only where tokens are dropped); use summary=mean or keep_cls=true"
@@ -101,45 +100,66 @@ class Reduction:
         if mass is not None:
             if isinstance(mass, bool) or not isinstance(mass, (int, float)) or not 0 < mass <= 1:
                 raise ValueError(f"pruning.mass={mass!r} is outside (0, 1]: the share of score mass each image keeps")
-            if len(layers) > 1 or not keep_cls or summary != "none":
+            if len(layers) > 1 or (has_cls and not keep_cls) or summary != "none":
                 raise ValueError("pruning.mass (adaptive keep) needs one pruning.layer, keep_cls=true and summary=none")
             mass = float(mass)
-        return cls(float(keep), tuple(sorted(set(layers))), score, bool(keep_cls), summary, int(seed), mass)
+        return cls(keep, tuple(sorted(set(layers))), score, bool(keep_cls), summary, int(seed), mass, has_cls)
 
+    @property
+    def per_image(self) -> bool:
+        return self.mass is not None
 
-def tokens_per_layer(reduction: Reduction | None, n_patches: int, n_layers: int) -> list[int]:
-    """Tokens entering each of the `n_layers` encoder layers (the last entry is what the last layer sees)."""
-    if reduction is None:
-        return [1 + n_patches] * n_layers
-    has_cls, has_summary, patches = True, False, n_patches
-    counts = []
+    def apply(self, model: nn.Module) -> None:
+        apply_reduction(model, self)
 
-    def step() -> None:
-        nonlocal has_cls, has_summary, patches
-        k = kept_count(patches, reduction.keep)
-        dropped = k < patches
-        has_summary = reduction.summary == "mean" or (reduction.summary == "fused" and (dropped or has_summary))
-        has_cls = has_cls and reduction.keep_cls
-        patches = k
+    def remove(self, model: nn.Module) -> None:
+        remove_patch(model)
 
-    if -1 in reduction.layers:
-        has_cls = reduction.keep_cls
-        step()
-    for index in range(n_layers):
-        if index in reduction.layers:
+    def columns(self) -> dict:
+        layers, score = self.layers, self.score if self.mass is None else f"{self.score} mass={self.mass}"
+        return {"keep": self.keep, "layer": layers[0] if len(layers) == 1 else " ".join(map(str, layers)),
+                "score": score}
+
+    def tokens_per_layer(self, n_patches: int, n_layers: int, has_cls: bool | None = None) -> list[int]:
+        """Tokens entering each of the `n_layers` encoder layers (the last entry is what the last layer sees)."""
+        has_cls = self.has_cls if has_cls is None else has_cls
+        has_summary, patches = False, n_patches
+        counts = []
+
+        def step() -> None:
+            nonlocal has_cls, has_summary, patches
+            k = kept_count(patches, self.keep)
+            dropped = k < patches
+            has_summary = self.summary == "mean" or (self.summary == "fused" and (dropped or has_summary))
+            has_cls = has_cls and self.keep_cls
+            patches = k
+
+        if -1 in self.layers:
+            has_cls = has_cls and self.keep_cls
             step()
-        counts.append(int(has_cls) + int(has_summary) + patches)
-    return counts
+        for index in range(n_layers):
+            if index in self.layers:
+                step()
+            counts.append(int(has_cls) + int(has_summary) + patches)
+        return counts
+
+
+def tokens_per_layer(reduction: Reduction | None, n_patches: int, n_layers: int, has_cls: bool = True) -> list[int]:
+    """Tokens entering each encoder layer under `reduction` (None: the stock model)."""
+    if reduction is None:
+        return [int(has_cls) + n_patches] * n_layers
+    return reduction.tokens_per_layer(n_patches, n_layers, has_cls)
 
 
 class Reducer:
     """Holds the knobs and the per-forward layout; `reduce` is one reduction step."""
 
-    def __init__(self, reduction: Reduction, num_heads: int):
+    def __init__(self, reduction: Reduction, tower: nn.Module, num_heads: int):
         self.reduction = reduction
+        self.tower = tower  # for pool_attn without CLS: the tower's post_layernorm and pooling head
         self.num_heads = num_heads
         self.generator = torch.Generator().manual_seed(reduction.seed)
-        self.has_cls = True
+        self.has_cls = reduction.has_cls
         self.has_summary = False
         self.captured: dict[str, torch.Tensor] = {}
         self.padding_mask: torch.Tensor | None = None  # [B, 1, 1, T] additive, -inf-like on padding (adaptive keep)
@@ -149,13 +169,21 @@ class Reducer:
         """Begin a forward pass: the sequence is [CLS?] + patches."""
         self.has_cls, self.has_summary, self.padding_mask = has_cls, False, None
 
+    @property
+    def uses_token0_attention(self) -> bool:
+        """Whether the score is the attention of token 0 (q/k captured from the layer just run)."""
+        r = self.reduction
+        return r.score == "cls_attn" or (r.score == "pool_attn" and r.has_cls)
+
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Importance of every token of x [B, T, D] -> [B, T]."""
         if self.reduction.score == "l2":
             return x.float().norm(dim=-1)
         if self.reduction.score == "random":
             return torch.rand(x.shape[:2], generator=self.generator).to(x.device)
-        return self.cls_attention()
+        if self.uses_token0_attention:
+            return self.cls_attention()
+        return self.probe_attention(x)
 
     def cls_attention(self) -> torch.Tensor:
         """Attention from token 0 to every token in the layer just run, averaged over heads -> [B, T]."""
@@ -165,6 +193,22 @@ class Reducer:
         q0 = q[:, :1].float().view(B, 1, H, D // H).transpose(1, 2)  # [B, H, 1, hd]
         keys = k.float().view(B, T, H, D // H).transpose(1, 2)  # [B, H, T, hd]
         attn = (q0 @ keys.transpose(-1, -2) * (D // H) ** -0.5).softmax(dim=-1)  # [B, H, 1, T]
+        return attn.mean(dim=1).squeeze(1)  # [B, T]
+
+    def probe_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooling head's attention from its probe to every token of x [B, T, D], with the head's own
+        query/key projections applied to post_layernorm(x), averaged over heads -> [B, T]."""
+        head = self.tower.head
+        attention = head.attention
+        B, T, D = x.shape
+        H = attention.num_heads
+        w_q, w_k, _ = attention.in_proj_weight.float().chunk(3)  # [D, D] each
+        b_q, b_k, _ = attention.in_proj_bias.float().chunk(3)  # [D] each
+        keys = F.linear(self.tower.post_layernorm(x).float(), w_k, b_k)  # [B, T, D]
+        query = F.linear(head.probe.float(), w_q, b_q)  # [1, 1, D]
+        query = query.view(1, H, 1, D // H)  # [1, H, 1, hd]
+        keys = keys.view(B, T, H, D // H).transpose(1, 2)  # [B, H, T, hd]
+        attn = (query @ keys.transpose(-1, -2) * (D // H) ** -0.5).softmax(dim=-1)  # [B, H, 1, T]
         return attn.mean(dim=1).squeeze(1)  # [B, T]
 
     @record_function(REDUCE_RANGE)
@@ -179,8 +223,7 @@ class Reducer:
         k = kept_count(N, r.keep)
         adds_summary = r.summary == "mean" or (r.summary == "fused" and self.has_summary)  # fused: only if one exists
         if k == N and not adds_summary and (r.keep_cls or not self.has_cls):
-            if r.score == "cls_attn":
-                self.captured.clear()
+            self.captured.clear()
             return x  # nothing dropped, nothing added: the stock sequence, untouched
 
         scores = self.scores(x)  # [B, T]
@@ -200,12 +243,13 @@ class Reducer:
         return torch.cat(parts, dim=1)
 
     def reduce_adaptive(self, x: torch.Tensor) -> torch.Tensor:
-        """x = CLS + patches [B, 1 + N, D] -> CLS + each image's own budget of patches, in spatial
+        """x = [CLS?] + patches [B, P + N, D] -> [CLS?] + each image's own budget of patches, in spatial
         order, zero-padded at the end to the batch's largest budget (`self.padding_mask` hides the padding
-        from every later attention)."""
-        patches = x[:, 1:]  # [B, N, D]
+        from every later attention and from the pooling head)."""
+        n_prefix = int(self.has_cls)
+        patches = x[:, n_prefix:]  # [B, N, D]
         B, N, D = patches.shape
-        scores = self.scores(x)[:, 1:].float()  # [B, N]
+        scores = self.scores(x)[:, n_prefix:].float()  # [B, N]
         order = scores.argsort(dim=1, descending=True)  # [B, N]
         share = scores.gather(1, order) / scores.sum(dim=1, keepdim=True)  # [B, N], largest first
         budget = ((share.cumsum(dim=1) < self.reduction.mass).sum(dim=1) + 1).clamp(max=kept_count(N, self.reduction.keep))
@@ -216,10 +260,10 @@ class Reducer:
         top, valid = top.gather(1, perm), valid.gather(1, perm)
         kept = patches.gather(1, top.unsqueeze(-1).expand(B, K, D)) * valid.unsqueeze(-1).to(x.dtype)  # [B, K, D]
         self.budgets = budget
-        valid = torch.cat([valid.new_ones(B, 1), valid], dim=1)  # [B, 1 + K]
+        valid = torch.cat([valid.new_ones(B, n_prefix), valid], dim=1)  # [B, P + K]
         mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill(~valid, torch.finfo(x.dtype).min)
-        self.padding_mask = mask[:, None, None, :]  # [B, 1, 1, 1 + K], built once for all later layers
-        return torch.cat([x[:, :1], kept], dim=1)
+        self.padding_mask = mask[:, None, None, :]  # [B, 1, 1, P + K], built once for all later layers
+        return torch.cat([x[:, :n_prefix], kept], dim=1)
 
     def summary(self, x, patches, scores, n_prefix, kept_idx) -> torch.Tensor | None:
         """The summary token [B, 1, D] for this step, or None."""
@@ -244,7 +288,7 @@ class Reducer:
 
 
 class _ReducingEmbeddings:
-    """Mixin for CLIPVisionEmbeddings: reduce raw patch embeddings (layer -1) and/or its output (layer 0)."""
+    """Mixin for a vision tower's embeddings: reduce raw patch embeddings (layer -1) and/or its output (layer 0)."""
 
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         reducer: Reducer = self._reducer
@@ -252,8 +296,8 @@ class _ReducingEmbeddings:
         if -1 in layers:
             x = self.raw_patch_tokens(pixel_values)  # [B, 1? + N, D], no positions on patches
         else:
-            x = super().forward(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)  # [B, 1 + N, D]
-            reducer.start(has_cls=True)
+            x = super().forward(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)  # [B, 1? + N, D]
+            reducer.start(has_cls=reducer.reduction.has_cls)
         if 0 in layers:
             x = reducer.reduce(x)
         return x
@@ -264,7 +308,7 @@ class _ReducingEmbeddings:
         patch_embeds = self.patch_embedding(pixel_values.to(dtype=self.patch_embedding.weight.dtype))  # [B, D, h, w]
         patches = patch_embeds.flatten(2).transpose(1, 2)  # [B, N, D]
         B, _, D = patches.shape
-        keep_cls = reducer.reduction.keep_cls
+        keep_cls = reducer.reduction.keep_cls and reducer.reduction.has_cls
         if keep_cls:
             cls = self.class_embedding + self.position_embedding.weight[0]  # [D]
             patches = torch.cat([cls.expand(B, 1, D), patches], dim=1)  # [B, 1 + N, D]
@@ -273,35 +317,10 @@ class _ReducingEmbeddings:
 
 
 class _ReducingLayer:
-    """Mixin for a CLIPEncoderLayer: reduce its output (that is, at `layer = index + 1`)."""
+    """Mixin for an encoder layer: reduce its output (that is, at `layer = index + 1`)."""
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return self._reducer.reduce(super().forward(hidden_states, *args, **kwargs))
-
-
-_SWAPPED: dict[tuple[type, type], type] = {}
-
-
-def swap_class(module: nn.Module, mixin: type, attr: str, state) -> None:
-    """Give `module` the class `mixin + its class` (ToMe's trick: the stock forward stays reachable
-    through super()), with `state` as `module.<attr>`; `restore_classes` undoes it."""
-    base = module.__class__
-    if (mixin, base) not in _SWAPPED:
-        _SWAPPED[(mixin, base)] = type(f"{mixin.__name__.strip('_')}{base.__name__}", (mixin, base), {})
-    module._original_class = base
-    setattr(module, attr, state)
-    module.__class__ = _SWAPPED[(mixin, base)]
-
-
-def restore_classes(tower: nn.Module, tower_attr: str, attr: str) -> None:
-    """Undo `swap_class` for the modules holding `attr`, and remove the hooks kept in `tower.<tower_attr>`."""
-    _, handles = tower.__dict__.pop(tower_attr, (None, []))
-    for handle in handles:
-        handle.remove()
-    for module in tower.modules():
-        if attr in module.__dict__:
-            module.__class__ = module.__dict__.pop("_original_class")
-            delattr(module, attr)
 
 
 def apply_patch(
@@ -314,13 +333,22 @@ def apply_patch(
     seed: int = 0,
     mass: float | None = None,
 ) -> Reduction:
-    """Make `model`'s vision tower reduce tokens as described in the module docstring; returns the
-    validated `Reduction`. Re-applying replaces an earlier patch (kept if the new knobs are invalid)."""
-    tower = vision_tower(model)
+    """Make `model`'s vision tower (any family) reduce tokens as described in the module docstring;
+    returns the validated `Reduction`. Re-applying replaces an earlier patch (kept if the new knobs are invalid)."""
+    family = family_of(model)
+    reduction = Reduction.create(len(vision_tower(model).encoder.layers), keep, layer, score, keep_cls, summary,
+                                 seed, mass, has_cls=family.has_cls)
+    apply_reduction(model, reduction)
+    return reduction
+
+
+def apply_reduction(model: nn.Module, reduction: Reduction) -> None:
+    """Patch `model` with an already validated `reduction` (replacing an earlier patch)."""
+    family = family_of(model)
+    tower = family.vision(model)
     layers = tower.encoder.layers
-    reduction = Reduction.create(len(layers), keep, layer, score, keep_cls, summary, seed, mass)
     remove_patch(model)
-    reducer = Reducer(reduction, num_heads=layers[0].self_attn.num_heads)
+    reducer = Reducer(reduction, tower, num_heads=layers[0].self_attn.num_heads)
     handles = []
     swap_class(tower.embeddings, _ReducingEmbeddings, "_reducer", reducer)
     for k in reduction.layers:
@@ -328,14 +356,14 @@ def apply_patch(
             continue
         reduced_layer = layers[k - 1]
         swap_class(reduced_layer, _ReducingLayer, "_reducer", reducer)
-        if score == "cls_attn":
+        if reducer.uses_token0_attention:
             for name in ("q", "k"):
                 proj = getattr(reduced_layer.self_attn, f"{name}_proj")
                 handles.append(proj.register_forward_hook(_capture(reducer, name)))
-    if mass is not None:
+    if reduction.mass is not None:
         handles += [layer.register_forward_pre_hook(_mask_padding(reducer), with_kwargs=True) for layer in layers]
+        handles += bias_pooling(family.pooling_attention(tower), lambda: reducer.padding_mask)
     tower._token_reduction = (reduction, handles)
-    return reduction
 
 
 def _mask_padding(reducer: Reducer):

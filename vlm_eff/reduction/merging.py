@@ -1,10 +1,11 @@
-"""Token merging (ToMe, Bolya et al., ICLR 2023) for Hugging Face CLIP vision towers, training-free.
+"""Token merging (ToMe, Bolya et al., ICLR 2023) for every tower family (towers.py), training-free.
 
 In every encoder layer, between attention and MLP, `r` tokens are merged into their most similar
 partners by bipartite soft matching on the attention keys (mean over heads); merged tokens are
 size-weighted averages, and with proportional attention each token's attention logit gets
-log(size) added (through SDPA's additive mask, so no eager attention is forced). CLS is never
-merged. `r` is one count for every layer, a schedule built from it (ToMe's `parse_r`: `decreasing`
+log(size) added (through SDPA's additive mask, so no eager attention is forced), in the encoder
+layers and, on towers that pool with an attention head (SigLIP), in the head's attention too. CLS
+is never merged; towers without CLS have no protected token. `r` is one count for every layer, a schedule built from it (ToMe's `parse_r`: `decreasing`
 runs linearly from 2r down to 0, `increasing` from 0 up to 2r; about r per layer), or a list with
 one count per layer. `apply_tome` swaps the layers' classes in place, ToMe-style; `remove_tome`
 restores them.
@@ -20,12 +21,13 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from vlm_eff.token_reduction import REDUCE_RANGE, kept_count, restore_classes, swap_class, vision_tower
+from vlm_eff.reduction.base import REDUCE_RANGE, bias_pooling, kept_count, restore_classes, swap_class
+from vlm_eff.towers import family_of
 
 
-def merges(r: int, n_tokens: int) -> int:
-    """Merges a layer with `n_tokens` tokens can make: r, capped at half the non-CLS tokens."""
-    return min(r, (n_tokens - 1) // 2)
+def merges(r: int, n_tokens: int, has_cls: bool = True) -> int:
+    """Merges a layer with `n_tokens` tokens can make: r, capped at half the unprotected (non-CLS) tokens."""
+    return min(r, (n_tokens - int(has_cls)) // 2)
 
 
 SCHEDULES = ("constant", "decreasing", "increasing")
@@ -60,20 +62,21 @@ def r_schedule(r: int | Sequence[int], n_layers: int, schedule: str = "constant"
     return tuple(int(first + step * i) for i in range(n_layers))
 
 
-def bipartite_soft_matching(metric: torch.Tensor, r: int):
-    """ToMe's matching on metric [B, T, C] (token 0 = CLS, protected): a `merge(x, mode)` that maps
-    [B, T, C'] to [B, T - r, C'], merging the r most similar tokens of the even set into the odd set."""
-    r = merges(r, metric.shape[1])
+def bipartite_soft_matching(metric: torch.Tensor, r: int, protect_first: bool = True):
+    """ToMe's matching on metric [B, T, C] (token 0 = CLS, protected, if `protect_first`): a `merge(x, mode)`
+    that maps [B, T, C'] to [B, T - r, C'], merging the r most similar tokens of the even set into the odd set."""
+    r = merges(r, metric.shape[1], protect_first)
     if r <= 0:
         return lambda x, mode="mean": x
     with torch.no_grad():
         metric = metric / metric.norm(dim=-1, keepdim=True)
         a, b = metric[:, ::2], metric[:, 1::2]  # [B, Ta, C], [B, Tb, C]
         scores = a @ b.transpose(-1, -2)  # [B, Ta, Tb]
-        scores[:, 0, :] = -math.inf  # CLS (a's first token) is never merged
+        if protect_first:
+            scores[:, 0, :] = -math.inf  # CLS (a's first token) is never merged
         node_max, node_idx = scores.max(dim=-1)  # [B, Ta]
         edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]  # [B, Ta, 1]
-        unmerged_idx = edge_idx[:, r:].sort(dim=1).values  # [B, Ta - r, 1], CLS stays first
+        unmerged_idx = edge_idx[:, r:].sort(dim=1).values  # [B, Ta - r, 1], CLS (if any) stays first
         src_idx = edge_idx[:, :r]  # [B, r, 1]
         dst_idx = node_idx[..., None].gather(dim=1, index=src_idx)  # [B, r, 1]
 
@@ -89,37 +92,68 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int):
 
 
 def r_for_keep(keep: float, n_tokens: int, n_layers: int, width: int, mlp_width: int,
-               schedule: str = "constant") -> int:
+               schedule: str = "constant", has_cls: bool = True) -> int:
     """The r (of `schedule`) whose encoder FLOPs come closest to those of keeping `keep` of the
-    patch tokens from the start (cls_preserving at layer 0): keep 0.5 means the same work."""
+    patch tokens from the start (cls_preserving at layer 0): keep 0.5 means the same work.
+    `n_tokens` counts CLS where the tower has one."""
     def layer_flops(t_attn: int, t_mlp: int) -> float:  # multiply-adds of one layer
         return 4 * t_attn * width**2 + 2 * t_attn**2 * width + 2 * t_mlp * width * mlp_width
 
     def merged(r: int) -> float:
         counts = r_schedule(r, n_layers, schedule)
-        tokens = tome_tokens_per_layer(counts, n_tokens)
-        return sum(layer_flops(t, t - merges(n, t)) for t, n in zip(tokens, counts))
+        tokens = tome_tokens_per_layer(counts, n_tokens, has_cls)
+        return sum(layer_flops(t, t - merges(n, t, has_cls)) for t, n in zip(tokens, counts))
 
-    patches = n_tokens - 1
-    kept = 1 + kept_count(patches, keep)  # CLS + kept patches in every layer
+    patches = n_tokens - int(has_cls)
+    kept = int(has_cls) + kept_count(patches, keep)  # CLS + kept patches in every layer
     target = n_layers * layer_flops(kept, kept)
     return min(range(patches + 1), key=lambda r: abs(merged(r) - target))
 
 
 @dataclass
-class ToMeState:
-    """Knobs and the per-forward token sizes ([B, T, 1]; None = all ones)."""
+class ToMe:
+    """ToMe's knobs (a `Strategy`) and the per-forward token sizes ([B, T, 1]; None = all ones)."""
 
     r: tuple[int, ...]  # merges in each layer
     prop_attn: bool = True
     keep: float | None = None  # the keep ratio r was chosen for, if any
     label: str = ""  # how r was given, e.g. `tome_r16` or `tome_r16_decreasing`
+    has_cls: bool = True  # protect token 0
     size: torch.Tensor | None = None
     keys: dict = field(default_factory=dict)
+    per_image = False
+
+    @classmethod
+    def create(cls, r: int | Sequence[int], n_layers: int, prop_attn: bool = True, keep: float | None = None,
+               schedule: str = "constant", has_cls: bool = True) -> "ToMe":
+        """Validated knobs: `r` and `schedule` spread over `n_layers` layers (errors are one line each)."""
+        counts = r_schedule(r, n_layers, schedule)
+        label = "tome_r" + ("-".join(map(str, counts)) if isinstance(r, Sequence) else
+                            f"{r}" + ("" if schedule == "constant" else f"_{schedule}"))
+        return cls(r=counts, prop_attn=prop_attn, keep=keep, label=label, has_cls=has_cls)
+
+    def apply(self, model: nn.Module) -> None:
+        apply_merging(model, self)
+
+    def remove(self, model: nn.Module) -> None:
+        remove_tome(model)
+
+    def columns(self) -> dict:
+        return {"keep": "" if self.keep is None else self.keep, "layer": "all", "score": self.label}
+
+    def tokens_per_layer(self, n_patches: int, n_layers: int, has_cls: bool | None = None) -> list[int]:
+        has_cls = self.has_cls if has_cls is None else has_cls
+        return tome_tokens_per_layer(self.r, int(has_cls) + n_patches, has_cls)
+
+    def attention_bias(self) -> torch.Tensor | None:
+        """log(size) for each token [B, 1, 1, T] (proportional attention), or None while sizes are even."""
+        if not self.prop_attn or self.size is None:
+            return None
+        return self.size.log().transpose(1, 2)[:, None]  # [B, 1, 1, T]
 
 
 class _MergingEmbeddings:
-    """Mixin for CLIPVisionEmbeddings: every forward starts with tokens of size 1."""
+    """Mixin for a vision tower's embeddings: every forward starts with tokens of size 1."""
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         self._tome.size = None
@@ -127,14 +161,14 @@ class _MergingEmbeddings:
 
 
 class _MergingLayer:
-    """Mixin for a CLIPEncoderLayer: attention (proportional to token size), merge r tokens, MLP."""
+    """Mixin for an encoder layer: attention (proportional to token size), merge r tokens, MLP."""
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        state, index = self._tome  # ToMeState, this layer's index
+        state, index = self._tome  # ToMe, this layer's index
         r = state.r[index]
         if state.prop_attn and state.size is not None:  # also where this layer merges nothing: sizes are uneven
             with record_function(REDUCE_RANGE):
-                bias = state.size.log().transpose(1, 2)[:, None].to(hidden_states.dtype)  # [B, 1, 1, T]
+                bias = state.attention_bias().to(hidden_states.dtype)  # [B, 1, 1, T]
                 attention_mask = bias if attention_mask is None else attention_mask + bias
         if r == 0:
             out = super().forward(hidden_states, attention_mask, **kwargs)
@@ -152,7 +186,7 @@ class _MergingLayer:
         keys = state.keys.pop("k")  # [B, T, D] from the k_proj hook
         B, T, D = keys.shape
         metric = keys.view(B, T, self.self_attn.num_heads, -1).mean(dim=2)  # [B, T, head_dim]
-        merge = bipartite_soft_matching(metric, r)
+        merge = bipartite_soft_matching(metric, r, state.has_cls)
         size = state.size if state.size is not None else torch.ones(B, T, 1, dtype=x.dtype, device=x.device)
         x = merge(x * size, mode="sum")  # size-weighted sums ...
         state.size = merge(size, mode="sum")  # [B, T - r, 1]
@@ -160,36 +194,40 @@ class _MergingLayer:
 
 
 def apply_tome(model: nn.Module, r: int | Sequence[int], prop_attn: bool = True, keep: float | None = None,
-               schedule: str = "constant") -> ToMeState:
-    """Make `model`'s vision tower merge tokens in every layer as `r` and `schedule` say
+               schedule: str = "constant") -> ToMe:
+    """Make `model`'s vision tower (any family) merge tokens in every layer as `r` and `schedule` say
     (r = 0: the stock model)."""
-    tower = vision_tower(model)
-    layers = tower.encoder.layers
-    counts = r_schedule(r, len(layers), schedule)
+    family = family_of(model)
+    state = ToMe.create(r, len(family.vision(model).encoder.layers), prop_attn, keep, schedule, family.has_cls)
+    apply_merging(model, state)
+    return state
+
+
+def apply_merging(model: nn.Module, state: ToMe) -> None:
+    """Patch `model` with the ToMe `state` (replacing an earlier ToMe patch)."""
+    family = family_of(model)
+    tower = family.vision(model)
     remove_tome(model)
-    label = "tome_r" + ("-".join(map(str, counts)) if isinstance(r, Sequence) else
-                        f"{r}" + ("" if schedule == "constant" else f"_{schedule}"))
-    state = ToMeState(r=counts, prop_attn=prop_attn, keep=keep, label=label)
     handles = []
     swap_class(tower.embeddings, _MergingEmbeddings, "_tome", state)
-    for index, layer in enumerate(layers):
+    for index, layer in enumerate(tower.encoder.layers):
         swap_class(layer, _MergingLayer, "_tome", (state, index))
         handles.append(layer.self_attn.k_proj.register_forward_hook(
             lambda module, args, output: state.keys.__setitem__("k", output)))
+    handles += bias_pooling(family.pooling_attention(tower), state.attention_bias)
     tower._tome_patch = (state, handles)
-    return state
 
 
 def remove_tome(model: nn.Module) -> None:
     """Undo `apply_tome`; a no-op on an unpatched model."""
-    restore_classes(vision_tower(model), "_tome_patch", "_tome")
+    restore_classes(family_of(model).vision(model), "_tome_patch", "_tome")
 
 
-def tome_tokens_per_layer(r: Sequence[int], n_tokens: int) -> list[int]:
+def tome_tokens_per_layer(r: Sequence[int], n_tokens: int, has_cls: bool = True) -> list[int]:
     """Tokens entering each layer's attention, given its merges `r` (the last entry: what the last
     layer's attention sees)."""
     counts, t = [], n_tokens
     for n in r:
         counts.append(t)
-        t -= merges(n, t)
+        t -= merges(n, t, has_cls)
     return counts

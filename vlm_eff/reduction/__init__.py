@@ -1,0 +1,82 @@
+"""Token reduction behind one interface (`base.Strategy`: apply / remove / tokens per layer / the
+result columns), for every tower family in `vlm_eff.towers`:
+
+    dropping.py   naive, position_aware, cls_preserving, late_layer, evit, adaptive keep (presets of one mechanism)
+    merging.py    tome
+
+`build` maps the `pruning` config group to a strategy; a new strategy is a module here and
+one entry in STRATEGIES.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, ListConfig
+from torch import nn
+
+from vlm_eff.errors import ConfigError
+from vlm_eff.towers import family_of
+from vlm_eff.reduction.base import REDUCE_RANGE, NoReduction, Strategy, check_keep, kept_count
+from vlm_eff.reduction.dropping import Reduction, apply_patch, remove_patch
+from vlm_eff.reduction.merging import ToMe, apply_tome, check_r, r_for_keep, remove_tome
+
+__all__ = ["REDUCE_RANGE", "Strategy", "NoReduction", "Reduction", "ToMe", "apply_patch", "remove_patch",
+           "apply_tome", "remove_tome", "kept_count", "STRATEGIES", "build", "apply_config", "remove_all"]
+
+
+def _plain(value):
+    """A config list as a plain list (anything else as is)."""
+    return list(value) if isinstance(value, ListConfig) else value
+
+
+def _dropping(cfg: DictConfig, n_layers: int, has_cls: bool, seed: int, **_) -> Reduction:
+    return Reduction.create(n_layers, keep=cfg.keep, layer=_plain(cfg.layer), score=cfg.score, keep_cls=cfg.keep_cls,
+                            summary=cfg.summary, seed=seed, mass=cfg.mass, has_cls=has_cls)
+
+
+def _merging(cfg: DictConfig, n_layers: int, has_cls: bool, n_patches: int, width: int, mlp_width: int,
+             **_) -> ToMe:
+    keep = check_keep(cfg.keep)
+    if cfg.r is not None:
+        return ToMe.create(_plain(cfg.r), n_layers, cfg.prop_attn, None, cfg.schedule, has_cls)
+    check_r(0, n_layers, cfg.schedule)
+    r = r_for_keep(keep, int(has_cls) + n_patches, n_layers, width, mlp_width, cfg.schedule, has_cls)
+    return ToMe.create(r, n_layers, cfg.prop_attn, keep, cfg.schedule, has_cls)
+
+
+def _stock(cfg: DictConfig, **_) -> NoReduction:
+    if cfg.keep != 1.0:
+        check_keep(cfg.keep)
+    return NoReduction()
+
+
+DROPPING_PRESETS = ("naive", "position_aware", "cls_preserving", "late_layer", "evit")
+STRATEGIES = {"none": _stock, **{name: _dropping for name in DROPPING_PRESETS}, "tome": _merging}
+
+
+def build(cfg: DictConfig, vision_config, has_cls: bool, seed: int = 0, image_size: int | None = None) -> Strategy:
+    """The strategy the `pruning` config describes, validated for a tower of `vision_config` (a Hugging
+    Face vision config, or a dict of its fields) at `image_size`; bad knobs are one-line ConfigErrors."""
+    get = vision_config.get if isinstance(vision_config, dict) else lambda key: getattr(vision_config, key)
+    builder = STRATEGIES.get(cfg.name)
+    if builder is None:
+        raise ConfigError(f"pruning={cfg.name!r} is unknown; allowed: {', '.join(STRATEGIES)}")
+    size, patch = image_size or get("image_size"), get("patch_size")
+    try:
+        return builder(cfg, n_layers=get("num_hidden_layers"), has_cls=has_cls, seed=seed,
+                       n_patches=(size // patch) ** 2, width=get("hidden_size"), mlp_width=get("intermediate_size"))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def remove_all(model: nn.Module) -> None:
+    """The stock model again, whichever strategy was applied."""
+    remove_patch(model)
+    remove_tome(model)
+
+
+def apply_config(model: nn.Module, cfg: DictConfig, seed: int = 0, image_size: int | None = None) -> Strategy:
+    """Build the `pruning` config's strategy for `model` (any family) and apply it in place."""
+    family = family_of(model)
+    strategy = build(cfg, family.vision(model).config, family.has_cls, seed, image_size)
+    strategy.apply(model)
+    return strategy

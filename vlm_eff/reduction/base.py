@@ -1,0 +1,103 @@
+"""What every reduction strategy shares: the `Strategy` interface the jobs use, the class swap that
+wraps a stock module without editing it (ToMe's trick), and the hook that passes a per-token
+attention bias to a family's pooling head (SigLIP's probe attends over every token)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import nn
+
+REDUCE_RANGE = "vlm_eff.reduce"  # every reduction step runs inside this profiler range
+
+
+def kept_count(n_patches: int, keep: float) -> int:
+    """Patch tokens kept out of `n_patches` at one step (the 1e-6 absorbs float error, e.g. 0.29 * 100)."""
+    return max(1, math.floor(keep * n_patches + 1e-6))
+
+
+def check_keep(keep) -> float:
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
+        raise ValueError(f"pruning.keep={keep!r} is outside (0, 1]: keep is the fraction of patch tokens kept")
+    return float(keep)
+
+
+class Strategy(Protocol):
+    """A token reduction, validated for one tower: applied to and removed from a model in place."""
+
+    per_image: bool  # token counts differ per image (adaptive keep): the cost is sampled over images
+
+    def apply(self, model: nn.Module) -> None: ...
+
+    def remove(self, model: nn.Module) -> None: ...
+
+    def tokens_per_layer(self, n_patches: int, n_layers: int, has_cls: bool) -> list[int]:
+        """Tokens entering each encoder layer's attention (the last: what the last layer sees)."""
+        ...
+
+    def columns(self) -> dict:
+        """The strategy columns of a result row: keep, layer, score."""
+        ...
+
+
+class NoReduction:
+    """The stock model (`pruning=none`)."""
+
+    per_image = False
+
+    def apply(self, model: nn.Module) -> None:
+        pass
+
+    def remove(self, model: nn.Module) -> None:
+        pass
+
+    def tokens_per_layer(self, n_patches: int, n_layers: int, has_cls: bool) -> list[int]:
+        return [int(has_cls) + n_patches] * n_layers
+
+    def columns(self) -> dict:
+        return {"keep": 1.0, "layer": "", "score": ""}
+
+
+_SWAPPED: dict[tuple[type, type], type] = {}
+
+
+def swap_class(module: nn.Module, mixin: type, attr: str, state) -> None:
+    """Give `module` the class `mixin + its class` (ToMe's trick: the stock forward stays reachable
+    through super()), with `state` as `module.<attr>`; `restore_classes` undoes it."""
+    base = module.__class__
+    if (mixin, base) not in _SWAPPED:
+        _SWAPPED[(mixin, base)] = type(f"{mixin.__name__.strip('_')}{base.__name__}", (mixin, base), {})
+    module._original_class = base
+    setattr(module, attr, state)
+    module.__class__ = _SWAPPED[(mixin, base)]
+
+
+def restore_classes(tower: nn.Module, tower_attr: str, attr: str) -> None:
+    """Undo `swap_class` for the modules holding `attr`, and remove the hooks kept in `tower.<tower_attr>`."""
+    _, handles = tower.__dict__.pop(tower_attr, (None, []))
+    for handle in handles:
+        handle.remove()
+    for module in tower.modules():
+        if attr in module.__dict__:
+            module.__class__ = module.__dict__.pop("_original_class")
+            delattr(module, attr)
+
+
+def bias_pooling(attention: nn.MultiheadAttention | None, bias: Callable[[], torch.Tensor | None]) -> list:
+    """Add `bias()` ([B, 1, 1, T] additive, or None) to the logits of a pooling head's attention
+    (`nn.MultiheadAttention`, query = the probe) on every forward; returns the hook handles."""
+    if attention is None:
+        return []
+
+    def hook(module: nn.MultiheadAttention, args, kwargs):
+        token_bias = bias()
+        if token_bias is None:
+            return None
+        B, T = token_bias.shape[0], token_bias.shape[-1]
+        mask = token_bias.expand(B, module.num_heads, 1, T).reshape(B * module.num_heads, 1, T)  # [B * H, 1, T]
+        return args, {**kwargs, "attn_mask": mask.to(args[0].dtype)}
+
+    return [attention.register_forward_pre_hook(hook, with_kwargs=True)]
