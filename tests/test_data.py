@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import CLIPImageProcessor
+from transformers import CLIPImageProcessor, SiglipImageProcessor
 
 from conftest import ROOT
 from vlm_eff.data.cifar10 import (
@@ -44,6 +44,47 @@ def test_preprocessing_of_a_non_square_image_resizes_the_short_edge_and_center_c
                                                    crop_size={"height": 24, "width": 24})
     expected = processor(images=[image], return_tensors="pt")["pixel_values"][0]
     torch.testing.assert_close(ImagePreprocess(24, 24)(image), expected, atol=1e-5, rtol=0)
+
+
+def siglip_processor(tmp_path, size: int) -> tuple[SiglipImageProcessor, ImagePreprocess]:
+    """The real SigLIP processor and ours, both from the same saved `preprocessor_config.json`."""
+    processor = SiglipImageProcessor(size={"height": size, "width": size}, resample=3,
+                                     image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor.save_pretrained(tmp_path)
+    return processor, ImagePreprocess.from_config(tmp_path)
+
+
+@pytest.mark.parametrize("size", [224, 32])
+def test_siglip_preprocessing_equals_siglip_image_processor_on_real_images(tmp_path, cifar_test, size):
+    """SigLIP: a square resize (no crop), mean/std 0.5, read from the saved processor config."""
+    images = [Image.fromarray(image) for image in cifar_test["images"][::997][:10]]
+    processor, ours = siglip_processor(tmp_path, size)
+    assert ours.crop_size is None and ours.to_config()["image_processor_type"] == "SiglipImageProcessor"
+    expected = processor(images=images, return_tensors="pt")["pixel_values"]  # [10, 3, S, S]
+    torch.testing.assert_close(torch.stack([ours(image) for image in images]), expected, atol=1e-5, rtol=0)
+
+
+def test_siglip_preprocessing_of_a_non_square_image_squashes_it(tmp_path):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 64, 3), dtype=np.uint8))
+    processor, ours = siglip_processor(tmp_path, 24)
+    expected = processor(images=[image], return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(ours(image), expected, atol=1e-5, rtol=0)
+
+
+def test_clip_preprocessor_config_round_trips(tmp_path):
+    CLIPImageProcessor.from_pretrained(TOKENIZER_DIR).save_pretrained(tmp_path)
+    ours = ImagePreprocess.from_config(tmp_path)
+    assert (ours.size, ours.crop_size) == (224, 224)
+    (tmp_path / "preprocessor_config.json").write_text(__import__("json").dumps(ours.to_config()))
+    assert ImagePreprocess.from_config(tmp_path).to_config() == ours.to_config()
+
+
+def test_missing_or_malformed_preprocessor_config_is_a_one_line_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"preprocessor_config.json is missing"):
+        ImagePreprocess.from_config(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text('{"size": {"height": 224}}')
+    with pytest.raises(ConfigError, match=r"preprocessor_config.json is malformed \(KeyError"):
+        ImagePreprocess.from_config(tmp_path)
 
 
 def test_the_shared_archive_decodes_to_the_official_layout(cifar_test):

@@ -70,7 +70,7 @@ BAD_INPUTS = [
     (["pruning=naive", "pruning.keep=0"], "pruning.keep=0 is outside (0, 1]"),
     (["pruning=naive", "pruning.keep=1.5"], "pruning.keep=1.5 is outside (0, 1]"),
     (["pruning=bogus"], "unknown pruning 'bogus'; allowed: cls_preserving, evit, late_layer, naive, none, position_aware, tome"),
-    (["model=bogus"], "unknown model 'bogus'; allowed: clip_tiny"),
+    (["model=bogus"], "unknown model 'bogus'; allowed: clip_laion_b32, clip_tiny"),
     (["device=tpu"], "device='tpu' is unknown; allowed: auto, cpu, cuda"),
     (["dtype=fp8"], "dtype='fp8' is unknown; allowed: fp32, bf16, fp16"),
     (["data.batch_size=0"], "data.batch_size=0 must be an integer >= 1"),

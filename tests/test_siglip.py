@@ -19,6 +19,7 @@ from vlm_eff.models import ImageEncoder, random_model
 from vlm_eff.modules import ZeroShotModule
 from vlm_eff.reduction import apply_config, apply_patch, apply_tome, build, remove_all
 from vlm_eff.reduction.dropping import adaptive_budgets
+from vlm_eff.reduction.merging import r_for_keep, tome_tokens_per_layer
 from vlm_eff.towers import family_of
 
 N, LAYERS = 64, 4
@@ -286,3 +287,71 @@ def test_naflex_siglip2_is_a_one_line_error_naming_the_fixed_resolution_models(t
 
     with pytest.raises(ConfigError, match=re.escape("fixed-resolution SigLIP 2 checkpoint")):
         hf_config(cfg)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory, tokenizer):
+    """`save_pretrained` dirs of a small CLIP and a small SigLIP (random weights), each with its
+    tokenizer and its own image processor config, as a user would have them."""
+    from transformers import CLIPImageProcessor, SiglipImageProcessor
+
+    dirs = {}
+    for name, processor in (("clip_tiny", CLIPImageProcessor.from_pretrained(ROOT / "assets" / "clip-tokenizer",
+                                                                             size={"shortest_edge": 32},
+                                                                             crop_size={"height": 32, "width": 32})),
+                            ("siglip_tiny", SiglipImageProcessor(size={"height": 32, "width": 32}))):
+        path = tmp_path_factory.mktemp(name)
+        torch.manual_seed(0)
+        random_model(model_config(name)).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        processor.save_pretrained(path)
+        dirs[name] = path
+    return dirs
+
+
+@pytest.mark.parametrize("name", ["clip_tiny", "siglip_tiny"])
+def test_evaluate_model_path_picks_the_family_from_config_json(tmp_path, model_dirs, shared_archive, cache_dir, name):
+    from conftest import run_script
+    from vlm_eff.results import read_results
+
+    result = run_script("evaluate.py", f"model.path={model_dirs[name]}", f"data.root={shared_archive}",
+                        "data.subset=200", "pruning=tome", "logger=none", f"paths.work_dir={tmp_path}",
+                        env={"VLM_EFF_CACHE": str(cache_dir)})
+    assert result.returncode == 0, result.stderr
+    (row,) = read_results(tmp_path / "outputs" / "results.csv")
+    assert row["weights"] == "pretrained" and int(row["n_images"]) == 200 and 0 <= float(row["top1"]) <= 1
+    # ToMe at keep 0.5 on 64 patches: CLS towers keep CLS out of the merging, SigLIP merges all 64 tokens
+    has_cls = name == "clip_tiny"
+    r = r_for_keep(0.5, 64 + has_cls, 4, 64, 128, has_cls=has_cls)
+    assert row["score"] == f"tome_r{r}"
+    assert int(float(row["tokens"])) == tome_tokens_per_layer((r,) * 4, 64 + has_cls, has_cls)[-1]
+
+
+def test_lora_fine_tuning_a_siglip_with_pruning_lowers_its_sigmoid_loss(tmp_path, shared_archive, cache_dir):
+    """train.py on a SigLIP: PEFT adapters on both towers' attention, the sigmoid loss, ToMe on; the
+    exported model (adapters merged) is a SiglipModel that evaluate.py loads by model.path."""
+    from conftest import run_script
+    from vlm_eff.lora import expected_trainable
+    from vlm_eff.results import read_results
+
+    common = [f"data.root={shared_archive}", "data.subset=200", "data.val_size=100", "data.batch_size=50",
+              "logger=none", "pruning=tome", "pruning.keep=0.7", f"paths.work_dir={tmp_path}"]
+    result = run_script("train.py", "model=siglip_tiny", *common, "lora=default", "data.shots=20", "trainer.max_epochs=2",
+                        "optimizer.lr=1e-3", f"export_dir={tmp_path / 'export'}", env={"VLM_EFF_CACHE": str(cache_dir)})
+    assert result.returncode == 0, result.stderr
+    (row,) = read_results(tmp_path / "outputs" / "results.csv")
+    config = random_model(model_config("siglip_tiny")).config
+    assert int(row["trainable_params"]) == expected_trainable(config, 8, ["vision_attn", "text_attn"])
+    result = run_script("evaluate.py", f"model.path={tmp_path / 'export'}", *common, env={"VLM_EFF_CACHE": str(cache_dir)})
+    assert result.returncode == 0, result.stderr
+    assert '"SiglipImageProcessor"' in (tmp_path / "export" / "preprocessor_config.json").read_text()
+    assert float(read_results(tmp_path / "outputs" / "results.csv")[-1]["top1"]) == pytest.approx(float(row["top1"]), abs=0.02)
+
+
+def test_lora_projections_on_siglip_is_a_one_line_error(tmp_path):
+    from conftest import run_script
+
+    result = run_script("train.py", "model=siglip_tiny", "lora=default", "lora.targets=[projections]", "logger=none",
+                        "data=synthetic", f"paths.work_dir={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: lora.targets=projections: a siglip model has no")

@@ -50,13 +50,14 @@ def lora_config(rank: int, alpha: float, dropout: float, targets: list[str]) -> 
 
 def expected_trainable(config: CLIPConfig, rank: int, targets: list[str]) -> int:
     """LoRA parameters for `targets` at `rank`: r * (d_in + d_out) for every adapted Linear."""
-    vision, text, projection = config.vision_config, config.text_config, config.projection_dim
+    vision, text = config.vision_config, config.text_config
     per_target = {
-        "vision_attn": vision.num_hidden_layers * 4 * rank * 2 * vision.hidden_size,
-        "text_attn": text.num_hidden_layers * 4 * rank * 2 * text.hidden_size,
-        "projections": rank * (vision.hidden_size + projection) + rank * (text.hidden_size + projection),
+        "vision_attn": lambda: vision.num_hidden_layers * 4 * rank * 2 * vision.hidden_size,
+        "text_attn": lambda: text.num_hidden_layers * 4 * rank * 2 * text.hidden_size,
+        "projections": lambda: rank * (vision.hidden_size + config.projection_dim)
+        + rank * (text.hidden_size + config.projection_dim),  # CLIP only
     }
-    return sum(per_target[target] for target in dict.fromkeys(targets))
+    return sum(per_target[target]() for target in dict.fromkeys(targets))
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -71,6 +71,11 @@ def model_config(cfg: DictConfig):
             raise ConfigError(f"model.path={cfg.path}: config.json names no model_type")
         family = family_for(config.pop("model_type"), f"model.path={cfg.path}")
         return family.config_class.from_dict(config)
+    return architecture_config(cfg)
+
+
+def architecture_config(cfg: DictConfig):
+    """The Hugging Face config of the `architecture` block (CLIP unless it names a `model_type`)."""
     arch = OmegaConf.to_container(cfg.architecture, resolve=True)
     return family_for(arch.pop("model_type", "clip"), f"model={cfg.name}").config_class(**arch)
 
@@ -101,7 +106,7 @@ def _pretrained(cfg: DictConfig, family: Family) -> LoadedModel | None:
 
 def random_model(cfg: DictConfig) -> nn.Module:
     """The architecture of `cfg.architecture` with freshly initialised weights (seeded by the caller)."""
-    config = model_config(cfg)
+    config = architecture_config(cfg)
     family = family_for(config.model_type)
     config._attn_implementation = cfg.attn_implementation
     model = family.model_class(config)

@@ -51,11 +51,11 @@ def train(cfg: DictConfig) -> dict:
     device, _, loaded, size, strategy = prepare(cfg, "data.batch_size", "trainer.max_epochs", "warmup")
     out_dir = run_dir()
     ckpt_path = resume_from(cfg, out_dir)
+    loaded.model.float().train()  # fp32 master weights (a checkpoint may be stored in fp16); dtype= sets autocast
+    adapters = add_lora(loaded.model, cfg.lora)  # before pruning: the reduction's hooks see the adapted q/k
     preprocess = load_preprocess(cfg.model, size)
     data = instantiate(cfg.data, preprocess=preprocess, seed=cfg.seed)
     data.setup("fit")
-    loaded.model.float().train()  # fp32 master weights (a checkpoint may be stored in fp16); dtype= sets autocast
-    adapters = add_lora(loaded.model, cfg.lora)  # before pruning: the reduction's hooks see the adapted q/k
     strategy.apply(loaded.model)
     tokenizer = load_tokenizer(cfg.model)
     module = ZeroShotModule(loaded.model, tokenizer, data.class_names, cfg.prompts.templates, size,
