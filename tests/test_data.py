@@ -10,10 +10,10 @@ import threading
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
 from transformers import CLIPImageProcessor, SiglipImageProcessor
 
-from conftest import ROOT
 from vlm_eff.data.cifar10 import (
     CIFAR10_CLASSES,
     ImageClassificationDataModule,

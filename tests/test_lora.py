@@ -4,11 +4,11 @@ how many, and that saving, loading and merging an adapter keep the trained model
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import ROOT, model_config
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import AutoTokenizer, CLIPModel
 
-from conftest import ROOT, model_config
 from vlm_eff.data.cifar10 import CIFAR10_CLASSES, stratified_subset
 from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.errors import ConfigError

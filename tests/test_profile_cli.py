@@ -4,9 +4,9 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import run_script
 from wandb_files import read_run
 
-from conftest import run_script
 from vlm_eff.results import COLUMNS, read_results
 
 NOT_MEASURED_BY_PROFILE = {"top1", "top5", "trainable_params", "reduce_share_pct"}  # the last: trace=true only

@@ -10,10 +10,10 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT, model_config
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from conftest import ROOT, model_config
 from vlm_eff.errors import ConfigError
 from vlm_eff.models import ImageEncoder, random_model
 from vlm_eff.modules import ZeroShotModule
@@ -312,6 +312,7 @@ def model_dirs(tmp_path_factory, tokenizer):
 @pytest.mark.parametrize("name", ["clip_tiny", "siglip_tiny"])
 def test_evaluate_model_path_picks_the_family_from_config_json(tmp_path, model_dirs, shared_archive, cache_dir, name):
     from conftest import run_script
+
     from vlm_eff.results import read_results
 
     result = run_script("evaluate.py", f"model.path={model_dirs[name]}", f"data.root={shared_archive}",
@@ -331,6 +332,7 @@ def test_lora_fine_tuning_a_siglip_with_pruning_lowers_its_sigmoid_loss(tmp_path
     """train.py on a SigLIP: PEFT adapters on both towers' attention, the sigmoid loss, ToMe on; the
     exported model (adapters merged) is a SiglipModel that evaluate.py loads by model.path."""
     from conftest import run_script
+
     from vlm_eff.lora import expected_trainable
     from vlm_eff.results import read_results
 

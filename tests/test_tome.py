@@ -14,7 +14,14 @@ from vlm_eff.flops import flops_per_image
 from vlm_eff.models import ImageEncoder, random_model
 from vlm_eff.reduction import apply_config, build, remove_all
 from vlm_eff.reduction.dropping import apply_patch, remove_patch
-from vlm_eff.reduction.merging import apply_tome, bipartite_soft_matching, r_for_keep, r_schedule, remove_tome, tome_tokens_per_layer
+from vlm_eff.reduction.merging import (
+    apply_tome,
+    bipartite_soft_matching,
+    r_for_keep,
+    r_schedule,
+    remove_tome,
+    tome_tokens_per_layer,
+)
 
 
 @pytest.fixture(scope="module", params=["sdpa", "eager"])

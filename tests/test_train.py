@@ -4,10 +4,9 @@ evaluate.py, the 2-process DDP run, and bad input."""
 
 import pytest
 import torch
-
+from conftest import model_config, run_script
 from wandb_files import read_run
 
-from conftest import model_config, run_script
 from vlm_eff.lora import expected_trainable
 from vlm_eff.models import random_model
 from vlm_eff.results import read_results

@@ -3,14 +3,14 @@ CIFAR-10 test images, encoded with margins (see docs/RESULTS.md section 2 for th
 
 import pytest
 import torch
-
 from conftest import ROOT, model_config, run_script
+
 from vlm_eff.data.cifar10 import stratified_subset
 from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.models import load_model
 from vlm_eff.modules import ZeroShotModule
-from vlm_eff.results import read_results
 from vlm_eff.reduction.dropping import apply_patch, remove_patch
+from vlm_eff.results import read_results
 
 CHECKPOINT = ROOT / "checkpoints" / "tiny_clip_cifar10"
 PRESETS = {

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT, run_script
 from transformers import AutoTokenizer
 
-from conftest import ROOT, run_script
 from vlm_eff.modules import ZeroShotModule
 from vlm_eff.results import read_results
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
-from transformers import CLIPConfig, CLIPModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from vlm_eff.errors import ConfigError
 from vlm_eff.towers import family_of
@@ -48,7 +48,7 @@ def lora_config(rank: int, alpha: float, dropout: float, targets: list[str]) -> 
     return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern, bias="none")
 
 
-def expected_trainable(config: CLIPConfig, rank: int, targets: list[str]) -> int:
+def expected_trainable(config: PretrainedConfig, rank: int, targets: list[str]) -> int:
     """LoRA parameters for `targets` at `rank`: r * (d_in + d_out) for every adapted Linear."""
     vision, text = config.vision_config, config.text_config
     per_target = {
@@ -66,18 +66,18 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def add_lora(clip: CLIPModel, cfg: DictConfig) -> PeftModel | None:
-    """Adapters as the `lora` config says, injected into `clip` in place: a saved adapter
+def add_lora(model: PreTrainedModel, cfg: DictConfig) -> PeftModel | None:
+    """Adapters as the `lora` config says, injected into `model` in place: a saved adapter
     (`lora.checkpoint`, trainable), fresh ones, or None for `lora=none`."""
     if cfg.get("checkpoint"):
-        return load_adapter(clip, cfg.checkpoint, trainable=True)
+        return load_adapter(model, cfg.checkpoint, trainable=True)
     config = new_adapters(cfg)
     if config is None:
         return None
-    if "projections" in cfg.targets and family_of(clip).projection_modules() is None:
-        raise ConfigError(f"lora.targets=projections: a {family_of(clip).name} model has no projection layers; "
+    if "projections" in cfg.targets and not family_of(model).has_projections:
+        raise ConfigError(f"lora.targets=projections: a {family_of(model).name} model has no projection layers; "
                           f"allowed here: vision_attn, text_attn")
-    return get_peft_model(clip, config)
+    return get_peft_model(model, config)
 
 
 def check_adapter_dir(path: str | Path) -> Path:
@@ -100,11 +100,11 @@ def new_adapters(cfg: DictConfig) -> LoraConfig | None:
     return lora_config(cfg.rank, cfg.alpha, cfg.dropout, targets)
 
 
-def load_adapter(clip: CLIPModel, path: str | Path, trainable: bool = False) -> PeftModel:
-    """A saved adapter (a PEFT `save_pretrained` dir) injected into `clip`; a mismatch is a one-line error."""
+def load_adapter(model: PreTrainedModel, path: str | Path, trainable: bool = False) -> PeftModel:
+    """A saved adapter (a PEFT `save_pretrained` dir) injected into `model`; a mismatch is a one-line error."""
     path = check_adapter_dir(path)
     try:
-        return PeftModel.from_pretrained(clip, str(path), is_trainable=trainable)
+        return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
     except (RuntimeError, ValueError, KeyError) as error:
         reason = [line.strip() for line in str(error).strip().splitlines()]
         raise ConfigError(
@@ -112,6 +112,6 @@ def load_adapter(clip: CLIPModel, path: str | Path, trainable: bool = False) -> 
         ) from None
 
 
-def merge(peft_model: PeftModel) -> CLIPModel:
-    """Fold the adapters into the base weights (W + B A * alpha / r): a plain CLIPModel again."""
+def merge(peft_model: PeftModel) -> PreTrainedModel:
+    """Fold the adapters into the base weights (W + B A * alpha / r): the plain model again."""
     return peft_model.merge_and_unload()

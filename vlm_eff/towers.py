@@ -1,11 +1,14 @@
 """One description per model family: where a dual encoder keeps its vision tower's parts, how its
 pooled image embedding is read, how it embeds text and scores image-text pairs, and how it trains.
 
-    family   towers (model_type)                   CLS   pooling                     zero-shot logits
-    clip     OpenAI CLIP, LAION, MetaCLIP (clip)    yes   post_layernorm(token 0)     scale * cos
-             -> visual_projection
-    siglip   SigLIP, fixed-resolution SigLIP 2      no    attention head: one probe   scale * cos + bias
-             (siglip)                                     over post_layernorm(tokens)
+    family   checkpoints (model_type)            CLS  pre-norm      pooled embedding                  logits
+    clip     OpenAI CLIP, LAION, MetaCLIP (clip)  yes  pre_layrnorm  post_layernorm(token 0)           scale * cos
+                                                                     -> visual_projection
+    siglip   SigLIP, fixed-resolution SigLIP 2    no   none          attention head: one probe over    scale * cos
+             (siglip)                                                post_layernorm(every token)       + bias
+
+Both keep `embeddings`, `encoder.layers` and `post_layernorm` in the vision tower; a reduction at
+layer 0 acts on the embeddings' output, before any pre-norm, so no strategy needs to know it.
 
 Token reduction, the jobs and the Lightning module ask the family instead of testing model types,
 so a new family is one class here and one entry in FAMILIES.
@@ -30,7 +33,7 @@ class Family:
     model_class: type = CLIPModel
     config_class: type = CLIPConfig
     has_cls = True  # token 0 is CLS and the pooled output reads it
-    pre_norm = "pre_layrnorm"  # applied to the embeddings output before the first layer (or None)
+    has_projections = True  # visual_projection / text_projection map each tower into the shared space
 
     def vision(self, model: nn.Module) -> nn.Module:
         """The vision tower: `embeddings`, `encoder.layers`, `post_layernorm` (and a pooling head)."""
@@ -70,9 +73,6 @@ class Family:
     def init_random(self, model: nn.Module) -> None:
         """Anything a fresh random init needs beyond the config (CLIP: nothing)."""
 
-    def projection_modules(self) -> str | None:
-        """Regex of the modules mapping each tower into the shared space (LoRA's `projections`)."""
-        return r"visual_projection|text_projection"
 
 
 class SiglipFamily(Family):
@@ -83,7 +83,7 @@ class SiglipFamily(Family):
     model_class = SiglipModel
     config_class = SiglipConfig
     has_cls = False
-    pre_norm = None
+    has_projections = False  # the text head and the attention-pooling head belong to the towers
 
     def pooling_attention(self, tower: nn.Module) -> nn.MultiheadAttention | None:
         return tower.head.attention
@@ -113,8 +113,6 @@ class SiglipFamily(Family):
             model.logit_scale.fill_(math.log(10.0))
             model.logit_bias.fill_(-10.0)
 
-    def projection_modules(self):
-        return None  # no projection layers: the text head and the attention-pooling head are part of the towers
 
 
 FAMILIES: dict[str, Family] = {"clip": Family(), "siglip": SiglipFamily()}

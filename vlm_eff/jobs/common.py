@@ -4,8 +4,8 @@ preprocessing, and writing a job's row everywhere it goes."""
 from __future__ import annotations
 
 import statistics
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 import pytorch_lightning as pl
 import torch

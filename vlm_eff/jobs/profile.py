@@ -1,4 +1,4 @@
-"""profile.py's job: latency, throughput, peak memory and FLOPs of CLIP's image encoder."""
+"""profile.py's job: latency, throughput, peak memory and FLOPs of a dual encoder's image path (any family)."""
 
 from __future__ import annotations
 

@@ -10,14 +10,18 @@ one entry in STRATEGIES.
 
 from __future__ import annotations
 
+import logging
+
 from omegaconf import DictConfig, ListConfig
 from torch import nn
 
 from vlm_eff.errors import ConfigError
-from vlm_eff.towers import family_of
 from vlm_eff.reduction.base import REDUCE_RANGE, NoReduction, Strategy, check_keep, kept_count
 from vlm_eff.reduction.dropping import Reduction, apply_patch, remove_patch
 from vlm_eff.reduction.merging import ToMe, apply_tome, check_r, r_for_keep, remove_tome
+from vlm_eff.towers import family_of
+
+log = logging.getLogger(__name__)
 
 __all__ = ["REDUCE_RANGE", "Strategy", "NoReduction", "Reduction", "ToMe", "apply_patch", "remove_patch",
            "apply_tome", "remove_tome", "kept_count", "STRATEGIES", "build", "apply_config", "remove_all"]
@@ -44,8 +48,8 @@ def _merging(cfg: DictConfig, n_layers: int, has_cls: bool, n_patches: int, widt
 
 
 def _stock(cfg: DictConfig, **_) -> NoReduction:
-    if cfg.keep != 1.0:
-        check_keep(cfg.keep)
+    if check_keep(cfg.keep) != 1.0:
+        log.warning("pruning=none runs the stock model: pruning.keep=%s ignored", cfg.keep)
     return NoReduction()
 
 

@@ -4,8 +4,8 @@ position_aware, cls_preserving, late_layer, evit, adaptive keep).
 At each reduction step the `keep` fraction of *patch* tokens with the highest `score` is kept, in
 their original spatial order; CLS (where the tower has one) may be kept at index 0 and a summary
 token may stand for the rest. Towers without CLS (SigLIP) pool every remaining token, summaries
-included, through their attention head. `apply_patch` wraps a stock model in place (ToMe-style class swap, the stock forward code is
-untouched) and `remove_patch` restores it exactly.
+included, through their attention head. `apply_patch` wraps a stock model in place (ToMe-style
+class swap, the stock forward code is untouched) and `remove_patch` restores it exactly.
 
 Knobs (the README's "Token reduction" section has the presets):
     keep      fraction of patch tokens kept per step, in (0, 1]: k = max(1, floor(keep * N + 1e-6))

@@ -5,9 +5,9 @@ partners by bipartite soft matching on the attention keys (mean over heads); mer
 size-weighted averages, and with proportional attention each token's attention logit gets
 log(size) added (through SDPA's additive mask, so no eager attention is forced), in the encoder
 layers and, on towers that pool with an attention head (SigLIP), in the head's attention too. CLS
-is never merged; towers without CLS have no protected token. `r` is one count for every layer, a schedule built from it (ToMe's `parse_r`: `decreasing`
-runs linearly from 2r down to 0, `increasing` from 0 up to 2r; about r per layer), or a list with
-one count per layer. `apply_tome` swaps the layers' classes in place, ToMe-style; `remove_tome`
+is never merged; towers without CLS have no protected token. `r` is one count for every layer, a
+schedule built from it (ToMe's `parse_r`: `decreasing` runs linearly from 2r down to 0,
+`increasing` from 0 up to 2r; about r per layer), or a list with one count per layer. `apply_tome` swaps the layers' classes in place, ToMe-style; `remove_tome`
 restores them.
 """
 
