@@ -11,7 +11,7 @@ base=(model=tiny_siglip_cifar10 data.root=../shared/data/cifar10-jpeg.tar.gz log
 sweeps=("${base[@]}" "hydra.sweep.dir=$sweep" 'hydra.sweep.subdir=${hydra.job.override_dirname}'  # a dir per variant
         'hydra.job.config.override_dirname.exclude_keys=[model,data.root,logger]')
 keeps=0.9,0.7,0.5,0.25
-python evaluate.py "${base[@]}" pruning=none "hydra.run.dir=$sweep/pruning=none"
+python evaluate.py "${base[@]}" pruning=none "hydra.run.dir=$sweep/none"
 python evaluate.py -m "${sweeps[@]}" pruning=naive,position_aware,cls_preserving,late_layer,tome pruning.keep=$keeps
 python evaluate.py -m "${sweeps[@]}" pruning=evit 'pruning.layer=[2,3,4]' pruning.keep=$keeps  # 6 layers: steps after 2, 3, 4
 # which tokens to keep: the score controls at layer 0 (no attention has run) and after L // 2 = 3 layers

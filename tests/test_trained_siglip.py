@@ -1,0 +1,67 @@
+"""Facts measured on the project's trained small SigLIP (checkpoints/tiny_siglip_cifar10, no CLS) with
+real CIFAR-10 test images, encoded with margins (docs/RESULTS.md section 6 has the full ladder)."""
+
+import pytest
+import torch
+from conftest import ROOT, model_config
+
+from vlm_eff.data.cifar10 import stratified_subset
+from vlm_eff.data.preprocess import ImagePreprocess
+from vlm_eff.models import load_model, load_tokenizer
+from vlm_eff.modules import ZeroShotModule
+from vlm_eff.reduction import apply_patch, apply_tome, remove_all
+
+CHECKPOINT = ROOT / "checkpoints" / "tiny_siglip_cifar10"
+
+
+@pytest.fixture(scope="module")
+def zero_shot():
+    cfg = model_config("tiny_siglip_cifar10")
+    cfg.path, cfg.tokenizer, cfg.padding_side = str(CHECKPOINT), None, None  # everything from the checkpoint dir
+    loaded = load_model(cfg)
+    assert type(loaded.model).__name__ == "SiglipModel"
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    module = ZeroShotModule(loaded.model.float().eval(), load_tokenizer(cfg), classes, ["a photo of a {}."])
+    with torch.no_grad():
+        module.text_features = module.class_embeddings()
+    return module
+
+
+@pytest.fixture(scope="module")
+def subset(cifar_test):
+    """2,000 real test images, 200 per class, preprocessed as the checkpoint's config says."""
+    keep = stratified_subset(cifar_test["labels"], 2000, seed=0)
+    preprocess = ImagePreprocess.from_config(CHECKPOINT)
+    pixels = torch.stack([preprocess(image) for image in cifar_test["images"][keep]])  # [2000, 3, 32, 32]
+    return pixels, torch.as_tensor(cifar_test["labels"][keep])
+
+
+@torch.no_grad()
+def top1_under(module, pixels, labels, apply=None) -> float:
+    if apply is not None:
+        apply(module.model)
+    try:
+        logits = torch.cat([module.logits(chunk, module.text_features) for chunk in pixels.split(500)])
+    finally:
+        remove_all(module.model)
+    return (logits.argmax(dim=-1) == labels).float().mean().item()
+
+
+def test_checkpoint_is_small_self_contained_and_documented():
+    assert (CHECKPOINT / "model.safetensors").stat().st_size <= 15 * 2**20
+    assert (CHECKPOINT / "tokenizer_config.json").is_file() and "left" in (CHECKPOINT / "tokenizer_config.json").read_text()
+    assert ImagePreprocess.from_config(CHECKPOINT).crop_size is None  # SigLIP's square resize
+    card = (CHECKPOINT / "README.md").read_text()
+    assert "train.py experiment=tiny_siglip_cifar10" in card and "top-1" in card
+
+
+def test_every_strategy_at_keep_one_is_the_stock_model_on_real_images(zero_shot, subset):
+    pixels, _ = subset
+    with torch.no_grad():
+        stock = zero_shot.logits(pixels[:300], zero_shot.text_features)
+        for apply in (lambda m: apply_patch(m, keep=1.0, layer=0), lambda m: apply_patch(m, keep=1.0, layer=None),
+                      lambda m: apply_patch(m, keep=1.0, layer=[2, 3, 4], score="pool_attn", summary="fused"),
+                      lambda m: apply_tome(m, 0)):
+            apply(zero_shot.model)
+            assert torch.equal(zero_shot.logits(pixels[:300], zero_shot.text_features), stock)
+            remove_all(zero_shot.model)
