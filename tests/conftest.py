@@ -59,3 +59,15 @@ def cifar_test(shared_archive, cache_dir) -> dict:
 
     images, labels, classes = load_split(shared_archive, "test", cache_dir)
     return {"images": images, "labels": labels, "classes": classes}
+
+
+def stratified_pixels(cifar_test: dict, checkpoint: Path, n: int = 2000):
+    """`n` real test images (n / 10 per class, seeded) preprocessed as `checkpoint`'s config says,
+    with their labels: ([n, 3, H, W], [n])."""
+    from vlm_eff.data.cifar10 import stratified_subset
+    from vlm_eff.data.preprocess import ImagePreprocess
+
+    keep = stratified_subset(cifar_test["labels"], n, seed=0)
+    preprocess = ImagePreprocess.from_config(checkpoint)
+    pixels = torch.stack([preprocess(image) for image in cifar_test["images"][keep]])
+    return pixels, torch.as_tensor(cifar_test["labels"][keep])

@@ -3,10 +3,8 @@ CIFAR-10 test images, encoded with margins (see docs/RESULTS.md section 2 for th
 
 import pytest
 import torch
-from conftest import ROOT, model_config, run_script
+from conftest import ROOT, model_config, run_script, stratified_pixels
 
-from vlm_eff.data.cifar10 import stratified_subset
-from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.models import load_model
 from vlm_eff.modules import ZeroShotModule
 from vlm_eff.reduction.dropping import apply_patch, remove_patch
@@ -39,10 +37,7 @@ def zero_shot():
 @pytest.fixture(scope="module")
 def subset(cifar_test):
     """2,000 real test images, 200 per class, preprocessed as the checkpoint's config says."""
-    keep = stratified_subset(cifar_test["labels"], 2000, seed=0)
-    preprocess = ImagePreprocess.from_config(CHECKPOINT)
-    pixels = torch.stack([preprocess(image) for image in cifar_test["images"][keep]])  # [2000, 3, 32, 32]
-    return pixels, torch.as_tensor(cifar_test["labels"][keep])
+    return stratified_pixels(cifar_test, CHECKPOINT)
 
 
 @torch.no_grad()

@@ -3,9 +3,8 @@ real CIFAR-10 test images, encoded with margins (docs/RESULTS.md section 6 has t
 
 import pytest
 import torch
-from conftest import ROOT, model_config
+from conftest import ROOT, model_config, stratified_pixels
 
-from vlm_eff.data.cifar10 import stratified_subset
 from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.models import load_model, load_tokenizer
 from vlm_eff.modules import ZeroShotModule
@@ -30,10 +29,7 @@ def zero_shot():
 @pytest.fixture(scope="module")
 def subset(cifar_test):
     """2,000 real test images, 200 per class, preprocessed as the checkpoint's config says."""
-    keep = stratified_subset(cifar_test["labels"], 2000, seed=0)
-    preprocess = ImagePreprocess.from_config(CHECKPOINT)
-    pixels = torch.stack([preprocess(image) for image in cifar_test["images"][keep]])  # [2000, 3, 32, 32]
-    return pixels, torch.as_tensor(cifar_test["labels"][keep])
+    return stratified_pixels(cifar_test, CHECKPOINT)
 
 
 @torch.no_grad()
