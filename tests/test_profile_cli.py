@@ -69,7 +69,7 @@ def test_multirun_from_another_directory_flops_fall_with_keep(tmp_path):
 BAD_INPUTS = [
     (["pruning=naive", "pruning.keep=0"], "pruning.keep=0 is outside (0, 1]"),
     (["pruning=naive", "pruning.keep=1.5"], "pruning.keep=1.5 is outside (0, 1]"),
-    (["pruning=bogus"], "unknown pruning 'bogus'; allowed: cls_preserving, evit, late_layer, naive, none, position_aware, tome"),
+    (["pruning=bogus"], "unknown pruning 'bogus'; allowed: cls_preserving, evit, late_layer, naive, none, pitome, position_aware, tome"),
     (["model=bogus"], "unknown model 'bogus'; allowed: clip_laion_b32, clip_tiny"),
     (["device=tpu"], "device='tpu' is unknown; allowed: auto, cpu, cuda"),
     (["dtype=fp8"], "dtype='fp8' is unknown; allowed: fp32, bf16, fp16"),

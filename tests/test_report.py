@@ -176,3 +176,5 @@ def test_pareto_front_and_series_names():
                                                                         ("none", "4.0")]
     assert pareto_front(rows, "throughput_img_s", lower_is_better=False) == front  # throughput = 100 / FLOPs here
     assert [variant(r) for r in rows[3:]] == ["naive", "cls_preserving adaptive (l2)", "tome decreasing"]
+    assert variant({**row("pitome", 1.0, 0.6, "pitome_r11"), "objective": "distill"}) == "pitome + distill"
+    assert variant({**row("tome", 1.0, 0.6, "tome_r11"), "objective": "labels"}) == "tome + labels"

@@ -321,6 +321,7 @@ def test_evaluate_model_path_picks_the_family_from_config_json(tmp_path, model_d
     assert result.returncode == 0, result.stderr
     (row,) = read_results(tmp_path / "outputs" / "results.csv")
     assert row["weights"] == "pretrained" and int(row["n_images"]) == 200 and 0 <= float(row["top1"]) <= 1
+    assert row["model"] == model_dirs[name].name  # the checkpoint dir, not the default model config (clip_vit_b16)
     # ToMe at keep 0.5 on 64 patches: CLS towers keep CLS out of the merging, SigLIP merges all 64 tokens
     has_cls = name == "clip_tiny"
     r = r_for_keep(0.5, 64 + has_cls, 4, 64, 128, has_cls=has_cls)

@@ -27,7 +27,7 @@ def finetuned(tmp_path_factory, shared_archive, cache_dir):
     work = tmp_path_factory.mktemp("finetune")
     run = work / "run"
     result = run_script("train.py", *common(shared_archive, work), *PRUNED, *RECIPE, f"hydra.run.dir={run}",
-                        f"export_dir={work / 'export'}", env={"VLM_EFF_CACHE": str(cache_dir)}, timeout=600)
+                        f"export_dir={work / 'export'}", env={"VLM_EFF_CACHE": str(cache_dir)}, timeout=1200)
     assert result.returncode == 0, result.stderr
     (row,) = read_results(run / "results.csv")
     return {"work": work, "run": run, "row": row, "stdout": result.stdout, "archive": shared_archive,

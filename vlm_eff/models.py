@@ -141,6 +141,13 @@ def load_model(cfg: DictConfig) -> LoadedModel:
     return LoadedModel(random_model(cfg), "random", "random init")
 
 
+def model_label(cfg: DictConfig, weights: str) -> str:
+    """The results' `model` column: the model config's name, or the checkpoint directory's name when
+    weights came from `model.path` (which picks the family from its own config.json, whichever model
+    config is selected)."""
+    return Path(cfg.path).name if cfg.get("path") and weights != "random" else cfg.name
+
+
 def load_tokenizer(cfg: DictConfig):
     """The tokenizer at `model.tokenizer`, else beside the weights (`model.path` or the hub id, cached);
     `model.padding_side`, when set, overrides the side the tokenizer pads on."""

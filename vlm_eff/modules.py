@@ -26,23 +26,55 @@ class ImageEncoderModule(LightningModule):
         return self.run_encoder(pixel_values.to(self.input_dtype))  # [B, P]
 
 
-class ZeroShotModule(LightningModule):
+class FineTuneModule(LightningModule):
+    """What the training modules share: the optimizer and schedule from their factories, and, with
+    `adapter_only`, checkpoints holding only the trainable parameters (the LoRA adapters; the frozen
+    base weights come from the model the module is built on when it resumes)."""
+
+    def __init__(self, optimizer=None, scheduler=None, adapter_only: bool = False):
+        super().__init__()
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.adapter_only = adapter_only
+        self.strict_loading = not adapter_only
+
+    def trainable_shapes(self) -> dict[str, tuple]:
+        return {name: tuple(p.shape) for name, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.adapter_only:
+            trainable = self.trainable_shapes()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if not self.adapter_only:
+            return
+        saved = {name: tuple(tensor.shape) for name, tensor in checkpoint["state_dict"].items()}
+        if saved != self.trainable_shapes():
+            raise ConfigError("the checkpoint's adapter does not match this run's lora config (rank, targets) "
+                              "or model: resume with the same lora.* and model")
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class ZeroShotModule(FineTuneModule):
     """A dual encoder as a classifier over class prompts: logits = scale * cos(image, class text
     embedding) (+ bias for SigLIP), as its family defines them.
 
     A class's text embedding is the normalised mean of its normalised prompt embeddings (the CLIP
     paper's prompt ensembling). `test_step` is zero-shot evaluation (text embedded once);
     `training_step` fine-tunes with the family's loss over the class prompts (CLIP: cross-entropy;
-    SigLIP: sigmoid). With `adapter_only`, a
-    checkpoint holds only the trainable parameters (the LoRA adapters); the frozen base weights come
-    from the model the module is built on when it resumes."""
+    SigLIP: sigmoid)."""
 
     def __init__(self, model, tokenizer, class_names: list[str], templates: list[str], image_size: int | None = None,
                  optimizer=None, scheduler=None, adapter_only: bool = False, compile: bool = False):
-        super().__init__()
+        super().__init__(optimizer, scheduler, adapter_only)
         self.model = model
-        self.adapter_only = adapter_only
-        self.strict_loading = not adapter_only
         self.encoder = ImageEncoder(model, image_size)
         self.family = self.encoder.family
         self.run_encoder = torch.compile(self.encoder.forward) if compile else self.encoder.forward
@@ -52,7 +84,6 @@ class ZeroShotModule(LightningModule):
         for name, value in tokens.items():  # input_ids (and CLIP's attention_mask), [C * T, L] each
             self.register_buffer(name, value, persistent=False)
         self.token_names = list(tokens)
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         n = len(self.class_names)
         self.metrics = nn.ModuleDict({
             "top1": MulticlassAccuracy(n, top_k=1, average="micro"),
@@ -118,26 +149,41 @@ class ZeroShotModule(LightningModule):
         self.log("val/top1", self.val_top1.compute(), prog_bar=True, sync_dist=True)
         self.val_top1.reset()
 
-    def trainable_shapes(self) -> dict[str, tuple]:
-        return {name: tuple(p.shape) for name, p in self.named_parameters() if p.requires_grad}
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.adapter_only:
-            trainable = self.trainable_shapes()
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+DISTILL_LOSSES = {
+    "cosine": lambda student, teacher: (1 - F.cosine_similarity(student, teacher, dim=-1)).mean(),
+    "mse": lambda student, teacher: F.mse_loss(student, teacher),
+}
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if not self.adapter_only:
-            return
-        saved = {name: tuple(tensor.shape) for name, tensor in checkpoint["state_dict"].items()}
-        if saved != self.trainable_shapes():
-            raise ConfigError("the checkpoint's adapter does not match this run's lora config (rank, targets) "
-                              "or model: resume with the same lora.* and model")
 
-    def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+class DistillModule(FineTuneModule):
+    """Label-free recovery: the (reduced) model's image embedding is pulled toward that of a frozen
+    teacher, the unreduced model, on images alone (`DISTILL_LOSSES`: `cosine` = 1 - cos, the default;
+    `mse` also matches the norm). The teacher runs once per batch under no_grad; a batch's labels,
+    if the data has any, are never read."""
+
+    def __init__(self, model, teacher, image_size: int | None = None, loss: str = "cosine", optimizer=None,
+                 scheduler=None, adapter_only: bool = False):
+        super().__init__(optimizer, scheduler, adapter_only)
+        if loss not in DISTILL_LOSSES:
+            raise ConfigError(f"objective.loss={loss!r} is unknown; allowed: {', '.join(DISTILL_LOSSES)}")
+        self.model, self.loss_name = model, loss
+        self.encoder = ImageEncoder(model, image_size)
+        # not a submodule: the frozen teacher stays out of checkpoints, optimizers and DDP's gradient sync
+        self.teacher = (ImageEncoder(teacher.requires_grad_(False).eval(), image_size),)
+
+    def on_fit_start(self) -> None:
+        self.teacher[0].to(self.device)
+
+    def distill_loss(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = self.teacher[0](pixel_values)  # [B, P], the unreduced model
+        return DISTILL_LOSSES[self.loss_name](self.encoder(pixel_values), target)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self.distill_loss(batch[0])  # [B, 3, H, W]; labels (batch[1], if any) unused
+        self.log("train/distill_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log("val/distill_loss", self.distill_loss(batch[0]), prog_bar=True, sync_dist=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from vlm_eff.results import COLUMNS, csv_text, read_results, write_atomic
 from vlm_eff.wandb_logging import offline_by_default, sweep_group
 
-STRATEGY_ORDER = ("none", "naive", "position_aware", "cls_preserving", "late_layer", "evit", "tome")
+STRATEGY_ORDER = ("none", "naive", "position_aware", "cls_preserving", "late_layer", "evit", "tome", "pitome")
 
 
 def gather(sweep_dir: Path) -> tuple[list[dict], list[str]]:
@@ -103,8 +103,11 @@ def adaptive(row: dict) -> bool:
 
 
 def variant(row: dict) -> str:
-    """A figure's series: the strategy, told apart from its adaptive-keep and ToMe-schedule variants."""
+    """A figure's series: the strategy, told apart from its adaptive-keep, ToMe-schedule and recovered
+    (fine-tuned after reduction, `objective` column) variants."""
     score = row["score"]
+    if row.get("objective"):  # a train.py row: the model was fine-tuned with the reduction on
+        return f"{row['strategy']} + {row['objective']}"
     if adaptive(row):
         return f"{row['strategy']} adaptive ({score.split()[0]})"
     for schedule in ("decreasing", "increasing"):

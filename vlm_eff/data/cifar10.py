@@ -192,12 +192,13 @@ class ImageClassificationDataModule(LightningDataModule):
     def __init__(self, root: str | None, preprocess: ImagePreprocess, batch_size: int = 256, num_workers: int = 0,
                  subset: int | None = None, seed: int = 0, cache_dir: str = "~/.cache/vlm-eff",
                  class_names: list[str] | None = None, download: bool = False, url: str = CIFAR10_URL,
-                 md5: str = CIFAR10_MD5, val_size: int = 5000, shots: int | None = None, **unused):
+                 md5: str = CIFAR10_MD5, val_size: int = 5000, shots: int | None = None,
+                 train_size: int | None = None, **unused):
         super().__init__()
         self.cache_dir = Path(cache_dir).expanduser()
         self.root = self.resolve_root(root, download, url, md5)
         self.preprocess, self.batch_size, self.num_workers = preprocess, batch_size, num_workers
-        self.subset, self.seed, self.val_size, self.shots = subset, seed, val_size, shots
+        self.subset, self.seed, self.val_size, self.shots, self.train_size = subset, seed, val_size, shots, train_size
         self._class_names = list(class_names) if class_names else None
         self.class_names: list[str] = []
 
@@ -238,6 +239,8 @@ class ImageClassificationDataModule(LightningDataModule):
             if self.shots:
                 per_class = stratified_subset(labels[train], self.shots * len(found), self.seed)
                 train = train[per_class]
+            if self.train_size:  # the first of a seeded permutation: chosen without reading a label
+                train = np.sort(train[: self.train_size])
             self.train_set = ImageArrayDataset(images[train], labels[train], self.preprocess, augment=True)
             self.val_set = ImageArrayDataset(images[np.sort(val)], labels[np.sort(val)], self.preprocess)
             self.class_names = self._names(found)

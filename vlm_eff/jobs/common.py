@@ -3,6 +3,7 @@ preprocessing, and writing a job's row everywhere it goes."""
 
 from __future__ import annotations
 
+import logging
 import statistics
 from pathlib import Path
 from typing import NamedTuple
@@ -10,16 +11,18 @@ from typing import NamedTuple
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vlm_eff.errors import ConfigError
 from vlm_eff.flops import flops_per_image
-from vlm_eff.models import ImageEncoder, LoadedModel, load_model, model_config
+from vlm_eff.models import ImageEncoder, LoadedModel, load_model, model_config, model_label
 from vlm_eff.reduction import Strategy, build
 from vlm_eff.reduction.dropping import adaptive_budgets
 from vlm_eff.results import base_row, write_results
 from vlm_eff.runtime import device_label, resolve_device, resolve_dtype
 from vlm_eff.towers import family_for
+
+log = logging.getLogger(__name__)
 
 
 def check_counts(cfg: DictConfig, *keys: str) -> None:
@@ -39,6 +42,30 @@ def image_size(cfg: DictConfig, vision_config) -> int:
     return size
 
 
+RECORDED_REDUCTION = "reduction.yaml"  # in an exported checkpoint: the `pruning` config it was trained for
+
+
+def pruning_on_command_line() -> bool:
+    """Whether this Hydra run's command line chose the pruning (`pruning=...` or `pruning.<knob>=...`)."""
+    if not HydraConfig.initialized():
+        return True  # called as a function: the config given is the one meant
+    keys = (override.lstrip("+~").partition("=")[0] for override in HydraConfig.get().overrides.task)
+    return any(key == "pruning" or key.startswith("pruning.") for key in keys)
+
+
+def use_recorded_reduction(cfg: DictConfig) -> None:
+    """A checkpoint dir (`model.path`) that records the reduction it was trained for gets it, unless the
+    command line chose one (`pruning=none` evaluates it unreduced)."""
+    path = cfg.model.get("path")
+    recorded = Path(path) / RECORDED_REDUCTION if path and cfg.model.weights != "random" else None
+    if recorded is None or not recorded.is_file() or pruning_on_command_line():
+        return
+    with open_dict(cfg):
+        cfg.pruning = OmegaConf.load(recorded)
+    log.info("model.path=%s was trained for pruning=%s (%s); applying it (pruning=none to run it unreduced)",
+             path, cfg.pruning.name, recorded)
+
+
 class Prepared(NamedTuple):
     device: torch.device
     dtype: torch.dtype
@@ -53,6 +80,7 @@ def prepare(cfg: DictConfig, *count_keys: str) -> Prepared:
     check_counts(cfg, *count_keys)
     if cfg.get("compile") and cfg.warmup < 1:
         raise ConfigError(f"compile=true needs warmup >= 1 (the first batch compiles), got warmup={cfg.warmup}")
+    use_recorded_reduction(cfg)
     config = model_config(cfg.model)
     size = image_size(cfg, config.vision_config)
     strategy = build(cfg.pruning, config.vision_config, family_for(config.model_type).has_cls, cfg.seed, size)
@@ -95,7 +123,7 @@ def encoder_row(task: str, cfg: DictConfig, weights: str, strategy: Strategy, de
     flops, tokens = cost_per_image(encoder, strategy, dataset, device, dtype)
     return {
         **base_row(task, Path(cfg.paths.root_dir)),
-        "model": cfg.model.name, "weights": weights, "strategy": cfg.pruning.name, **strategy.columns(),
+        "model": model_label(cfg.model, weights), "weights": weights, "strategy": cfg.pruning.name, **strategy.columns(),
         "device": device_label(device), "dtype": cfg.dtype, "batch_size": cfg.data.batch_size,
         "image_size": encoder.image_size, "tokens": round(tokens, 2),
         "gflops_per_img": flops / 1e9, "gmacs_per_img": flops / 2e9,

@@ -1,24 +1,27 @@
-"""train.py's job: fine-tune a dual encoder as a zero-shot classifier over class prompts (every weight, or
-LoRA adapters only), then test it like evaluate.py. Progress is checkpointed in the run dir
-(adapter-only under LoRA), and rerunning resumes."""
+"""train.py's job: fine-tune a dual encoder (every weight, or LoRA adapters only) with labels, as a
+zero-shot classifier over class prompts, or without them, distilling the unreduced model's image
+embeddings into the reduced one (label-free recovery); then test it like evaluate.py when the data has
+classes. Progress is checkpointed in the run dir (adapter-only under LoRA), and rerunning resumes. An
+export records the reduction it was trained for (`RECORDED_REDUCTION`), which later jobs apply."""
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from vlm_eff.errors import ConfigError
-from vlm_eff.jobs.common import prepare, run_dir, save_row
+from vlm_eff.jobs.common import RECORDED_REDUCTION, encoder_row, prepare, run_dir, save_row
 from vlm_eff.jobs.evaluate import zero_shot_row
 from vlm_eff.lora import add_lora, count_parameters, merge, new_adapters
 from vlm_eff.models import load_preprocess, load_tokenizer
-from vlm_eff.modules import ZeroShotModule
+from vlm_eff.modules import DistillModule, FineTuneModule, ZeroShotModule
 from vlm_eff.profiling import ProfilingCallback
 from vlm_eff.results import write_atomic
 from vlm_eff.wandb_logging import finish, make_logger
@@ -26,14 +29,31 @@ from vlm_eff.wandb_logging import finish, make_logger
 PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}  # half precision = autocast
 
 
-def export(model, tokenizer, preprocess, export_dir: Path, summary: dict) -> None:
-    """The trained model as an fp16 `save_pretrained` dir with its tokenizer, preprocessing and training
-    summary: `model.path=<export_dir>` needs nothing else."""
+def export(model, tokenizer, preprocess, export_dir: Path, summary: dict, pruning: DictConfig) -> None:
+    """The trained model as an fp16 `save_pretrained` dir with its tokenizer, preprocessing, training
+    summary and the reduction it was trained for (none: no file): `model.path=<export_dir>` needs nothing else."""
     export_dir.mkdir(parents=True, exist_ok=True)
     model.to(torch.float16).save_pretrained(export_dir)
     tokenizer.save_pretrained(export_dir)
     write_atomic(export_dir / "preprocessor_config.json", json.dumps(preprocess.to_config(), indent=2) + "\n")
     write_atomic(export_dir / "training_summary.json", json.dumps(summary, indent=2) + "\n")
+    recorded = export_dir / RECORDED_REDUCTION
+    if pruning.name == "none":
+        recorded.unlink(missing_ok=True)
+    else:
+        write_atomic(recorded, OmegaConf.to_yaml(pruning))
+
+
+def training_module(cfg: DictConfig, model, teacher, tokenizer, class_names: list[str], size: int | None,
+                    adapter_only: bool) -> FineTuneModule:
+    """The `objective`'s module: `labels` trains over the class prompts, `distill` toward `teacher`."""
+    common = dict(optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler), adapter_only=adapter_only)
+    if cfg.objective.name == "distill":
+        return DistillModule(model, teacher, size, cfg.objective.loss, **common)
+    if not class_names:
+        raise ConfigError(f"objective=labels needs labelled data, and data={cfg.data.name} has no classes; "
+                          "use objective=distill to train without labels")
+    return ZeroShotModule(model, tokenizer, class_names, cfg.prompts.templates, size, **common)
 
 
 def resume_from(cfg: DictConfig, out_dir: Path) -> str | None:
@@ -52,15 +72,14 @@ def train(cfg: DictConfig) -> dict:
     out_dir = run_dir()
     ckpt_path = resume_from(cfg, out_dir)
     loaded.model.float().train()  # fp32 master weights (a checkpoint may be stored in fp16); dtype= sets autocast
+    teacher = copy.deepcopy(loaded.model) if cfg.objective.name == "distill" else None  # unreduced, no adapters
     adapters = add_lora(loaded.model, cfg.lora)  # before pruning: the reduction's hooks see the adapted q/k
     preprocess = load_preprocess(cfg.model, size)
     data = instantiate(cfg.data, preprocess=preprocess, seed=cfg.seed)
     data.setup("fit")
     strategy.apply(loaded.model)
     tokenizer = load_tokenizer(cfg.model)
-    module = ZeroShotModule(loaded.model, tokenizer, data.class_names, cfg.prompts.templates, size,
-                          optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler),
-                          adapter_only=adapters is not None)
+    module = training_module(cfg, loaded.model, teacher, tokenizer, data.class_names, size, adapters is not None)
     trainable, total = count_parameters(loaded.model)
 
     logger = make_logger(cfg, out_dir)
@@ -81,14 +100,19 @@ def train(cfg: DictConfig) -> dict:
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - started
     trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt", weights_only=False)  # a rerun resumes from here
-    val_top1 = float(trainer.callback_metrics.get("val/top1", float("nan")))
+    val_metric = "val/top1" if cfg.objective.name == "labels" else "val/distill_loss"
+    val_value = float(trainer.callback_metrics.get(val_metric, float("nan")))
 
-    data.setup("test")
-    module.eval()
-    trainer.test(module, datamodule=data, verbose=False)
-    row = zero_shot_row("train", cfg, module, loaded.weights + ("+lora" if adapters else ""), strategy, device,
-                        profiler.summaries.get("train", {}), data.test_set)
-    row["trainable_params"] = trainable
+    weights, timing = loaded.weights + ("+lora" if adapters else ""), profiler.summaries.get("train", {})
+    if data.class_names:  # zero-shot test of the trained model, as evaluate.py runs it
+        data.setup("test")
+        tester = ZeroShotModule(loaded.model, tokenizer, data.class_names, cfg.prompts.templates, size).eval()
+        trainer.test(tester, datamodule=data, verbose=False)
+        row = zero_shot_row("train", cfg, tester, weights, strategy, device, timing, data.test_set)
+    else:  # unlabelled images: the cost of the trained model and the time and memory of its steps
+        row = {**encoder_row("train", cfg, weights, strategy, device, module.encoder, module.dtype, data.train_set),
+               **timing, "n_images": len(data.train_set)}
+    row |= {"trainable_params": trainable, "objective": cfg.objective.name}
     if not trainer.is_global_zero:  # DDP: rank 0 writes the results
         return row
     save_row(row, cfg, out_dir, logger, "test")
@@ -97,16 +121,19 @@ def train(cfg: DictConfig) -> dict:
     if cfg.export_dir:
         strategy.remove(loaded.model)
         summary = {
-            "epochs": cfg.trainer.max_epochs, "train_images": len(data.train_set), "val_images": len(data.val_set),
-            "wall_time_s_this_run": round(train_seconds, 1), "test_top1": row["top1"], "test_top5": row["top5"],
-            "test_templates": list(cfg.prompts.templates), "val_top1": val_top1,
+            "objective": OmegaConf.to_container(cfg.objective), "epochs": cfg.trainer.max_epochs,
+            "train_images": len(data.train_set), "val_images": len(data.val_set),
+            "wall_time_s_this_run": round(train_seconds, 1), "test_top1": row.get("top1"), "test_top5": row.get("top5"),
+            "test_templates": list(cfg.prompts.templates), val_metric.replace("/", "_"): val_value,
         }  # fmt: skip
-        export(merge(adapters) if adapters else loaded.model, tokenizer, preprocess, Path(cfg.export_dir), summary)
+        export(merge(adapters) if adapters else loaded.model, tokenizer, preprocess, Path(cfg.export_dir), summary,
+               cfg.pruning)
     wandb_dir = finish(logger)
     print(
-        f"\nvlm-eff train: {row['model']} strategy={row['strategy']} keep={row['keep']}: "
-        f"test top-1 {100 * row['top1']:.2f}% top-5 {100 * row['top5']:.2f}% on {row['n_images']} images; "
-        f"{train_seconds / 60:.1f} min of training"
+        f"\nvlm-eff train ({cfg.objective.name}): {row['model']} strategy={row['strategy']} keep={row['keep']}: "
+        + (f"test top-1 {100 * row['top1']:.2f}% top-5 {100 * row['top5']:.2f}% on {row['n_images']} images; "
+           if row.get("top1") is not None else f"{val_metric} {val_value:.4f}; ")
+        + f"{train_seconds / 60:.1f} min of training"
         + (f", peak training memory {row['peak_mem_mib']:.0f} MiB ({row['mem_kind']})" if row.get("peak_mem_mib") else "")
         + f"\n  results   {out_dir / 'results.csv'}"
         + (f"\n  adapter   {out_dir / 'adapter'} (evaluate.py lora.checkpoint=...)" if adapters else "")

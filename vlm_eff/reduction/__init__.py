@@ -2,7 +2,7 @@
 result columns), for every tower family in `vlm_eff.towers`:
 
     dropping.py   naive, position_aware, cls_preserving, late_layer, evit, adaptive keep (presets of one mechanism)
-    merging.py    tome
+    merging.py    tome, pitome (one merging mechanism, two ways to pick the pairs)
 
 `build` maps the `pruning` config group to a strategy; a new strategy is a module here and
 one entry in STRATEGIES.
@@ -18,13 +18,13 @@ from torch import nn
 from vlm_eff.errors import ConfigError
 from vlm_eff.reduction.base import REDUCE_RANGE, NoReduction, Strategy, check_keep, kept_count
 from vlm_eff.reduction.dropping import Reduction, apply_patch, remove_patch
-from vlm_eff.reduction.merging import ToMe, apply_tome, check_r, r_for_keep, remove_tome
+from vlm_eff.reduction.merging import PiToMe, ToMe, apply_pitome, apply_tome, check_r, r_for_keep, remove_tome
 from vlm_eff.towers import family_of
 
 log = logging.getLogger(__name__)
 
-__all__ = ["REDUCE_RANGE", "Strategy", "NoReduction", "Reduction", "ToMe", "apply_patch", "remove_patch",
-           "apply_tome", "remove_tome", "kept_count", "STRATEGIES", "build", "apply_config", "remove_all"]
+__all__ = ["REDUCE_RANGE", "Strategy", "NoReduction", "Reduction", "ToMe", "PiToMe", "apply_patch", "remove_patch",
+           "apply_tome", "apply_pitome", "remove_tome", "kept_count", "STRATEGIES", "build", "apply_config", "remove_all"]
 
 
 def _plain(value):
@@ -37,14 +37,23 @@ def _dropping(cfg: DictConfig, n_layers: int, has_cls: bool, seed: int, **_) -> 
                             summary=cfg.summary, seed=seed, mass=cfg.mass, has_cls=has_cls)
 
 
-def _merging(cfg: DictConfig, n_layers: int, has_cls: bool, n_patches: int, width: int, mlp_width: int,
-             **_) -> ToMe:
+def _merge_counts(cfg: DictConfig, n_layers: int, has_cls: bool, n_patches: int, width: int, mlp_width: int):
+    """(r, keep): `pruning.r` as given, or the r whose FLOPs match `pruning.keep`."""
     keep = check_keep(cfg.keep)
     if cfg.r is not None:
-        return ToMe.create(_plain(cfg.r), n_layers, cfg.prop_attn, None, cfg.schedule, has_cls)
+        return _plain(cfg.r), None
     check_r(0, n_layers, cfg.schedule)
-    r = r_for_keep(keep, int(has_cls) + n_patches, n_layers, width, mlp_width, cfg.schedule, has_cls)
+    return r_for_keep(keep, int(has_cls) + n_patches, n_layers, width, mlp_width, cfg.schedule, has_cls), keep
+
+
+def _tome(cfg: DictConfig, n_layers: int, has_cls: bool, n_patches: int, width: int, mlp_width: int, **_) -> ToMe:
+    r, keep = _merge_counts(cfg, n_layers, has_cls, n_patches, width, mlp_width)
     return ToMe.create(r, n_layers, cfg.prop_attn, keep, cfg.schedule, has_cls)
+
+
+def _pitome(cfg: DictConfig, n_layers: int, has_cls: bool, n_patches: int, width: int, mlp_width: int, **_) -> PiToMe:
+    r, keep = _merge_counts(cfg, n_layers, has_cls, n_patches, width, mlp_width)
+    return PiToMe.create(r, n_layers, cfg.prop_attn, keep, cfg.schedule, has_cls, _plain(cfg.margin), cfg.alpha)
 
 
 def _stock(cfg: DictConfig, **_) -> NoReduction:
@@ -54,7 +63,7 @@ def _stock(cfg: DictConfig, **_) -> NoReduction:
 
 
 DROPPING_PRESETS = ("naive", "position_aware", "cls_preserving", "late_layer", "evit")
-STRATEGIES = {"none": _stock, **{name: _dropping for name in DROPPING_PRESETS}, "tome": _merging}
+STRATEGIES = {"none": _stock, **{name: _dropping for name in DROPPING_PRESETS}, "tome": _tome, "pitome": _pitome}
 
 
 def build(cfg: DictConfig, vision_config, has_cls: bool, seed: int = 0, image_size: int | None = None) -> Strategy:

@@ -1,4 +1,5 @@
-"""Token merging (ToMe, Bolya et al., ICLR 2023) for every tower family (towers.py), training-free.
+"""Token merging for every tower family (towers.py), training-free: ToMe (Bolya et al., ICLR 2023)
+and PiToMe (Tran et al., NeurIPS 2024), which differ only in how they pick the pairs to merge.
 
 In every encoder layer, between attention and MLP, `r` tokens are merged into their most similar
 partners by bipartite soft matching on the attention keys (mean over heads); merged tokens are
@@ -7,8 +8,12 @@ log(size) added (through SDPA's additive mask, so no eager attention is forced),
 layers and, on towers that pool with an attention head (SigLIP), in the head's attention too. CLS
 is never merged; towers without CLS have no protected token. `r` is one count for every layer, a
 schedule built from it (ToMe's `parse_r`: `decreasing` runs linearly from 2r down to 0,
-`increasing` from 0 up to 2r; about r per layer), or a list with one count per layer. `apply_tome` swaps the layers' classes in place, ToMe-style; `remove_tome`
-restores them.
+`increasing` from 0 up to 2r; about r per layer), or a list with one count per layer. `apply_tome` / `apply_pitome` swap the layers' classes in place,
+ToMe-style; `remove_tome` restores them.
+
+PiToMe protects the tokens that are unlike the rest: each token's energy is the mean over all tokens
+of elu(cos - margin, alpha) (high = redundant), the 2r highest-energy tokens are split alternately
+into two sets, and each token of the first merges into its most similar token of the second.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
@@ -91,6 +97,36 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, protect_first: bool = 
     return merge
 
 
+def energy_matching(metric: torch.Tensor, r: int, margin: float, alpha: float = 1.0, protect_first: bool = True):
+    """PiToMe's matching on metric [B, T, C] (token 0 = CLS, protected, if `protect_first`): a
+    `merge(x, mode)` that maps [B, T, C'] to [B, T - r, C'] as [CLS, the kept tokens, the merge targets]."""
+    r = merges(r, metric.shape[1], protect_first)
+    if r <= 0:
+        return lambda x, mode="mean": x
+    first = int(protect_first)
+    with torch.no_grad():
+        metric = F.normalize(metric[:, first:], dim=-1)  # [B, P, C], P = T - first
+        sim = metric @ metric.transpose(-1, -2)  # [B, P, P]
+        energy = F.elu(sim - margin, alpha=alpha).mean(dim=-1)  # [B, P]
+        order = energy.argsort(dim=-1, descending=True)  # [B, P], most redundant first
+        src_idx, dst_idx, kept_idx = order[:, : 2 * r : 2], order[:, 1 : 2 * r : 2], order[:, 2 * r :]  # [B, r] x2, [B, P - 2r]
+        B, P = order.shape
+        pair_sim = sim.gather(1, src_idx[..., None].expand(B, r, P)).gather(2, dst_idx[:, None].expand(B, r, r))  # [B, r, r]
+        partner = pair_sim.argmax(dim=-1)  # [B, r]: each source token's most similar target
+
+    def merge(x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+        protected, x = x[:, :first], x[:, first:]  # [B, first, C], [B, P, C]
+        C = x.shape[-1]
+
+        def take(index: torch.Tensor) -> torch.Tensor:  # [B, n] -> [B, n, C]
+            return x.gather(1, index[..., None].expand(*index.shape, C))
+
+        dst = take(dst_idx).scatter_reduce(1, partner[..., None].expand(B, r, C), take(src_idx), reduce=mode)  # [B, r, C]
+        return torch.cat([protected, take(kept_idx), dst], dim=1)  # [B, T - r, C]
+
+    return merge
+
+
 def r_for_keep(keep: float, n_tokens: int, n_layers: int, width: int, mlp_width: int,
                schedule: str = "constant", has_cls: bool = True) -> int:
     """The r (of `schedule`) whose encoder FLOPs come closest to those of keeping `keep` of the
@@ -122,15 +158,20 @@ class ToMe:
     size: torch.Tensor | None = None
     keys: dict = field(default_factory=dict)
     per_image = False
+    name = "tome"
 
     @classmethod
     def create(cls, r: int | Sequence[int], n_layers: int, prop_attn: bool = True, keep: float | None = None,
                schedule: str = "constant", has_cls: bool = True) -> "ToMe":
         """Validated knobs: `r` and `schedule` spread over `n_layers` layers (errors are one line each)."""
         counts = r_schedule(r, n_layers, schedule)
-        label = "tome_r" + ("-".join(map(str, counts)) if isinstance(r, Sequence) else
-                            f"{r}" + ("" if schedule == "constant" else f"_{schedule}"))
+        label = f"{cls.name}_r" + ("-".join(map(str, counts)) if isinstance(r, Sequence) else
+                                   f"{r}" + ("" if schedule == "constant" else f"_{schedule}"))
         return cls(r=counts, prop_attn=prop_attn, keep=keep, label=label, has_cls=has_cls)
+
+    def match(self, metric: torch.Tensor, layer: int):
+        """The merge for one layer's metric [B, T, C] (bipartite soft matching)."""
+        return bipartite_soft_matching(metric, self.r[layer], self.has_cls)
 
     def apply(self, model: nn.Module) -> None:
         apply_merging(model, self)
@@ -152,6 +193,44 @@ class ToMe:
         return self.size.log().transpose(1, 2)[:, None]  # [B, 1, 1, T]
 
 
+def default_margins(n_layers: int) -> tuple[float, ...]:
+    """PiToMe's margin per layer i of L: 0.9 - 0.9 i / L (the authors' CLIP setting)."""
+    return tuple(0.9 - 0.9 * i / n_layers for i in range(n_layers))
+
+
+@dataclass
+class PiToMe(ToMe):
+    """PiToMe's knobs: ToMe's, plus the energy margin of each layer and the ELU's alpha."""
+
+    margin: tuple[float, ...] = ()
+    alpha: float = 1.0
+    name = "pitome"
+
+    @classmethod
+    def create(cls, r: int | Sequence[int], n_layers: int, prop_attn: bool = True, keep: float | None = None,
+               schedule: str = "constant", has_cls: bool = True, margin: float | Sequence[float] | None = None,
+               alpha: float = 1.0) -> "PiToMe":
+        """ToMe's knobs, and `margin`: None (`default_margins`), one float for every layer, or one per layer."""
+        state = super().create(r, n_layers, prop_attn, keep, schedule, has_cls)
+        if margin is None:
+            state.margin = default_margins(n_layers)
+        else:
+            margins = list(margin) if isinstance(margin, Sequence) else [margin] * n_layers
+            if len(margins) != n_layers or not all(isinstance(m, (int, float)) and -1 <= m < 1 for m in margins):
+                raise ValueError(f"pruning.margin={margin!r} must be a cosine in [-1, 1) or a list of "
+                                 f"{n_layers} of them (one per layer), or null for 0.9 - 0.9 i / L")
+            state.margin = tuple(float(m) for m in margins)
+            state.label += "_margin" + "-".join(f"{m:g}" for m in dict.fromkeys(state.margin))
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+            raise ValueError(f"pruning.alpha={alpha!r} must be a number > 0 (the ELU's alpha)")
+        state.alpha = float(alpha)
+        return state
+
+    def match(self, metric: torch.Tensor, layer: int):
+        """The merge for one layer's metric [B, T, C] (energy-protected matching)."""
+        return energy_matching(metric, self.r[layer], self.margin[layer], self.alpha, self.has_cls)
+
+
 class _MergingEmbeddings:
     """Mixin for a vision tower's embeddings: every forward starts with tokens of size 1."""
 
@@ -164,7 +243,7 @@ class _MergingLayer:
     """Mixin for an encoder layer: attention (proportional to token size), merge r tokens, MLP."""
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        state, index = self._tome  # ToMe, this layer's index
+        state, index = self._tome  # ToMe or PiToMe, this layer's index
         r = state.r[index]
         if state.prop_attn and state.size is not None:  # also where this layer merges nothing: sizes are uneven
             with record_function(REDUCE_RANGE):
@@ -176,17 +255,17 @@ class _MergingLayer:
             return out
         residual = hidden_states  # [B, T, D]
         x, _ = self.self_attn(hidden_states=self.layer_norm1(hidden_states), attention_mask=attention_mask, **kwargs)
-        x = self._merge(residual + x, r)
+        x = self._merge(residual + x)
         return x + self.mlp(self.layer_norm2(x))
 
     @record_function(REDUCE_RANGE)
-    def _merge(self, x: torch.Tensor, r: int) -> torch.Tensor:
-        """Merge r tokens of x [B, T, D] -> [B, T - r, D], matched on this layer's keys; sizes updated."""
-        state, _ = self._tome
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        """Merge this layer's r tokens of x [B, T, D] -> [B, T - r, D], matched on its keys; sizes updated."""
+        state, index = self._tome
         keys = state.keys.pop("k")  # [B, T, D] from the k_proj hook
         B, T, D = keys.shape
         metric = keys.view(B, T, self.self_attn.num_heads, -1).mean(dim=2)  # [B, T, head_dim]
-        merge = bipartite_soft_matching(metric, r, state.has_cls)
+        merge = state.match(metric, index)
         size = state.size if state.size is not None else torch.ones(B, T, 1, dtype=x.dtype, device=x.device)
         x = merge(x * size, mode="sum")  # size-weighted sums ...
         state.size = merge(size, mode="sum")  # [B, T - r, 1]
@@ -203,8 +282,19 @@ def apply_tome(model: nn.Module, r: int | Sequence[int], prop_attn: bool = True,
     return state
 
 
+def apply_pitome(model: nn.Module, r: int | Sequence[int], prop_attn: bool = True, keep: float | None = None,
+                 schedule: str = "constant", margin: float | Sequence[float] | None = None,
+                 alpha: float = 1.0) -> PiToMe:
+    """Make `model`'s vision tower (any family) merge tokens with PiToMe in every layer (r = 0: the stock model)."""
+    family = family_of(model)
+    state = PiToMe.create(r, len(family.vision(model).encoder.layers), prop_attn, keep, schedule, family.has_cls,
+                          margin, alpha)
+    apply_merging(model, state)
+    return state
+
+
 def apply_merging(model: nn.Module, state: ToMe) -> None:
-    """Patch `model` with the ToMe `state` (replacing an earlier ToMe patch)."""
+    """Patch `model` with the merging `state` (ToMe or PiToMe; replacing an earlier merging patch)."""
     family = family_of(model)
     tower = family.vision(model)
     remove_tome(model)
