@@ -146,3 +146,5 @@ def test_bad_pitome_knobs_are_one_line_errors(model, overrides, message):
 def test_a_constant_margin_is_in_the_label(model):
     strategy = build(pitome_cfg(margin=0.5, r=4), model.vision_model.config, has_cls(model))
     assert strategy.margin == (0.5,) * LAYERS and strategy.columns()["score"] == "pitome_r4_margin0.5"
+    without = build(pitome_cfg(r=4, prop_attn=False), model.vision_model.config, has_cls(model))
+    assert without.columns()["score"] == "pitome_r4_noprop"

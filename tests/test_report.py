@@ -178,3 +178,5 @@ def test_pareto_front_and_series_names():
     assert [variant(r) for r in rows[3:]] == ["naive", "cls_preserving adaptive (l2)", "tome decreasing"]
     assert variant({**row("pitome", 1.0, 0.6, "pitome_r11"), "objective": "distill"}) == "pitome + distill"
     assert variant({**row("tome", 1.0, 0.6, "tome_r11"), "objective": "labels"}) == "tome + labels"
+    assert [variant(row("pitome", 1.0, 0.6, score)) for score in ("pitome_r11", "pitome_r11_margin0.5_noprop")] == [
+        "pitome", "pitome margin0.5 noprop"]

@@ -11,6 +11,7 @@ Failed, unfinished or missing jobs are named with their reason and left out.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -103,17 +104,16 @@ def adaptive(row: dict) -> bool:
 
 
 def variant(row: dict) -> str:
-    """A figure's series: the strategy, told apart from its adaptive-keep, ToMe-schedule and recovered
-    (fine-tuned after reduction, `objective` column) variants."""
+    """A figure's series: the strategy, told apart from its adaptive-keep variants, its merging variants
+    (what the score label says after `_r<count>`: a schedule, a margin, `noprop`) and its recovered
+    (fine-tuned after reduction: `objective` column) variants."""
     score = row["score"]
     if row.get("objective"):  # a train.py row: the model was fine-tuned with the reduction on
         return f"{row['strategy']} + {row['objective']}"
     if adaptive(row):
         return f"{row['strategy']} adaptive ({score.split()[0]})"
-    for schedule in ("decreasing", "increasing"):
-        if score.endswith("_" + schedule):
-            return f"{row['strategy']} {schedule}"
-    return row["strategy"]
+    merging = re.fullmatch(r"[a-z]+_r[\d-]+_(.+)", score)
+    return f"{row['strategy']} {merging.group(1).replace('_', ' ')}" if merging else row["strategy"]
 
 
 def by_strategy(rows: list[dict]) -> dict[str, list[dict]]:

@@ -167,6 +167,7 @@ class ToMe:
         counts = r_schedule(r, n_layers, schedule)
         label = f"{cls.name}_r" + ("-".join(map(str, counts)) if isinstance(r, Sequence) else
                                    f"{r}" + ("" if schedule == "constant" else f"_{schedule}"))
+        label += "" if prop_attn else "_noprop"  # proportional attention off
         return cls(r=counts, prop_attn=prop_attn, keep=keep, label=label, has_cls=has_cls)
 
     def match(self, metric: torch.Tensor, layer: int):
