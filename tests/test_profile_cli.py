@@ -9,7 +9,7 @@ from wandb_files import read_run
 
 from vlm_eff.results import COLUMNS, read_results
 
-NOT_MEASURED_BY_PROFILE = {"top1", "top5", "trainable_params", "reduce_share_pct"}  # the last: trace=true only
+NOT_MEASURED_BY_PROFILE = {"top1", "top5", "trainable_params", "objective", "reduce_share_pct"}  # the last: trace=true only
 GPU_ONLY = {"peak_reserved_mib", "gpu_util_pct", "gpu_mem_used_mib", "gpu_power_w", "gpu_sm_clock_mhz", "gpu_temp_c"}
 
 
