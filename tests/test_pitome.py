@@ -4,7 +4,6 @@ while near-duplicates merge, and `keep` maps onto the same r as ToMe."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import ROOT, model_config
 from omegaconf import OmegaConf
 

@@ -185,7 +185,25 @@ def random_crop_flip(image: np.ndarray, pad: int = 4) -> np.ndarray:
     return image[:, ::-1] if np.random.rand() < 0.5 else image
 
 
-class ImageClassificationDataModule(LightningDataModule):
+class ImageDataModule(LightningDataModule):
+    """The loaders of a data module with `train_set` / `val_set` (and `test_set`), `batch_size` and
+    `num_workers`: shuffled, full training batches; the others in order."""
+
+    batch_size: int
+    num_workers: int
+
+    def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, drop_last=shuffle)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)
+
+
+class ImageClassificationDataModule(ImageDataModule):
     """Test split for zero-shot evaluation; train (augmented) and a held-out validation part of the
     train split for fine-tuning. `class_names` overrides the names found in the data."""
 
@@ -244,16 +262,6 @@ class ImageClassificationDataModule(LightningDataModule):
             self.train_set = ImageArrayDataset(images[train], labels[train], self.preprocess, augment=True)
             self.val_set = ImageArrayDataset(images[np.sort(val)], labels[np.sort(val)], self.preprocess)
             self.class_names = self._names(found)
-
-    def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, drop_last=shuffle)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set)

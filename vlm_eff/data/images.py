@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pytorch_lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from vlm_eff.data.cifar10 import IMAGE_SUFFIXES, extract, random_crop_flip
+from vlm_eff.data.cifar10 import IMAGE_SUFFIXES, ImageDataModule, extract, random_crop_flip
 from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.errors import ConfigError
 
@@ -36,7 +35,7 @@ class ImageFiles(Dataset):
         return (self.preprocess(random_crop_flip(pixels) if self.augment else pixels),)
 
 
-class UnlabeledImagesDataModule(LightningDataModule):
+class UnlabeledImagesDataModule(ImageDataModule):
     """Train and validation images, both drawn (seeded) from every image under `root`; `max_images`
     caps the training part."""
 
@@ -63,13 +62,3 @@ class UnlabeledImagesDataModule(LightningDataModule):
         val, train = order[: self.val_size], order[self.val_size :][: self.max_images]
         self.train_set = ImageFiles([paths[i] for i in sorted(train)], self.preprocess, augment=self.augment)
         self.val_set = ImageFiles([paths[i] for i in sorted(val)], self.preprocess)
-
-    def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, drop_last=shuffle)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)

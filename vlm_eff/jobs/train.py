@@ -47,7 +47,8 @@ def export(model, tokenizer, preprocess, export_dir: Path, summary: dict, prunin
 def training_module(cfg: DictConfig, model, teacher, tokenizer, class_names: list[str], size: int | None,
                     adapter_only: bool) -> FineTuneModule:
     """The `objective`'s module: `labels` trains over the class prompts, `distill` toward `teacher`."""
-    common = dict(optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler), adapter_only=adapter_only)
+    common = {"optimizer": instantiate(cfg.optimizer), "scheduler": instantiate(cfg.scheduler),
+              "adapter_only": adapter_only}
     if cfg.objective.name == "distill":
         return DistillModule(model, teacher, size, cfg.objective.loss, **common)
     if not class_names:

@@ -210,7 +210,7 @@ class PiToMe(ToMe):
     @classmethod
     def create(cls, r: int | Sequence[int], n_layers: int, prop_attn: bool = True, keep: float | None = None,
                schedule: str = "constant", has_cls: bool = True, margin: float | Sequence[float] | None = None,
-               alpha: float = 1.0) -> "PiToMe":
+               alpha: float = 1.0) -> PiToMe:
         """ToMe's knobs, and `margin`: None (`default_margins`), one float for every layer, or one per layer."""
         state = super().create(r, n_layers, prop_attn, keep, schedule, has_cls)
         if margin is None:
