@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from vlm_eff.errors import ConfigError
 from vlm_eff.models import ImageEncoder, random_model
 from vlm_eff.reduction import apply_config, build, remove_all
-from vlm_eff.reduction.merging import apply_pitome, default_margins, energy_matching, tome_tokens_per_layer
+from vlm_eff.reduction.merging import apply_pitome, apply_tome, default_margins, energy_matching, tome_tokens_per_layer
 
 N_PATCHES, LAYERS = 64, 4
 
@@ -54,7 +54,10 @@ def test_keep_one_is_the_stock_model_and_remove_restores_it(model):
     assert strategy.r == (0,) * LAYERS
     assert torch.equal(embed(model, x), stock)
     apply_pitome(model, 8)
-    assert not torch.allclose(embed(model, x), stock, atol=1e-4)
+    pitome = embed(model, x)
+    assert not torch.allclose(pitome, stock, atol=1e-4)
+    apply_tome(model, 8)
+    assert not torch.allclose(pitome, embed(model, x), atol=1e-4)  # its own matching, not ToMe's
     remove_all(model)
     assert torch.equal(embed(model, x), stock)
 
@@ -132,6 +135,7 @@ def test_keep_maps_to_the_same_r_as_tome(model):
 
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"margin": 1.5}, "pruning.margin=1.5 must be a cosine in [-1, 1)"),
+    ({"margin": False}, "pruning.margin=False must be a cosine in [-1, 1)"),
     ({"margin": [0.5, 0.4]}, "pruning.margin=[0.5, 0.4] must be a cosine in [-1, 1) or a list of 4"),
     ({"alpha": 0}, "pruning.alpha=0 must be a number > 0"),
     ({"keep": 0}, "pruning.keep=0 is outside (0, 1]"),
@@ -147,3 +151,5 @@ def test_a_constant_margin_is_in_the_label(model):
     assert strategy.margin == (0.5,) * LAYERS and strategy.columns()["score"] == "pitome_r4_margin0.5"
     without = build(pitome_cfg(r=4, prop_attn=False), model.vision_model.config, has_cls(model))
     assert without.columns()["score"] == "pitome_r4_noprop"
+    per_layer = build(pitome_cfg(r=4, margin=[0.5, 0.3, 0.5, 0.3], alpha=2), model.vision_model.config, has_cls(model))
+    assert per_layer.columns()["score"] == "pitome_r4_margin0.5-0.3-0.5-0.3_alpha2"

@@ -178,5 +178,6 @@ def test_pareto_front_and_series_names():
     assert [variant(r) for r in rows[3:]] == ["naive", "cls_preserving adaptive (l2)", "tome decreasing"]
     assert variant({**row("pitome", 1.0, 0.6, "pitome_r11"), "objective": "distill"}) == "pitome + distill"
     assert variant({**row("tome", 1.0, 0.6, "tome_r11"), "objective": "labels"}) == "tome + labels"
-    assert [variant(row("pitome", 1.0, 0.6, score)) for score in ("pitome_r11", "pitome_r11_margin0.5_noprop")] == [
-        "pitome", "pitome margin0.5 noprop"]
+    assert [variant(row("pitome", 1.0, 0.6, score)) for score in ("pitome_r11", "pitome_r11_noprop_margin0.5")] == [
+        "pitome", "pitome noprop margin0.5"]
+    assert variant({**row("tome", 1.0, 0.6, "tome_r8_decreasing"), "objective": "distill"}) == "tome decreasing + distill"

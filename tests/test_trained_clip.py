@@ -145,7 +145,7 @@ def test_adaptive_keep_rows_count_each_images_own_budget(zero_shot, subset):
         with torch.no_grad():
             encoder(pixels)
         budgets = adaptive_budgets(zero_shot.model).tolist()  # [16] patches each image kept
-        flops, tokens = cost_per_image(encoder, reduction, TensorDataset(pixels), torch.device("cpu"), torch.float32)
+        flops, tokens = cost_per_image(encoder, reduction, TensorDataset(pixels), torch.float32)
         alone = [flops_per_image(encoder, image[None]) for image in pixels[:3]]
     finally:
         remove_patch(zero_shot.model)

@@ -175,6 +175,9 @@ class DistillModule(FineTuneModule):
     def on_fit_start(self) -> None:
         self.teacher[0].to(self.device)
 
+    def on_validation_start(self) -> None:
+        self.teacher[0].to(self.device)
+
     def distill_loss(self, pixel_values: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             target = self.teacher[0](pixel_values)  # [B, P], the unreduced model

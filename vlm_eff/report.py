@@ -107,13 +107,14 @@ def variant(row: dict) -> str:
     """A figure's series: the strategy, told apart from its adaptive-keep variants, its merging variants
     (what the score label says after `_r<count>`: a schedule, a margin, `noprop`) and its recovered
     (fine-tuned after reduction: `objective` column) variants."""
-    score = row["score"]
-    if row.get("objective"):  # a train.py row: the model was fine-tuned with the reduction on
-        return f"{row['strategy']} + {row['objective']}"
-    if adaptive(row):
-        return f"{row['strategy']} adaptive ({score.split()[0]})"
+    score, name = row["score"], row["strategy"]
     merging = re.fullmatch(r"[a-z]+_r[\d-]+_(.+)", score)
-    return f"{row['strategy']} {merging.group(1).replace('_', ' ')}" if merging else row["strategy"]
+    if adaptive(row):
+        name += f" adaptive ({score.split()[0]})"
+    elif merging:
+        name += " " + merging.group(1).replace("_", " ")
+    # a train.py row: the model was fine-tuned with the reduction on
+    return f"{name} + {row['objective']}" if row.get("objective") else name
 
 
 def by_strategy(rows: list[dict]) -> dict[str, list[dict]]:

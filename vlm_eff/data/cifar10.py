@@ -257,7 +257,10 @@ class ImageClassificationDataModule(ImageDataModule):
             if self.shots:
                 per_class = stratified_subset(labels[train], self.shots * len(found), self.seed)
                 train = train[per_class]
-            if self.train_size:  # the first of a seeded permutation: chosen without reading a label
+            if self.train_size is not None:  # the first of a seeded permutation: chosen without reading a label
+                if self.shots or not 1 <= self.train_size <= len(train):
+                    raise ConfigError(f"data.train_size={self.train_size} must be in 1..{len(train)} (the train split "
+                                      f"less data.val_size) and cannot be combined with data.shots")
                 train = np.sort(train[: self.train_size])
             self.train_set = ImageArrayDataset(images[train], labels[train], self.preprocess, augment=True)
             self.val_set = ImageArrayDataset(images[np.sort(val)], labels[np.sort(val)], self.preprocess)

@@ -55,6 +55,9 @@ class UnlabeledImagesDataModule(ImageDataModule):
             raise ConfigError(f"data.root={self.root} holds unlabelled images: there is no test split to evaluate")
         folder = extract(self.root, self.cache_dir) if self.root.is_file() else self.root
         paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if self.max_images is not None and self.max_images < 1 or self.val_size < 0:
+            raise ConfigError(f"data.max_images={self.max_images} must be >= 1 (or null) and "
+                              f"data.val_size={self.val_size} >= 0")
         if len(paths) <= self.val_size:
             raise ConfigError(f"data.root={self.root} has {len(paths)} images ({', '.join(IMAGE_SUFFIXES)}); "
                               f"it needs more than data.val_size={self.val_size}")

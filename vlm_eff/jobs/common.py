@@ -55,10 +55,10 @@ def pruning_on_command_line() -> bool:
 
 def use_recorded_reduction(cfg: DictConfig) -> None:
     """A checkpoint dir (`model.path`) that records the reduction it was trained for gets it, unless the
-    command line chose one (`pruning=none` evaluates it unreduced)."""
+    command line or an experiment chose one (`pruning=none` evaluates it unreduced)."""
     path = cfg.model.get("path")
-    recorded = Path(path) / RECORDED_REDUCTION if path and cfg.model.weights != "random" else None
-    if recorded is None or not recorded.is_file() or pruning_on_command_line():
+    recorded = Path(path).expanduser() / RECORDED_REDUCTION if path and cfg.model.weights != "random" else None
+    if recorded is None or not recorded.is_file() or cfg.pruning.name != "none" or pruning_on_command_line():
         return
     with open_dict(cfg):
         cfg.pruning = OmegaConf.load(recorded)
@@ -100,12 +100,12 @@ def sample_images(dataset, n: int = ADAPTIVE_SAMPLE) -> torch.Tensor:
     return torch.stack([dataset[int(i)][0] for i in indices])
 
 
-def cost_per_image(encoder: ImageEncoder, strategy: Strategy, dataset, device: torch.device,
-                   dtype: torch.dtype) -> tuple[float, float]:
+def cost_per_image(encoder: ImageEncoder, strategy: Strategy, dataset, dtype: torch.dtype) -> tuple[float, float]:
     """(FLOPs per image, tokens entering the last layer). Adaptive keep: means over
     `ADAPTIVE_SAMPLE` images spread over `dataset`, each counted alone (its own budget, no padding);
     otherwise one blank image (the cost depends on no pixel)."""
     n_layers, has_cls = encoder.model.config.vision_config.num_hidden_layers, encoder.family.has_cls
+    device = next(encoder.parameters()).device  # where the encoder is now (Lightning's teardown moves it to the CPU)
     if not strategy.per_image:
         blank = torch.zeros(1, 3, encoder.image_size, encoder.image_size, device=device, dtype=dtype)
         return flops_per_image(encoder, blank), strategy.tokens_per_layer(encoder.n_patches, n_layers, has_cls)[-1]
@@ -120,7 +120,7 @@ def encoder_row(task: str, cfg: DictConfig, weights: str, strategy: Strategy, de
                 encoder: ImageEncoder, dtype: torch.dtype, dataset) -> dict:
     """The columns every task fills from its model and strategy; FLOPs and tokens as `cost_per_image`
     counts them (`dataset`: the job's inputs, (pixels, ...) items)."""
-    flops, tokens = cost_per_image(encoder, strategy, dataset, device, dtype)
+    flops, tokens = cost_per_image(encoder, strategy, dataset, dtype)
     return {
         **base_row(task, Path(cfg.paths.root_dir)),
         "model": model_label(cfg.model, weights), "weights": weights, "strategy": cfg.pruning.name, **strategy.columns(),

@@ -217,14 +217,17 @@ class PiToMe(ToMe):
             state.margin = default_margins(n_layers)
         else:
             margins = list(margin) if isinstance(margin, Sequence) else [margin] * n_layers
-            if len(margins) != n_layers or not all(isinstance(m, (int, float)) and -1 <= m < 1 for m in margins):
+            if len(margins) != n_layers or not all(
+                    isinstance(m, (int, float)) and not isinstance(m, bool) and -1 <= m < 1 for m in margins):
                 raise ValueError(f"pruning.margin={margin!r} must be a cosine in [-1, 1) or a list of "
                                  f"{n_layers} of them (one per layer), or null for 0.9 - 0.9 i / L")
             state.margin = tuple(float(m) for m in margins)
-            state.label += "_margin" + "-".join(f"{m:g}" for m in dict.fromkeys(state.margin))
+            shown = state.margin[:1] if len(set(state.margin)) == 1 else state.margin
+            state.label += "_margin" + "-".join(f"{m:g}" for m in shown)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
             raise ValueError(f"pruning.alpha={alpha!r} must be a number > 0 (the ELU's alpha)")
         state.alpha = float(alpha)
+        state.label += "" if alpha == 1 else f"_alpha{alpha:g}"
         return state
 
     def match(self, metric: torch.Tensor, layer: int):
