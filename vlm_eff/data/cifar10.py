@@ -106,6 +106,15 @@ def read_batches(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, list
     return np.concatenate(images), np.asarray(labels, dtype=np.int64), classes
 
 
+def read_image(path: Path) -> np.ndarray:
+    """One image file as uint8 RGB [H, W, 3]; a file that is no image is a one-line error naming it."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise ConfigError(f"cannot read image {path}: {error}") from None
+
+
 def read_imagefolder(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """`<folder>/<split>/<class>/<image>` -> images [N, H, W, 3] uint8 (all one size), labels, classes."""
     split_dir = folder / split
@@ -115,11 +124,7 @@ def read_imagefolder(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, 
     images, labels = [], []
     for label, name in enumerate(classes):
         for path in sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            try:
-                with Image.open(path) as image:
-                    images.append(np.asarray(image.convert("RGB")))
-            except (UnidentifiedImageError, OSError) as error:
-                raise ConfigError(f"cannot read image {path}: {error}") from None
+            images.append(read_image(path))
             labels.append(label)
     if not images:
         raise ConfigError(f"no images under {split_dir}")

@@ -7,10 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from vlm_eff.data.cifar10 import IMAGE_SUFFIXES, ImageDataModule, extract, random_crop_flip
+from vlm_eff.data.cifar10 import IMAGE_SUFFIXES, ImageDataModule, extract, random_crop_flip, read_image
 from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.errors import ConfigError
 
@@ -26,12 +25,7 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        path = self.paths[index]
-        try:
-            with Image.open(path) as image:
-                pixels = np.asarray(image.convert("RGB"))  # [H, W, 3]
-        except (UnidentifiedImageError, OSError) as error:
-            raise ConfigError(f"cannot read image {path}: {error}") from None
+        pixels = read_image(self.paths[index])  # [H, W, 3]
         return (self.preprocess(random_crop_flip(pixels) if self.augment else pixels),)
 
 
@@ -43,6 +37,8 @@ class UnlabeledImagesDataModule(ImageDataModule):
                  max_images: int | None = None, val_size: int = 500, seed: int = 0,
                  cache_dir: str = "~/.cache/vlm-eff", augment: bool = True, **unused):
         super().__init__()
+        if max_images is not None and max_images < 1 or val_size < 0:
+            raise ConfigError(f"data.max_images={max_images} must be >= 1 (or null) and data.val_size={val_size} >= 0")
         if not root or not Path(root).expanduser().exists():
             raise ConfigError(f"data.root={root} does not exist; set it to a folder of images (any layout) or its .tar.gz")
         self.root, self.cache_dir = Path(root).expanduser(), Path(cache_dir).expanduser()
@@ -55,9 +51,6 @@ class UnlabeledImagesDataModule(ImageDataModule):
             raise ConfigError(f"data.root={self.root} holds unlabelled images: there is no test split to evaluate")
         folder = extract(self.root, self.cache_dir) if self.root.is_file() else self.root
         paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if self.max_images is not None and self.max_images < 1 or self.val_size < 0:
-            raise ConfigError(f"data.max_images={self.max_images} must be >= 1 (or null) and "
-                              f"data.val_size={self.val_size} >= 0")
         if len(paths) <= self.val_size:
             raise ConfigError(f"data.root={self.root} has {len(paths)} images ({', '.join(IMAGE_SUFFIXES)}); "
                               f"it needs more than data.val_size={self.val_size}")
