@@ -10,6 +10,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vlm_eff.errors import ConfigError
 from vlm_eff.models import ImageEncoder
+from vlm_eff.retrieval import retrieval_recalls
 
 
 class ImageEncoderModule(LightningModule):
@@ -148,6 +149,56 @@ class ZeroShotModule(FineTuneModule):
     def on_validation_epoch_end(self) -> None:
         self.log("val/top1", self.val_top1.compute(), prog_bar=True, sync_dist=True)
         self.val_top1.reset()
+
+
+class RetrievalModule(LightningModule):
+    """Image-text retrieval: the images are embedded batch by batch through the (reduced) image encoder,
+    which is what the profiler times; the captions once, after the last batch, `text_batch_size` at a
+    time. Recall@k as `retrieval_recalls` defines it (ranking by cosine: the family's logit scale and
+    bias do not change an order)."""
+
+    def __init__(self, model, tokenizer, captions: list[str], caption_image: list[int], image_size: int | None = None,
+                 compile: bool = False, text_batch_size: int = 256):
+        super().__init__()
+        self.model, self.tokenizer, self.text_batch_size = model, tokenizer, text_batch_size
+        self.encoder = ImageEncoder(model, image_size)
+        self.family = self.encoder.family
+        self.run_encoder = torch.compile(self.encoder.forward) if compile else self.encoder.forward
+        self.captions, self.caption_image = list(captions), torch.as_tensor(caption_image)
+        self.image_features: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.recalls: dict[str, float] = {}
+
+    def on_test_epoch_start(self) -> None:
+        self.image_features, self.recalls = [], {}
+
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        pixel_values, index = batch  # [B, 3, H, W], [B] (each image's position in the caption file)
+        image = F.normalize(self.run_encoder(pixel_values.to(self.dtype)), dim=-1)  # [B, P]
+        self.image_features.append((index.cpu(), image.float().cpu()))
+        return image
+
+    def text_embeddings(self) -> torch.Tensor:
+        """[T, P] unit vectors, one per caption."""
+        chunks = []
+        for start in range(0, len(self.captions), self.text_batch_size):
+            tokens = self.family.tokenize(self.tokenizer, self.captions[start : start + self.text_batch_size],
+                                          self.model.config)
+            text = self.family.text_embedding(self.model, {k: v.to(self.device) for k, v in tokens.items()})
+            chunks.append(F.normalize(text.float(), dim=-1).cpu())  # [t, P]
+        return torch.cat(chunks)
+
+    def on_test_epoch_end(self) -> None:
+        index = torch.cat([i for i, _ in self.image_features])  # [I]
+        images = torch.empty(len(index), self.image_features[0][1].shape[-1])  # [I, P]
+        images[index] = torch.cat([features for _, features in self.image_features])
+        with torch.no_grad():
+            text = self.text_embeddings()  # [T, P]
+        self.recalls = retrieval_recalls(images @ text.T, self.caption_image)  # [I, T] similarities
+        self.log_dict({f"test/{name}": value for name, value in self.recalls.items()})
+
+    def test_results(self) -> dict:
+        """i2t_r1/5/10 and t2i_r1/5/10 (fractions) after `trainer.test`."""
+        return dict(self.recalls)
 
 
 DISTILL_LOSSES = {

@@ -2,9 +2,10 @@
 
 Gathers every job's `results.csv` under the sweep dir into `report.csv` and a Markdown table
 (`report.md`, also printed) with speed-ups against the stock model measured in the same sweep,
-draws the figures (`latency_vs_keep.png`, `memory_vs_keep.png`, and `accuracy_vs_flops.png` and
-`accuracy_vs_throughput.png` with their Pareto fronts when the jobs measured accuracy), and logs all
-of it to one summary W&B run in the sweep's group.
+draws the figures (`latency_vs_keep.png`, `memory_vs_keep.png`; `accuracy_vs_flops.png` and
+`accuracy_vs_throughput.png` with their Pareto fronts when the jobs measured zero-shot accuracy,
+`recall_vs_flops.png` when they measured retrieval recall), and logs all of it to one summary W&B run
+in the sweep's group.
 Failed, unfinished or missing jobs are named with their reason and left out.
 """
 
@@ -66,6 +67,9 @@ def markdown(rows: list[dict]) -> str:
               "speed-up", "FLOP ratio", "peak MiB"]
     if any(r["top1"] for r in rows):
         header.insert(-1, "top-1 %")
+    recall = any(r.get("i2t_r1") for r in rows)
+    if recall:
+        header[-1:-1] = ["i2t R@1/5/10 %", "t2i R@1/5/10 %"]
     shown = {"compile": any(r.get("compile") == "True" for r in rows),  # rows of older versions lack these
              "reduce_share_pct": any(r.get("reduce_share_pct") for r in rows)}
     header += ["compiled"] * shown["compile"] + ["reduction % of encoder time"] * shown["reduce_share_pct"]
@@ -82,6 +86,9 @@ def markdown(rows: list[dict]) -> str:
                  f"{float(r['throughput_img_s']):.2f}" if timed else "", speedup, flop_ratio]
         if "top-1 %" in header:
             cells.append(f"{100 * float(r['top1']):.2f}" if r["top1"] else "")
+        if recall:
+            cells += [" / ".join(f"{100 * float(r[f'{side}_r{k}']):.1f}" for k in (1, 5, 10)) if r.get("i2t_r1") else ""
+                      for side in ("i2t", "t2i")]
         cells.append(f"{float(r['peak_mem_mib']):.0f}" if r["peak_mem_mib"] else "")
         if shown["compile"]:
             cells.append("yes" if r.get("compile") == "True" else "")
@@ -141,37 +148,44 @@ def trend_figure(rows: list[dict], column: str, ylabel: str, title: str, path: P
     ax.set(xlabel="keep (fraction of patch tokens kept)", ylabel=ylabel, title=title)
     ax.invert_xaxis()
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # nothing to plot when no job was timed
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
-def pareto_front(rows: list[dict], column: str, lower_is_better: bool) -> list[dict]:
+def pareto_front(rows: list[dict], column: str, lower_is_better: bool, metric: str = "top1") -> list[dict]:
     """The rows that no row at least as cheap (`column`: FLOPs, lower is better) or as fast
-    (throughput, higher is better) beats on top-1, cheapest first."""
+    (throughput, higher is better) beats on `metric` (top-1, a recall), cheapest first."""
     front, best = [], -1.0
     cost = (lambda r: float(r[column])) if lower_is_better else (lambda r: -float(r[column]))
-    for r in sorted(rows, key=lambda r: (cost(r), -float(r["top1"]))):
-        if float(r["top1"]) > best:
+    for r in sorted(rows, key=lambda r: (cost(r), -float(r[metric]))):
+        if float(r[metric]) > best:
             front.append(r)
-            best = float(r["top1"])
+            best = float(r[metric])
     return front
 
 
-def pareto_figure(rows: list[dict], column: str, xlabel: str, path: Path, lower_is_better: bool) -> Path:
-    """Accuracy against `column` (FLOPs or throughput), every strategy and keep, with the Pareto front:
-    the rows no cheaper (or faster) row beats on accuracy."""
-    fig, ax = pyplot().subplots(figsize=(8.4, 4.8), dpi=150)
-    measured = [r for r in rows if r["top1"] and r[column]]
-    for name, group in by_strategy(measured).items():
-        ax.scatter([float(r[column]) for r in group], [100 * float(r["top1"]) for r in group], label=name, s=24,
-                   marker="*" if name == "none" else "o")
-    front = pareto_front(measured, column, lower_is_better)
-    ax.plot([float(r[column]) for r in front], [100 * float(r["top1"]) for r in front],
-            color="gray", linestyle=":", label="Pareto front")
-    ax.set(xlabel=xlabel, ylabel="top-1 accuracy (%)", title=f"Accuracy vs {xlabel.split(' (')[0]}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: the points stay visible
+ACCURACY = (("top1", "top-1 accuracy (%)"),)
+RECALL = (("i2t_r1", "image-to-text R@1 (%)"), ("t2i_r1", "text-to-image R@1 (%)"))
+
+
+def pareto_figure(rows: list[dict], column: str, xlabel: str, path: Path, lower_is_better: bool,
+                  metrics=ACCURACY) -> Path:
+    """Each metric (a panel: top-1, or the two R@1) against `column` (FLOPs or throughput), every
+    strategy and keep, with the Pareto front: the rows no cheaper (or faster) row beats on it."""
+    fig, axes = pyplot().subplots(1, len(metrics), figsize=(4.2 + 4.2 * len(metrics), 4.8), dpi=150, squeeze=False)
+    for ax, (metric, ylabel) in zip(axes[0], metrics):
+        measured = [r for r in rows if r.get(metric) and r[column]]
+        for name, group in by_strategy(measured).items():
+            ax.scatter([float(r[column]) for r in group], [100 * float(r[metric]) for r in group], label=name, s=24,
+                       marker="*" if name == "none" else "o")
+        front = pareto_front(measured, column, lower_is_better, metric)
+        ax.plot([float(r[column]) for r in front], [100 * float(r[metric]) for r in front],
+                color="gray", linestyle=":", label="Pareto front")
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{ylabel.split(' (')[0]} vs {xlabel.split(' (')[0]}")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: the points stay visible
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -206,6 +220,9 @@ def figures(rows: list[dict], out_dir: Path) -> list[Path]:
                                    lower_is_better=True))
         paths.append(pareto_figure(rows, "throughput_img_s", "throughput (images/s)",
                                    out_dir / "accuracy_vs_throughput.png", lower_is_better=False))
+    if any(r.get("i2t_r1") for r in rows):
+        paths.append(pareto_figure(rows, "gflops_per_img", "FLOPs (GFLOPs per image)", out_dir / "recall_vs_flops.png",
+                                   lower_is_better=True, metrics=RECALL))
     return paths
 
 
@@ -235,8 +252,9 @@ def log_summary_run(rows: list[dict], pngs: list[Path], sweep_dir: Path, setting
     on_keep_axis = [r for r in rows if r["keep"] and not adaptive(r)]
     lines = {k: v for k, v in by_strategy(on_keep_axis).items() if k != "none"}
     for column, title in [("latency_ms_mean", "latency (ms/batch) vs keep"), ("peak_mem_mib", "peak memory (MiB) vs keep"),
-                          ("top1", "top-1 vs keep")]:
-        if lines and all(r[column] for group in lines.values() for r in group):
+                          ("top1", "top-1 vs keep"), ("i2t_r1", "image-to-text R@1 vs keep"),
+                          ("t2i_r1", "text-to-image R@1 vs keep")]:
+        if lines and all(r.get(column) for group in lines.values() for r in group):
             logged[f"report/{column}_vs_keep"] = wandb.plot.line_series(
                 xs=[[float(r["keep"]) for r in group] for group in lines.values()],
                 ys=[[float(r[column]) for r in group] for group in lines.values()],

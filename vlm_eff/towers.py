@@ -56,7 +56,8 @@ class Family:
 
     def tokenize(self, tokenizer, prompts: list[str], config) -> dict[str, torch.Tensor]:
         """Token ids (and attention mask) for `prompts`, as the family was trained."""
-        tokens = tokenizer(prompts, padding=True, return_tensors="pt")
+        length = config.text_config.max_position_embeddings  # longer captions are cut, as CLIP was trained
+        tokens = tokenizer(prompts, padding=True, max_length=length, truncation=True, return_tensors="pt")
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
     def text_embedding(self, model: nn.Module, tokens: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -191,8 +191,8 @@ def random_crop_flip(image: np.ndarray, pad: int = 4) -> np.ndarray:
 
 
 class ImageDataModule(LightningDataModule):
-    """The loaders of a data module with `train_set` / `val_set` (and `test_set`), `batch_size` and
-    `num_workers`: shuffled, full training batches; the others in order."""
+    """The loaders of a data module with `train_set` / `val_set` / `test_set` (those it has), `batch_size`
+    and `num_workers`: shuffled, full training batches; the others in order."""
 
     batch_size: int
     num_workers: int
@@ -206,6 +206,9 @@ class ImageDataModule(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
 
 
 class ImageClassificationDataModule(ImageDataModule):
@@ -270,6 +273,3 @@ class ImageClassificationDataModule(ImageDataModule):
             self.train_set = ImageArrayDataset(images[train], labels[train], self.preprocess, augment=True)
             self.val_set = ImageArrayDataset(images[np.sort(val)], labels[np.sort(val)], self.preprocess)
             self.class_names = self._names(found)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)

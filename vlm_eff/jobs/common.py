@@ -26,11 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def check_counts(cfg: DictConfig, *keys: str) -> None:
-    """Each dotted key must hold an integer >= its minimum (warmup may be 0)."""
+    """Each dotted key the config has must hold an integer >= its minimum (warmup may be 0)."""
     for key in keys:
-        value, least = cfg, 0 if key == "warmup" else 1
-        for part in key.split("."):
-            value = value[part]
+        value, least = OmegaConf.select(cfg, key), 0 if key == "warmup" else 1
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
             raise ConfigError(f"{key}={value!r} must be an integer >= {least}")
 

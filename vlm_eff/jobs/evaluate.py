@@ -1,4 +1,5 @@
-"""evaluate.py's job: zero-shot top-1 / top-5 / per-class accuracy, and eval throughput."""
+"""evaluate.py's job: zero-shot top-1 / top-5 / per-class accuracy or image-text retrieval recall, and the
+image encoder's eval throughput."""
 
 from __future__ import annotations
 
@@ -13,25 +14,47 @@ from vlm_eff.errors import ConfigError
 from vlm_eff.jobs.common import encoder_row, prepare, run_dir, save_row, tokens_text
 from vlm_eff.lora import check_adapter_dir, load_adapter
 from vlm_eff.models import RANDOM_WEIGHTS_WARNING, load_preprocess, load_tokenizer
-from vlm_eff.modules import ZeroShotModule
+from vlm_eff.modules import RetrievalModule, ZeroShotModule
+from vlm_eff.prompts import load_prompts
 from vlm_eff.profiling import ProfilingCallback
 from vlm_eff.results import write_atomic
+from vlm_eff.retrieval import RECALL_AT
 from vlm_eff.wandb_logging import finish, make_logger
 
 
-def zero_shot_row(task: str, cfg: DictConfig, module: ZeroShotModule, weights: str, strategy, device,
-                  timing: dict, test_set) -> dict:
-    """A results row for a zero-shot test of `module` on `test_set` (shared by evaluate and train)."""
-    results = module.test_results()
+def test_row(task: str, cfg: DictConfig, module, weights: str, strategy, device, timing: dict, test_set) -> dict:
+    """A results row for a test of `module` (zero-shot or retrieval) on `test_set` (shared by evaluate
+    and train): the encoder's columns, the timing, and the module's metrics (per-class accuracy aside)."""
+    metrics = {name: value for name, value in module.test_results().items() if name != "per_class"}
     return {
         **encoder_row(task, cfg, weights, strategy, device, module.encoder, module.dtype, test_set),
-        **timing, "top1": results["top1"], "top5": results["top5"], "n_images": len(test_set),
-        "compile": cfg.get("compile", False),
+        **timing, **metrics, "n_images": len(test_set), "compile": cfg.get("compile", False),
     }
 
 
+def zero_shot_module(cfg: DictConfig, model, tokenizer, data, size: int) -> ZeroShotModule:
+    prompts = load_prompts(cfg.prompts)
+    return ZeroShotModule(model, tokenizer, prompts.names_for(data.class_names), prompts.templates, size,
+                          compile=cfg.compile)
+
+
+def retrieval_module(cfg: DictConfig, model, tokenizer, data, size: int) -> RetrievalModule:
+    if not hasattr(data, "captions"):
+        raise ConfigError(f"protocol=retrieval needs image-caption pairs: data=captions, not data={cfg.data.name}")
+    return RetrievalModule(model, tokenizer, data.captions, data.caption_image, size, compile=cfg.compile,
+                           text_batch_size=cfg.protocol.text_batch_size)
+
+
+PROTOCOLS = {"zeroshot": zero_shot_module, "retrieval": retrieval_module}  # protocol.name -> its test module
+
+
 def evaluate(cfg: DictConfig) -> dict:
-    """Zero-shot classification of the test split through the (pruned) model; write and log the row."""
+    """Test the (reduced) model on the test split under `protocol` (zero-shot classification or
+    image-text retrieval), timing the image encoder; write and log the row."""
+    if cfg.protocol.name not in PROTOCOLS:
+        raise ConfigError(f"protocol={cfg.protocol.name!r} is unknown; allowed: {', '.join(PROTOCOLS)}")
+    if cfg.protocol.name == "zeroshot":
+        load_prompts(cfg.prompts)  # a bad prompts file fails before anything loads
     adapter = cfg.lora.get("checkpoint")
     if cfg.lora.name != "none" and not adapter:
         raise ConfigError(f"lora={cfg.lora.name} needs lora.checkpoint=<a saved adapter dir> in evaluate.py")
@@ -44,8 +67,8 @@ def evaluate(cfg: DictConfig) -> dict:
     if adapter:
         load_adapter(loaded.model, adapter)  # before pruning: the reduction's hooks see the adapted q/k
     strategy.apply(loaded.model)
-    module = ZeroShotModule(loaded.model, tokenizer, data.class_names, cfg.prompts.templates, size, compile=cfg.compile)
-    module = module.to(device=device, dtype=dtype).eval()
+    module = PROTOCOLS[cfg.protocol.name](cfg, loaded.model, tokenizer, data, size).to(device=device, dtype=dtype)
+    module.eval()
 
     out_dir = run_dir()
     logger = make_logger(cfg, out_dir)
@@ -56,19 +79,20 @@ def evaluate(cfg: DictConfig) -> dict:
     )  # fmt: skip
     trainer.test(module, datamodule=data, verbose=False)
 
-    row = zero_shot_row("evaluate", cfg, module, loaded.weights + ("+lora" if adapter else ""), strategy, device,
-                        profiler.summaries.get("test", {}), data.test_set)
-    per_class = module.test_results()["per_class"]
-    write_atomic(out_dir / "per_class.json", json.dumps(per_class, indent=2) + "\n")
+    row = test_row("evaluate", cfg, module, loaded.weights + ("+lora" if adapter else ""), strategy, device,
+                   profiler.summaries.get("test", {}), data.test_set)
+    per_class = module.test_results().get("per_class")
+    if per_class is not None:
+        write_atomic(out_dir / "per_class.json", json.dumps(per_class, indent=2) + "\n")
     save_row(row, cfg, out_dir, logger, "test")
-    if logger is not None:
+    if logger is not None and per_class is not None:
         logger.log_metrics({f"test/per_class/{name}": acc for name, acc in per_class.items()})
     wandb_dir = finish(logger)
     print_summary(row, per_class, loaded.source, out_dir, Path(cfg.paths.results_csv), wandb_dir)
     return row
 
 
-def print_summary(row: dict, per_class: dict, source: str, out_dir: Path, project_csv: Path,
+def print_summary(row: dict, per_class: dict | None, source: str, out_dir: Path, project_csv: Path,
                   wandb_dir: str | None) -> None:
     timing = (f"{row['throughput_img_s']:.1f} images/s, {row['latency_ms_mean']:.1f} ms/batch"
               + (" (torch.compile)" if row["compile"] else "")
@@ -77,13 +101,21 @@ def print_summary(row: dict, per_class: dict, source: str, out_dir: Path, projec
         "",
         f"vlm-eff evaluate: {row['model']} ({row['weights']} weights: {source}), strategy={row['strategy']} "
         f"keep={row['keep']} layer={row['layer']} score={row['score']}",
-        f"  zero-shot top-1 {100 * row['top1']:.2f}%   top-5 {100 * row['top5']:.2f}%   on {row['n_images']} images",
-        "  per class " + ", ".join(f"{name} {100 * acc:.1f}" for name, acc in per_class.items()),
+        *metric_lines(row, per_class),
         f"  {tokens_text(row)}, {row['gflops_per_img']:.4g} GFLOPs/image; {timing}",
-        f"  results   {out_dir / 'results.csv'} (+ one row in {project_csv}; per class: per_class.json)",
+        f"  results   {out_dir / 'results.csv'} (+ one row in {project_csv}"
+        + ("; per class: per_class.json)" if per_class else ")"),
     ]
     if wandb_dir:
         lines.append(f"  W&B       {wandb_dir} (upload: wandb sync {wandb_dir})")
     if row["weights"].startswith("random"):
         lines.append("  !! " + RANDOM_WEIGHTS_WARNING.format(source=row["model"]))
     print("\n".join(lines), flush=True)
+
+
+def metric_lines(row: dict, per_class: dict | None) -> list[str]:
+    if per_class is None:  # retrieval
+        recalls = lambda side: "  ".join(f"R@{k} {100 * row[f'{side}_r{k}']:.2f}%" for k in RECALL_AT)
+        return [f"  image->text {recalls('i2t')}   text->image {recalls('t2i')}   on {row['n_images']} images"]
+    return [f"  zero-shot top-1 {100 * row['top1']:.2f}%   top-5 {100 * row['top5']:.2f}%   on {row['n_images']} images",
+            "  per class " + ", ".join(f"{name} {100 * acc:.1f}" for name, acc in per_class.items())]

@@ -18,10 +18,11 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from vlm_eff.errors import ConfigError
 from vlm_eff.jobs.common import RECORDED_REDUCTION, encoder_row, prepare, run_dir, save_row
-from vlm_eff.jobs.evaluate import zero_shot_row
+from vlm_eff.jobs.evaluate import test_row
 from vlm_eff.lora import add_lora, count_parameters, merge, new_adapters
 from vlm_eff.models import load_preprocess, load_tokenizer
 from vlm_eff.modules import DistillModule, FineTuneModule, ZeroShotModule
+from vlm_eff.prompts import Prompts, load_prompts
 from vlm_eff.profiling import ProfilingCallback
 from vlm_eff.results import write_atomic
 from vlm_eff.wandb_logging import finish, make_logger
@@ -44,8 +45,8 @@ def export(model, tokenizer, preprocess, export_dir: Path, summary: dict, prunin
         write_atomic(recorded, OmegaConf.to_yaml(pruning))
 
 
-def training_module(cfg: DictConfig, model, teacher, tokenizer, class_names: list[str], size: int | None,
-                    adapter_only: bool) -> FineTuneModule:
+def training_module(cfg: DictConfig, model, teacher, tokenizer, class_names: list[str], prompts: Prompts,
+                    size: int | None, adapter_only: bool) -> FineTuneModule:
     """The `objective`'s module: `labels` trains over the class prompts, `distill` toward `teacher`."""
     common = {"optimizer": instantiate(cfg.optimizer), "scheduler": instantiate(cfg.scheduler),
               "adapter_only": adapter_only}
@@ -54,7 +55,7 @@ def training_module(cfg: DictConfig, model, teacher, tokenizer, class_names: lis
     if not class_names:
         raise ConfigError(f"objective=labels needs labelled data, and data={cfg.data.name} has no classes; "
                           "use objective=distill to train without labels")
-    return ZeroShotModule(model, tokenizer, class_names, cfg.prompts.templates, size, **common)
+    return ZeroShotModule(model, tokenizer, prompts.names_for(class_names), prompts.templates, size, **common)
 
 
 def resume_from(cfg: DictConfig, out_dir: Path) -> str | None:
@@ -68,7 +69,8 @@ def resume_from(cfg: DictConfig, out_dir: Path) -> str | None:
 
 
 def train(cfg: DictConfig) -> dict:
-    new_adapters(cfg.lora)  # bad lora.* values fail before anything loads
+    new_adapters(cfg.lora)  # bad lora.* values and prompts fail before anything loads
+    prompts = load_prompts(cfg.prompts)
     device, _, loaded, size, strategy = prepare(cfg, "data.batch_size", "trainer.max_epochs", "warmup")
     out_dir = run_dir()
     ckpt_path = resume_from(cfg, out_dir)
@@ -80,7 +82,8 @@ def train(cfg: DictConfig) -> dict:
     data.setup("fit")
     strategy.apply(loaded.model)
     tokenizer = load_tokenizer(cfg.model)
-    module = training_module(cfg, loaded.model, teacher, tokenizer, data.class_names, size, adapters is not None)
+    module = training_module(cfg, loaded.model, teacher, tokenizer, data.class_names, prompts, size,
+                             adapters is not None)
     trainable, total = count_parameters(loaded.model)
 
     logger = make_logger(cfg, out_dir)
@@ -107,9 +110,9 @@ def train(cfg: DictConfig) -> dict:
     weights, timing = loaded.weights + ("+lora" if adapters else ""), profiler.summaries.get("train", {})
     if data.class_names:  # zero-shot test of the trained model, as evaluate.py runs it
         data.setup("test")
-        tester = ZeroShotModule(loaded.model, tokenizer, data.class_names, cfg.prompts.templates, size).eval()
-        trainer.test(tester, datamodule=data, verbose=False)
-        row = zero_shot_row("train", cfg, tester, weights, strategy, device, timing, data.test_set)
+        tester = ZeroShotModule(loaded.model, tokenizer, prompts.names_for(data.class_names), prompts.templates, size)
+        trainer.test(tester.eval(), datamodule=data, verbose=False)
+        row = test_row("train", cfg, tester, weights, strategy, device, timing, data.test_set)
     else:  # unlabelled images: the cost of the trained model and the time and memory of its steps
         row = {**encoder_row("train", cfg, weights, strategy, device, module.encoder, module.dtype, data.train_set),
                **timing, "n_images": len(data.train_set)}
@@ -125,7 +128,7 @@ def train(cfg: DictConfig) -> dict:
             "objective": OmegaConf.to_container(cfg.objective), "epochs": cfg.trainer.max_epochs,
             "train_images": len(data.train_set), "val_images": len(data.val_set),
             "wall_time_s_this_run": round(train_seconds, 1), "test_top1": row.get("top1"), "test_top5": row.get("top5"),
-            "test_templates": list(cfg.prompts.templates), val_metric.replace("/", "_"): val_value,
+            "test_templates": prompts.templates, val_metric.replace("/", "_"): val_value,
         }  # fmt: skip
         export(merge(adapters) if adapters else loaded.model, tokenizer, preprocess, Path(cfg.export_dir), summary,
                cfg.pruning)
