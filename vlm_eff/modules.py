@@ -28,7 +28,8 @@ class ImageEncoderModule(LightningModule):
 
 
 class FineTuneModule(LightningModule):
-    """What the training modules share: the optimizer and schedule from their factories, and, with
+    """What the training modules share: the optimizer and schedule from their factories, checkpoints
+    that carry the global torch random state (a resumed run continues exactly), and, with
     `adapter_only`, checkpoints holding only the trainable parameters (the LoRA adapters; the frozen
     base weights come from the model the module is built on when it resumes)."""
 
@@ -38,15 +39,25 @@ class FineTuneModule(LightningModule):
         self.adapter_only = adapter_only
         self.strict_loading = not adapter_only
 
+    def on_train_start(self) -> None:
+        # A resumed run's loader state (`ResumableLoader`: the batches of this epoch already trained on) is
+        # applied by Lightning when it first sets up the training data, which `estimated_stepping_batches`
+        # (in configure_optimizers) did before the checkpoint was restored; apply it now, before any batch.
+        self.trainer.fit_loop._load_combined_loader_states()
+
     def trainable_shapes(self) -> dict[str, tuple]:
         return {name: tuple(p.shape) for name, p in self.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the global torch random state (prompt template draws, dropout): a resumed run continues it exactly
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
         if self.adapter_only:
             trainable = self.trainable_shapes()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
         if not self.adapter_only:
             return
         saved = {name: tuple(tensor.shape) for name, tensor in checkpoint["state_dict"].items()}

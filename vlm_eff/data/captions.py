@@ -65,7 +65,8 @@ class CaptionsDataModule(ImageDataModule):
     """The images and captions of one split for retrieval; evaluation only."""
 
     def __init__(self, root: str | None, captions: str | None, preprocess: ImagePreprocess, split: str = "test",
-                 batch_size: int = 256, num_workers: int = 0, cache_dir: str = "~/.cache/vlm-eff", **unused):
+                 batch_size: int = 256, num_workers: int = 0, cache_dir: str = "~/.cache/vlm-eff", seed: int = 0,
+                 **unused):
         super().__init__()
         if not captions:
             raise ConfigError("data=captions needs data.captions=<a Karpathy-split .json or an image,caption .csv>")
@@ -74,7 +75,7 @@ class CaptionsDataModule(ImageDataModule):
                               "are relative to (or its .tar.gz)")
         self.root, self.captions_file = Path(root).expanduser(), Path(captions).expanduser()
         self.cache_dir, self.split = Path(cache_dir).expanduser(), split
-        self.preprocess, self.batch_size, self.num_workers = preprocess, batch_size, num_workers
+        self.preprocess, self.batch_size, self.num_workers, self.seed = preprocess, batch_size, num_workers, seed
         self.class_names: list[str] = []  # retrieval has no classes
         self.captions: list[str] = []
         self.caption_image: list[int] = []

@@ -19,10 +19,12 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from vlm_eff.data.loading import ResumableLoader, evaluation_sampler
 from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.errors import ConfigError
 
@@ -167,7 +169,8 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 class ImageArrayDataset(Dataset):
     """uint8 images [N, H, W, 3] + labels -> (preprocessed pixels [3, S, S], label); optional
-    training augmentation (random crop with 4 px of padding, horizontal flip) on the uint8 image."""
+    training augmentation (random crop with 4 px of padding, horizontal flip) on the uint8 image, drawn
+    from the item's own seed when it comes as `(index, seed)` (`ResumableSampler`)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, preprocess: ImagePreprocess, augment: bool = False):
         self.images, self.labels, self.preprocess, self.augment = images, labels, preprocess, augment
@@ -175,34 +178,43 @@ class ImageArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item: int | tuple[int, int]):
+        index, seed = item if isinstance(item, tuple) else (item, None)
         image = self.images[index]  # [H, W, 3]
         if self.augment:
-            image = random_crop_flip(image)
+            image = random_crop_flip(image, np.random.default_rng(seed))
         return self.preprocess(image), int(self.labels[index])
 
 
-def random_crop_flip(image: np.ndarray, pad: int = 4) -> np.ndarray:
+def random_crop_flip(image: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+    """A random crop of the image padded by `pad` pixels (reflected), flipped horizontally half the time."""
     height, width, _ = image.shape
     padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
-    top, left = np.random.randint(0, 2 * pad + 1, size=2)
+    top, left = rng.integers(0, 2 * pad + 1, size=2)
     image = padded[top : top + height, left : left + width]
-    return image[:, ::-1] if np.random.rand() < 0.5 else image
+    return image[:, ::-1] if rng.random() < 0.5 else image
 
 
 class ImageDataModule(LightningDataModule):
-    """The loaders of a data module with `train_set` / `val_set` / `test_set` (those it has), `batch_size`
-    and `num_workers`: shuffled, full training batches; the others in order."""
+    """The loaders of a data module with `train_set` / `val_set` / `test_set` (those it has), `batch_size`,
+    `num_workers` and `seed`: shuffled, full training batches that resume exactly (`ResumableLoader`);
+    the others in order."""
 
     batch_size: int
     num_workers: int
+    seed: int
 
-    def _loader(self, dataset: Dataset, shuffle: bool = False) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, drop_last=shuffle)
+    def _options(self) -> dict:
+        # a private generator: a loader's worker seeds are not drawn from the global random state, which a
+        # resumed run restores from its checkpoint (`FineTuneModule`) and must find where it was left
+        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0,
+                "generator": torch.Generator().manual_seed(self.seed)}
+
+    def _loader(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=evaluation_sampler(dataset), **self._options())
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return ResumableLoader(self.train_set, self.batch_size, self.seed, **self._options())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)

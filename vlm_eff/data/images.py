@@ -15,8 +15,14 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from vlm_eff.data.cifar10 import (IMAGE_SUFFIXES, ImageDataModule, extract, random_crop_flip, read_image,
-                                  stratified_subset)
+from vlm_eff.data.cifar10 import (
+    IMAGE_SUFFIXES,
+    ImageDataModule,
+    extract,
+    random_crop_flip,
+    read_image,
+    stratified_subset,
+)
 from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.errors import ConfigError
 
@@ -38,9 +44,10 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item: int | tuple[int, int]):
+        index, seed = item if isinstance(item, tuple) else (item, None)  # (index, seed): `ResumableSampler`
         pixels = read_image(self.paths[index])  # [H, W, 3]
-        pixels = self.preprocess(random_crop_flip(pixels) if self.augment else pixels)
+        pixels = self.preprocess(random_crop_flip(pixels, np.random.default_rng(seed)) if self.augment else pixels)
         return (pixels,) if self.labels is None else (pixels, self.labels[index])
 
 

@@ -15,8 +15,8 @@ from vlm_eff.jobs.common import encoder_row, prepare, run_dir, save_row, tokens_
 from vlm_eff.lora import check_adapter_dir, load_adapter
 from vlm_eff.models import RANDOM_WEIGHTS_WARNING, load_preprocess, load_tokenizer
 from vlm_eff.modules import RetrievalModule, ZeroShotModule
-from vlm_eff.prompts import load_prompts
 from vlm_eff.profiling import ProfilingCallback
+from vlm_eff.prompts import load_prompts
 from vlm_eff.results import write_atomic
 from vlm_eff.retrieval import RECALL_AT
 from vlm_eff.wandb_logging import finish, make_logger
@@ -115,7 +115,7 @@ def print_summary(row: dict, per_class: dict | None, source: str, out_dir: Path,
 
 def metric_lines(row: dict, per_class: dict | None) -> list[str]:
     if per_class is None:  # retrieval
-        recalls = lambda side: "  ".join(f"R@{k} {100 * row[f'{side}_r{k}']:.2f}%" for k in RECALL_AT)
-        return [f"  image->text {recalls('i2t')}   text->image {recalls('t2i')}   on {row['n_images']} images"]
+        i2t, t2i = ("  ".join(f"R@{k} {100 * row[f'{side}_r{k}']:.2f}%" for k in RECALL_AT) for side in ("i2t", "t2i"))
+        return [f"  image->text {i2t}   text->image {t2i}   on {row['n_images']} images"]
     return [f"  zero-shot top-1 {100 * row['top1']:.2f}%   top-5 {100 * row['top5']:.2f}%   on {row['n_images']} images",
             "  per class " + ", ".join(f"{name} {100 * acc:.1f}" for name, acc in per_class.items())]

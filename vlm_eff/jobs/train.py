@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from vlm_eff.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 from vlm_eff.errors import ConfigError
 from vlm_eff.jobs.common import RECORDED_REDUCTION, encoder_row, prepare, run_dir, save_row
 from vlm_eff.jobs.evaluate import test_row
@@ -62,6 +63,8 @@ def resume_from(cfg: DictConfig, out_dir: Path) -> str | None:
     """`resume`: true = this run dir's last checkpoint when there is one, false = none, or a .ckpt path."""
     if isinstance(cfg.resume, bool):
         last = out_dir / "checkpoints" / "last.ckpt"
+        if last.parent.is_dir():
+            remove_stale_temporaries(last.parent)  # a write cut short by a kill; last.ckpt itself is whole
         return str(last) if cfg.resume and last.is_file() else None
     if not Path(cfg.resume).is_file():
         raise ConfigError(f"resume={cfg.resume!r} is not a checkpoint file; allowed: true, false, or a .ckpt path")
@@ -91,7 +94,8 @@ def train(cfg: DictConfig) -> dict:
     checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
                                   every_n_train_steps=cfg.checkpoint_every_n_steps)
     trainer = instantiate(cfg.trainer, accelerator=device.type, precision=PRECISION[cfg.dtype],
-                          logger=logger or False, callbacks=[profiler, checkpoints], default_root_dir=str(out_dir))
+                          logger=logger or False, callbacks=[profiler, checkpoints], default_root_dir=str(out_dir),
+                          plugins=[AtomicCheckpointIO()])
     if trainer.is_global_zero:
         what = f"LoRA adapters (rank {adapters.peft_config['default'].r})" if adapters else "every weight"
         print(f"vlm-eff train: training {what}: {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)",

@@ -1,0 +1,72 @@
+"""Training batches that a killed job can resume exactly, mid-epoch.
+
+Epoch e visits the items in a permutation seeded by (seed, e), and each visit carries its own
+augmentation seed, so neither depends on a global random state. The loader's `state_dict` (which
+Lightning stores in its checkpoints and restores on resume) records how many batches of the epoch
+were handed out; a resumed run skips exactly those, and sees the batches an uninterrupted run would.
+Under DDP each process takes its own share of the permutation (Lightning's sampler injection is off:
+`conf/trainer/ddp.yaml`), and evaluation loaders get a `DistributedSampler`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+
+def process_share() -> tuple[int, int]:
+    """(this process's rank, the number of processes): (0, 1) outside distributed training."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def evaluation_sampler(dataset: Dataset) -> Sampler | None:
+    """In order; under DDP, each process's share (Lightning would inject this, but its injection is off)."""
+    return DistributedSampler(dataset, shuffle=False) if process_share()[1] > 1 else None
+
+
+class ResumableSampler(Sampler):
+    """Yields `(index, augmentation seed)` for every item (this process's share of them under DDP), in a
+    permutation seeded by (seed, epoch); `skip` items of the next epoch are passed over (a resumed epoch)."""
+
+    def __init__(self, n_items: int, seed: int):
+        self.n_items, self.seed, self.epoch, self.skip = n_items, seed, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n_items // process_share()[1]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n_items, generator=generator)  # [N]
+        seeds = torch.randint(2**31, (self.n_items,), generator=generator)  # [N]
+        rank, world = process_share()
+        share = slice(rank, len(self) * world, world)  # equal shares; the last N mod world items wait an epoch
+        skip, self.skip = self.skip, 0
+        yield from zip(order[share][skip:].tolist(), seeds[share][skip:].tolist())
+
+
+class ResumableLoader(DataLoader):
+    """A shuffling loader of full batches over `ResumableSampler`, with Lightning's `state_dict` /
+    `load_state_dict` interface: the epoch and the batches of it already handed out."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, **options):
+        super().__init__(dataset, batch_size, sampler=ResumableSampler(len(dataset), seed), drop_last=True, **options)
+        self.batches_done = 0
+
+    def __iter__(self):
+        self.batches_done = self.sampler.skip // self.batch_size
+        for batch in super().__iter__():
+            self.batches_done += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.set_epoch(state["epoch"])
+        self.sampler.skip = state["batches_done"] * self.batch_size
