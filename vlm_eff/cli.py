@@ -6,11 +6,13 @@ import importlib
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -41,6 +43,26 @@ def check_group_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
         for choice in value.split(","):
             if choice not in allowed:
                 fail(f"unknown {key} {choice!r}; allowed: {', '.join(allowed)}")
+
+
+def check_writable(folder: str) -> None:
+    """`folder` (a run's or sweep's output dir) can be created and written to, else one line and exit 2."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        fail(f"cannot write the output dir {folder} ({error.strerror or error}); set paths.work_dir=<a writable folder>")
+
+
+class OutputDirCheck(Callback):
+    """Hydra callback (conf/hydra/default.yaml): the output dir is checked before the job starts, instead
+    of failing with Hydra's traceback when it first writes there."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        check_writable(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        check_writable(config.hydra.sweep.dir)
 
 
 IMPLIED_GROUPS = {"lora": "default"}  # `lora.rank=8` alone means LoRA with the default settings

@@ -80,6 +80,9 @@ def architecture_config(cfg: DictConfig):
     return family_for(arch.pop("model_type", "clip"), f"model={cfg.name}").config_class(**arch)
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
 def _from_pretrained(family: Family, source: str, attn_implementation: str, local_files_only: bool) -> nn.Module:
     return family.model_class.from_pretrained(
         source, attn_implementation=attn_implementation, local_files_only=local_files_only
@@ -90,8 +93,15 @@ def _pretrained(cfg: DictConfig, family: Family) -> LoadedModel | None:
     """The pretrained model, or None when it is neither on disk nor downloadable right now."""
     attn = cfg.attn_implementation
     if cfg.get("path"):
-        return LoadedModel(_from_pretrained(family, str(Path(cfg.path).expanduser()), attn, True), "pretrained",
-                           str(cfg.path))
+        path = Path(cfg.path).expanduser()
+        if not any((path / name).is_file() for name in WEIGHT_FILES):
+            raise ConfigError(f"model.path={cfg.path} has a config.json but no weights ({', '.join(WEIGHT_FILES)}); "
+                              "point it at a complete save_pretrained dir, or use model.weights=random (timing only)")
+        try:
+            return LoadedModel(_from_pretrained(family, str(path), attn, True), "pretrained", str(cfg.path))
+        except Exception as error:  # a truncated or corrupt weights file: whichever library notices it first
+            raise ConfigError(f"model.path={cfg.path}: its weights cannot be loaded ({type(error).__name__}: "
+                              f"{(str(error).strip().splitlines() or [''])[0][:200]}); the files may be truncated") from None
     if not cfg.get("hub_id"):
         return None
     try:  # the local Hugging Face cache first: instant, and the only option offline

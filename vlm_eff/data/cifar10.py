@@ -16,6 +16,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,16 @@ def extract(archive: Path, cache_dir: Path) -> Path:
         try:
             with tarfile.open(archive) as tar:
                 tar.extractall(tmp, filter="data")
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not target.is_dir():
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # a job running beside this one extracted it first
+        except (tarfile.TarError, EOFError, zlib.error) as error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ConfigError(f"{archive} is not a readable .tar.gz archive ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0]}); give the dataset folder or an intact archive") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

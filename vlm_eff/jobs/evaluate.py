@@ -39,8 +39,6 @@ def zero_shot_module(cfg: DictConfig, model, tokenizer, data, size: int) -> Zero
 
 
 def retrieval_module(cfg: DictConfig, model, tokenizer, data, size: int) -> RetrievalModule:
-    if not hasattr(data, "captions"):
-        raise ConfigError(f"protocol=retrieval needs image-caption pairs: data=captions, not data={cfg.data.name}")
     return RetrievalModule(model, tokenizer, data.captions, data.caption_image, size, compile=cfg.compile,
                            text_batch_size=cfg.protocol.text_batch_size)
 
@@ -55,6 +53,8 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ConfigError(f"protocol={cfg.protocol.name!r} is unknown; allowed: {', '.join(PROTOCOLS)}")
     if cfg.protocol.name == "zeroshot":
         load_prompts(cfg.prompts)  # a bad prompts file fails before anything loads
+    elif "captions" not in cfg.data:
+        raise ConfigError(f"protocol=retrieval needs image-caption pairs: data=captions, not data={cfg.data.name}")
     adapter = cfg.lora.get("checkpoint")
     if cfg.lora.name != "none" and not adapter:
         raise ConfigError(f"lora={cfg.lora.name} needs lora.checkpoint=<a saved adapter dir> in evaluate.py")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+import zipfile
 from pathlib import Path
 
 import torch
@@ -65,10 +66,18 @@ def resume_from(cfg: DictConfig, out_dir: Path) -> str | None:
         last = out_dir / "checkpoints" / "last.ckpt"
         if last.parent.is_dir():
             remove_stale_temporaries(last.parent)  # a write cut short by a kill; last.ckpt itself is whole
-        return str(last) if cfg.resume and last.is_file() else None
+        return check_checkpoint(last, "resume=true: ") if cfg.resume and last.is_file() else None
     if not Path(cfg.resume).is_file():
         raise ConfigError(f"resume={cfg.resume!r} is not a checkpoint file; allowed: true, false, or a .ckpt path")
-    return str(cfg.resume)
+    return check_checkpoint(Path(cfg.resume), "resume=")
+
+
+def check_checkpoint(path: Path, setting: str) -> str:
+    """`path` if it is a whole torch checkpoint (a zip archive whose directory, at its end, reads)."""
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"{setting}{path} is truncated or not a checkpoint; resume from another one, or "
+                          "resume=false to start over")
+    return str(path)
 
 
 def train(cfg: DictConfig) -> dict:

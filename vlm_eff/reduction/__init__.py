@@ -18,7 +18,8 @@ from torch import nn
 from vlm_eff.errors import ConfigError
 from vlm_eff.reduction.base import REDUCE_RANGE, NoReduction, Strategy, check_keep, kept_count
 from vlm_eff.reduction.dropping import Reduction, apply_patch, remove_patch
-from vlm_eff.reduction.merging import PiToMe, ToMe, apply_pitome, apply_tome, check_r, r_for_keep, remove_tome
+from vlm_eff.reduction.merging import (PiToMe, ToMe, apply_pitome, apply_tome, check_r, merges, r_for_keep,
+                                       remove_tome)
 from vlm_eff.towers import family_of
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,29 @@ def _merge_counts(cfg: DictConfig, n_layers: int, has_cls: bool, n_patches: int,
     return r_for_keep(keep, int(has_cls) + n_patches, n_layers, width, mlp_width, cfg.schedule, has_cls), keep
 
 
+def _check_room(strategy: ToMe, given, n_patches: int, has_cls: bool) -> ToMe:
+    """A `pruning.r` more than any layer can merge (half the patch tokens) is an error; one that later
+    layers cannot make in full, as the tokens run out, is capped there (as ToMe does), with a warning."""
+    most = n_patches // 2
+    if max(strategy.r) > most:
+        raise ConfigError(f"pruning.r={given} is more than a layer can merge: at most half of the {n_patches} patch "
+                          f"tokens; allowed 0..{most}")
+    tokens = strategy.tokens_per_layer(n_patches, len(strategy.r), has_cls)
+    made = [merges(n, t, has_cls) for n, t in zip(strategy.r, tokens)]
+    if made != list(strategy.r):
+        log.warning("pruning.r=%s is capped where the tokens run out: merges per layer %s", given, made)
+    return strategy
+
+
 def _tome(cfg: DictConfig, n_layers: int, has_cls: bool, n_patches: int, width: int, mlp_width: int, **_) -> ToMe:
     r, keep = _merge_counts(cfg, n_layers, has_cls, n_patches, width, mlp_width)
-    return ToMe.create(r, n_layers, cfg.prop_attn, keep, cfg.schedule, has_cls)
+    return _check_room(ToMe.create(r, n_layers, cfg.prop_attn, keep, cfg.schedule, has_cls), r, n_patches, has_cls)
 
 
 def _pitome(cfg: DictConfig, n_layers: int, has_cls: bool, n_patches: int, width: int, mlp_width: int, **_) -> PiToMe:
     r, keep = _merge_counts(cfg, n_layers, has_cls, n_patches, width, mlp_width)
-    return PiToMe.create(r, n_layers, cfg.prop_attn, keep, cfg.schedule, has_cls, _plain(cfg.margin), cfg.alpha)
+    strategy = PiToMe.create(r, n_layers, cfg.prop_attn, keep, cfg.schedule, has_cls, _plain(cfg.margin), cfg.alpha)
+    return _check_room(strategy, r, n_patches, has_cls)
 
 
 def _stock(cfg: DictConfig, **_) -> NoReduction:

@@ -1,0 +1,141 @@
+"""Bad input, as a new user meets it: every case below, through the three entry points (real subprocesses,
+run a few at a time) and the Python API, is one line (exit 2 for the scripts) that names the bad value
+and what is allowed, and leaves no result row and no partial file behind."""
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, model_config
+from PIL import Image
+from transformers import CLIPConfig
+
+from vlm_eff.data.preprocess import ImagePreprocess
+from vlm_eff.errors import ConfigError
+from vlm_eff.reduction import apply_config, build
+
+PROFILE = ("profile.py", "model=clip_tiny", "runs=1")
+EVALUATE = ("evaluate.py", "model=tiny_clip_cifar10", "data.root={archive}")
+TRAIN = ("train.py", "model=tiny_clip_cifar10", "data.root={archive}", "data.train_size=64", "data.val_size=64")
+
+CASES = {  # id: (command, the text the error line must hold)
+    "keep above 1": (PROFILE + ("pruning=naive", "pruning.keep=1.5"), "pruning.keep=1.5 is outside (0, 1]"),
+    "keep 0 with no pruning": (PROFILE + ("pruning=none", "pruning.keep=0"), "pruning.keep=0 is outside (0, 1]"),
+    "keep 0 with tome": (PROFILE + ("pruning=tome", "pruning.keep=0"), "pruning.keep=0 is outside (0, 1]"),
+    "r beyond the tokens": (PROFILE + ("pruning=tome", "pruning.r=100"),
+                            "pruning.r=100 is more than a layer can merge: at most half of the 64 patch tokens; "
+                            "allowed 0..32"),
+    "layer out of range": (PROFILE + ("pruning=late_layer", "pruning.layer=99"),
+                           "pruning.layer=99 is out of range for a 4-layer encoder; allowed -1..3"),
+    "unknown strategy": (PROFILE + ("pruning=bogus",), "unknown pruning 'bogus'; allowed: cls_preserving"),
+    "unknown score": (PROFILE + ("pruning=naive", "pruning.score=bogus"), "pruning.score='bogus'"),
+    "weights missing from a model dir": (PROFILE + ("model.path={noweights}", "model.weights=pretrained"),
+                                         "has a config.json but no weights (model.safetensors"),
+    "unknown model_type": (PROFILE + ("model.path={unknown_type}",), "has model_type='blip_2'; supported: clip, siglip"),
+    "no model dir": (PROFILE + ("model.path=/nowhere/model",), "model.path=/nowhere/model holds no save_pretrained"),
+    "unknown device": (PROFILE + ("device=tpu",), "device='tpu' is unknown; allowed: auto, cpu, cuda"),
+    "unknown dtype": (PROFILE + ("dtype=fp8",), "dtype='fp8' is unknown; allowed: fp32, bf16, fp16"),
+    "resolution off the patch grid": (PROFILE + ("model.image_size=33",),
+                                      "model.image_size=33 must be a positive multiple of the patch size 4"),
+    "zero runs": (PROFILE + ("runs=0",), "runs=0 must be an integer >= 1"),
+    "zero batch": (PROFILE + ("data.batch_size=0",), "data.batch_size=0 must be an integer >= 1"),
+    "corrupt archive": (EVALUATE[:2] + ("data.root={corrupt_archive}",), "is not a readable .tar.gz archive"),
+    "missing data": (EVALUATE[:2] + ("data.root=/nowhere/cifar10", "data.download=false"),
+                     "data.root=/nowhere/cifar10 does not exist"),
+    "corrupt image in a folder": (EVALUATE[:2] + ("data=imagefolder", "data.root={images}"),
+                                  "cannot read image {images}/test/dog/broken.png"),
+    "prompts for other classes": (EVALUATE + ("prompts=cifar100",),
+                                  "the prompt set has 100 class names but the data has 10 classes"),
+    "missing prompts file": (EVALUATE + ("prompts=file", "prompts.path=/nowhere/prompts.json"),
+                             "prompts.path=/nowhere/prompts.json is not a file"),
+    "caption naming a missing image": (EVALUATE[:2] + ("protocol=retrieval", "data=captions", "data.root={images}",
+                                                       "data.captions={captions}"),
+                                       "names 1 image(s) missing under data.root={images}, first {images}/gone.png"),
+    "retrieval without captions": (EVALUATE + ("protocol=retrieval",), "protocol=retrieval needs image-caption pairs"),
+    "zero subset": (EVALUATE + ("data.subset=0",), "data.subset=0 must be an integer >= 1"),
+    "unwritable output dir": (EVALUATE + ("paths.work_dir={corrupt_archive}/work",),
+                              "cannot write the output dir {corrupt_archive}/work/outputs/"),
+    "lora without an adapter": (EVALUATE + ("lora=default",), "lora=default needs lora.checkpoint="),
+    "truncated checkpoint": (TRAIN + ("resume={truncated}",), "resume={truncated} is truncated or not a checkpoint"),
+    "missing checkpoint": (TRAIN + ("resume=/nowhere/last.ckpt",), "resume='/nowhere/last.ckpt' is not a checkpoint"),
+    "zero epochs": (TRAIN + ("trainer.max_epochs=0",), "trainer.max_epochs=0 must be an integer >= 1"),
+    "zero lora rank": (TRAIN + ("lora.rank=0",), "lora.rank=0 must be an integer >= 1"),
+    "labels on unlabelled images": (TRAIN[:2] + ("data=images", "data.root={images}", "data.val_size=1",
+                                                 "objective=labels"),
+                                    "objective=labels needs labelled data, and data=images has no classes"),
+    "train size beyond the split": (TRAIN[:3] + ("data.train_size=0",), "data.train_size=0 must be in 1..45000"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, shared_archive, cache_dir):
+    """The bad files the cases point at, and every case run (a few processes at a time)."""
+    files = tmp_path_factory.mktemp("bad")
+    (files / "corrupt.tar.gz").write_bytes(os.urandom(4096))
+    CLIPConfig().save_pretrained(files / "noweights")
+    (files / "unknown_type").mkdir()
+    (files / "unknown_type" / "config.json").write_text(json.dumps({"model_type": "blip_2"}))
+    for name in ("cat", "dog"):
+        (files / "images" / "test" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(files / "images" / "test" / name / f"{i}.png")
+    (files / "images" / "test" / "dog" / "broken.png").write_bytes(b"not an image")
+    (files / "captions.csv").write_text("image,caption\ntest/cat/0.png,a cat\ngone.png,a ghost\n")
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, files / "whole.ckpt")
+    (files / "truncated.ckpt").write_bytes((files / "whole.ckpt").read_bytes()[:2000])
+    names = {"archive": shared_archive, "noweights": files / "noweights", "unknown_type": files / "unknown_type",
+             "corrupt_archive": files / "corrupt.tar.gz", "images": files / "images",
+             "captions": files / "captions.csv", "truncated": files / "truncated.ckpt"}
+
+    def run(case: str):
+        command, expected = CASES[case]
+        work = files / "work" / str(sorted(CASES).index(case))
+        args = [arg.format(**names) for arg in command]
+        if not any(arg.startswith("paths.work_dir=") for arg in args):
+            args.append(f"paths.work_dir={work}")
+        result = subprocess.run([sys.executable, *args, "logger=none"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=300, env={**os.environ, "VLM_EFF_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1"})
+        return result, expected.format(**names), work
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(zip(CASES, pool.map(run, CASES)))
+
+
+def test_the_table_covers_every_entry_point():
+    scripts = [command[0] for command, _ in CASES.values()]
+    assert len(CASES) >= 25 and {s: scripts.count(s) >= 5 for s in ("profile.py", "evaluate.py", "train.py")} == {
+        "profile.py": True, "evaluate.py": True, "train.py": True}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_with_no_row_and_no_partial_file(bad_inputs, case):
+    result, expected, work = bad_inputs[case]
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expected in last, last
+    written = [p for p in work.rglob("*") if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"]
+    assert written == [], written  # no results.csv, no per_class.json, no checkpoint, no export
+
+
+def test_bad_input_through_the_python_api_is_one_line(tiny_clip):
+    from omegaconf import OmegaConf
+
+    vision = model_config("clip_tiny").architecture.vision_config
+    pruning = OmegaConf.load(ROOT / "conf" / "pruning" / "cls_preserving.yaml")
+    cases = [
+        (lambda: build(OmegaConf.merge(pruning, {"keep": 0}), dict(vision), True), "pruning.keep=0 is outside (0, 1]"),
+        (lambda: build(OmegaConf.merge(pruning, {"name": "dropall"}), dict(vision), True),
+         "pruning='dropall' is unknown; allowed: none, naive"),
+        (lambda: apply_config(tiny_clip, OmegaConf.merge(pruning, {"layer": 4})), "pruning.layer=4 is out of range"),
+        (lambda: ImagePreprocess.from_config(ROOT / "conf" / "evaluate.yaml"), "evaluate.yaml is malformed"),
+    ]
+    for call, expected in cases:
+        with pytest.raises(ConfigError) as error:
+            call()
+        assert expected in str(error.value) and "\n" not in str(error.value)
