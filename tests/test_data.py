@@ -20,6 +20,7 @@ from vlm_eff.data.cifar10 import (
     load_split,
     stratified_subset,
 )
+from vlm_eff.data.images import ClassFoldersDataModule
 from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.errors import ConfigError
 
@@ -224,3 +225,51 @@ def cifar_train_module(shared_archive, cache_dir):
                                          cache_dir=cache_dir)
     data.setup("fit")
     return data
+
+
+def processors(tmp_path, size: int) -> dict:
+    """Each family's Hugging Face image processor at `size`, and ours from the same saved config."""
+    clip = CLIPImageProcessor.from_pretrained(TOKENIZER_DIR, size={"shortest_edge": size},
+                                              crop_size={"height": size, "width": size})
+    siglip = SiglipImageProcessor(size={"height": size, "width": size}, resample=3, image_mean=[0.5] * 3,
+                                  image_std=[0.5] * 3)
+    found = {}
+    for name, processor in (("clip", clip), ("siglip", siglip)):
+        processor.save_pretrained(tmp_path / name)
+        found[name] = (processor, ImagePreprocess.from_config(tmp_path / name))
+    return found
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_the_loaders_batches_equal_the_image_processor_on_real_images(tmp_path, shared_archive, cache_dir,
+                                                                     cifar_test, family):
+    """The default pipeline (resized once and cached, normalised a batch at a time, in a worker) gives
+    what the model's own processor gives, on real CIFAR test images at 224 px."""
+    processor, ours = processors(tmp_path, 224)[family]
+    data = ImageClassificationDataModule(str(shared_archive), ours, batch_size=16, subset=16, cache_dir=str(cache_dir),
+                                         num_workers=1)
+    data.setup("test")
+    pixels, labels = next(iter(data.test_dataloader()))  # [16, 3, 224, 224]
+    keep = stratified_subset(cifar_test["labels"], 16, seed=0)
+    expected = processor(images=[Image.fromarray(image) for image in cifar_test["images"][keep]],
+                         return_tensors="pt")["pixel_values"]
+    assert pixels.dtype == torch.float32 and labels.tolist() == cifar_test["labels"][keep].tolist()
+    torch.testing.assert_close(pixels, expected, atol=1e-5, rtol=0)
+    assert len(list((cache_dir / "resized").glob("16x224-*.npy"))) >= 1  # resized once, kept for the next run
+
+
+def test_the_loaders_batches_equal_the_image_processor_on_a_non_square_jpeg(tmp_path):
+    """A 300 x 180 JPEG in an ImageNet-style class folder, read from disk, for both families."""
+    folder = tmp_path / "val" / "n01440764"
+    folder.mkdir(parents=True)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (180, 300, 3), dtype=np.uint8))
+    image.save(folder / "a.JPEG", quality=90)
+    with Image.open(folder / "a.JPEG") as decoded:
+        decoded = decoded.convert("RGB")
+    for name, (processor, ours) in processors(tmp_path / "configs", 64).items():
+        data = ClassFoldersDataModule(str(tmp_path), ours, batch_size=4, cache_dir=str(tmp_path / "cache"))
+        data.setup("test")
+        (pixels, labels) = next(iter(data.test_dataloader()))  # [1, 3, 64, 64]
+        expected = processor(images=[decoded], return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(pixels, expected, atol=1e-5, rtol=0, msg=name)
+        assert data.class_names == ["n01440764"] and labels.tolist() == [0]

@@ -168,7 +168,9 @@ def latency_summary(latencies_s: list[float], n_images: int) -> dict:
 
 class ProfilingCallback(Callback):
     """Times each train and test batch (the step and the hooks around it), skipping the first `warmup`
-    of each stage (of each epoch); `summaries["test"]` / `summaries["train"]` hold the results.
+    of each stage (of each epoch); `summaries["test"]` / `summaries["train"]` hold the results. Beside
+    the per-batch latencies, `e2e_throughput_img_s` divides the timed images by the wall time from the
+    end of the last warm-up batch to the end of the last batch: waiting for the loader counts there.
 
     Peak memory: for test, over the timed batches (inference's one-time warm-up allocations left
     out); for train, from the start of training, so gradients and optimizer state count."""
@@ -180,7 +182,7 @@ class ProfilingCallback(Callback):
         self.timed_images: dict[str, int] = {}
         self._memory: PeakMemory | None = None
         self._sampler: Sampler | None = None
-        self._start = 0.0
+        self._start = self._last_end = self._wall_start = 0.0
 
     def _sync(self, pl_module) -> None:
         if pl_module.device.type == "cuda":
@@ -188,6 +190,7 @@ class ProfilingCallback(Callback):
 
     def _begin(self, stage: str, pl_module) -> None:
         self.latencies_s[stage], self.timed_images[stage] = [], 0
+        self._wall_start = time.perf_counter()  # with warmup=0: from the start, loader start-up included
         self._memory = PeakMemory(pl_module.device)
         if stage == "train":
             self._memory.reset()
@@ -205,10 +208,13 @@ class ProfilingCallback(Callback):
 
     def _batch_end(self, stage: str, pl_module, batch, batch_idx: int) -> None:
         self._sync(pl_module)
-        elapsed = time.perf_counter() - self._start
+        self._last_end = time.perf_counter()
+        elapsed = self._last_end - self._start
         if batch_idx >= self.warmup:
             self.latencies_s[stage].append(elapsed)
             self.timed_images[stage] += _batch_size(batch)
+        elif batch_idx == self.warmup - 1:
+            self._wall_start = self._last_end  # end-to-end time runs from here: loading the next batch counts
 
     def _end(self, stage: str) -> None:
         gpu = self._sampler.stop() if self._sampler is not None else {}
@@ -218,6 +224,7 @@ class ProfilingCallback(Callback):
         peak = self._memory.peak_mib()
         self.summaries[stage] = {
             **latency_summary(self.latencies_s[stage], self.timed_images[stage]),
+            "e2e_throughput_img_s": self.timed_images[stage] / (self._last_end - self._wall_start),
             "peak_mem_mib": peak,
             "mem_kind": self._memory.kind if peak is not None else "",
             "peak_reserved_mib": self._memory.peak_reserved_mib(),

@@ -65,7 +65,7 @@ class CaptionsDataModule(ImageDataModule):
     """The images and captions of one split for retrieval; evaluation only."""
 
     def __init__(self, root: str | None, captions: str | None, preprocess: ImagePreprocess, split: str = "test",
-                 batch_size: int = 256, num_workers: int = 0, cache_dir: str = "~/.cache/vlm-eff", seed: int = 0,
+                 batch_size: int = 256, num_workers: int | None = None, cache_dir: str = "~/.cache/vlm-eff", seed: int = 0,
                  **unused):
         super().__init__()
         if not captions:

@@ -9,6 +9,7 @@ is fetched from `url` and checked against its MD5 before use.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import pickle
@@ -25,8 +26,8 @@ from PIL import Image, UnidentifiedImageError
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from vlm_eff.data.loading import ResumableLoader, evaluation_sampler
-from vlm_eff.data.preprocess import ImagePreprocess
+from vlm_eff.data.loading import ResumableLoader, default_workers, evaluation_sampler
+from vlm_eff.data.preprocess import ImagePreprocess, NormalizeBatch, to_chw
 from vlm_eff.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -178,9 +179,11 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 class ImageArrayDataset(Dataset):
-    """uint8 images [N, H, W, 3] + labels -> (preprocessed pixels [3, S, S], label); optional
-    training augmentation (random crop with 4 px of padding, horizontal flip) on the uint8 image, drawn
-    from the item's own seed when it comes as `(index, seed)` (`ResumableSampler`)."""
+    """uint8 images [N, H, W, 3] + labels -> (uint8 pixels [3, S, S] as `preprocess.resize` leaves them,
+    label); the loader's `NormalizeBatch` finishes the preprocessing a batch at a time. Without
+    augmentation the images come resized already (`resized_images`); with it (random crop with 4 px of
+    padding, horizontal flip, drawn from the item's own seed when it comes as `(index, seed)`:
+    `ResumableSampler`), each is augmented, then resized."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, preprocess: ImagePreprocess, augment: bool = False):
         self.images, self.labels, self.preprocess, self.augment = images, labels, preprocess, augment
@@ -193,7 +196,27 @@ class ImageArrayDataset(Dataset):
         image = self.images[index]  # [H, W, 3]
         if self.augment:
             image = random_crop_flip(image, np.random.default_rng(seed))
-        return self.preprocess(image), int(self.labels[index])
+        if self.preprocess.resizes(*image.shape[:2]):
+            image = self.preprocess.resize(image)  # [S, S, 3]
+        return to_chw(image), int(self.labels[index])
+
+
+def resized_images(images: np.ndarray, preprocess: ImagePreprocess, cache_dir: Path) -> np.ndarray:
+    """`images` [N, H, W, 3] as `preprocess.resize` leaves them, uint8 [N, S, S, 3]: computed once per set
+    of images and resolution, then read from the cache (memory-mapped)."""
+    if not preprocess.resizes(*images.shape[1:3]):
+        return images
+    digest = hashlib.sha1(np.ascontiguousarray(images).data)
+    digest.update(json.dumps(preprocess.to_config(), sort_keys=True).encode())
+    path = cache_dir / "resized" / f"{len(images)}x{preprocess.output_size}-{digest.hexdigest()[:16]}.npy"
+    if not path.is_file():
+        log.info("resizing %d images to %d px once (cached in %s)", len(images), preprocess.output_size, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.stack([preprocess.resize(image) for image in images]))
+        os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")
 
 
 def random_crop_flip(image: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
@@ -211,14 +234,18 @@ class ImageDataModule(LightningDataModule):
     the others in order."""
 
     batch_size: int
-    num_workers: int
+    num_workers: int | None  # None: `default_workers()`
     seed: int
+    preprocess: ImagePreprocess
+
+    pin_memory: bool = False  # the jobs set it on CUDA (Lightning's copies to the GPU are non-blocking)
 
     def _options(self) -> dict:
+        workers = default_workers() if self.num_workers is None else self.num_workers
         # a private generator: a loader's worker seeds are not drawn from the global random state, which a
         # resumed run restores from its checkpoint (`FineTuneModule`) and must find where it was left
-        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0,
-                "generator": torch.Generator().manual_seed(self.seed)}
+        return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": self.pin_memory,
+                "collate_fn": NormalizeBatch(self.preprocess), "generator": torch.Generator().manual_seed(self.seed)}
 
     def _loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, sampler=evaluation_sampler(dataset), **self._options())
@@ -237,7 +264,7 @@ class ImageClassificationDataModule(ImageDataModule):
     """Test split for zero-shot evaluation; train (augmented) and a held-out validation part of the
     train split for fine-tuning. `class_names` overrides the names found in the data."""
 
-    def __init__(self, root: str | None, preprocess: ImagePreprocess, batch_size: int = 256, num_workers: int = 0,
+    def __init__(self, root: str | None, preprocess: ImagePreprocess, batch_size: int = 256, num_workers: int | None = None,
                  subset: int | None = None, seed: int = 0, cache_dir: str = "~/.cache/vlm-eff",
                  class_names: list[str] | None = None, download: bool = False, url: str = CIFAR10_URL,
                  md5: str = CIFAR10_MD5, val_size: int = 5000, shots: int | None = None,
@@ -278,7 +305,8 @@ class ImageClassificationDataModule(ImageDataModule):
             if self.subset:
                 keep = stratified_subset(labels, self.subset, self.seed)
                 images, labels = images[keep], labels[keep]
-            self.test_set = ImageArrayDataset(images, labels, self.preprocess)
+            self.test_set = ImageArrayDataset(resized_images(images, self.preprocess, self.cache_dir), labels,
+                                              self.preprocess)
             self.class_names = self._names(found)
         if stage in (None, "fit", "validate"):
             images, labels, found = load_split(self.root, "train", self.cache_dir)
@@ -293,5 +321,6 @@ class ImageClassificationDataModule(ImageDataModule):
                                       f"less data.val_size) and cannot be combined with data.shots")
                 train = np.sort(train[: self.train_size])
             self.train_set = ImageArrayDataset(images[train], labels[train], self.preprocess, augment=True)
-            self.val_set = ImageArrayDataset(images[np.sort(val)], labels[np.sort(val)], self.preprocess)
+            self.val_set = ImageArrayDataset(resized_images(images[np.sort(val)], self.preprocess, self.cache_dir),
+                                             labels[np.sort(val)], self.preprocess)
             self.class_names = self._names(found)

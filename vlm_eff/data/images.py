@@ -23,7 +23,7 @@ from vlm_eff.data.cifar10 import (
     read_image,
     stratified_subset,
 )
-from vlm_eff.data.preprocess import ImagePreprocess
+from vlm_eff.data.preprocess import ImagePreprocess, to_chw
 from vlm_eff.errors import ConfigError
 
 
@@ -33,7 +33,8 @@ def image_paths(folder: Path) -> list[Path]:
 
 
 class ImageFiles(Dataset):
-    """Image paths -> (preprocessed pixels [3, S, S],), or (pixels, label) given `labels`; optional
+    """Image paths -> (uint8 pixels [3, S, S], resized as the model's processor does,), or (pixels, label)
+    given `labels`, decoded and resized as they load (in the loader's workers); optional
     augmentation (random crop with 4 px of padding, horizontal flip). A file that is no image is a
     one-line error naming it."""
 
@@ -46,8 +47,9 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]):
         index, seed = item if isinstance(item, tuple) else (item, None)  # (index, seed): `ResumableSampler`
-        pixels = read_image(self.paths[index])  # [H, W, 3]
-        pixels = self.preprocess(random_crop_flip(pixels, np.random.default_rng(seed)) if self.augment else pixels)
+        image = read_image(self.paths[index])  # [H, W, 3]
+        image = random_crop_flip(image, np.random.default_rng(seed)) if self.augment else image
+        pixels = to_chw(self.preprocess.resize(image))  # uint8 [3, S, S]; the loader's `NormalizeBatch` normalises
         return (pixels,) if self.labels is None else (pixels, self.labels[index])
 
 
@@ -55,7 +57,7 @@ class UnlabeledImagesDataModule(ImageDataModule):
     """Train and validation images, both drawn (seeded) from every image under `root`; `max_images`
     caps the training part."""
 
-    def __init__(self, root: str | None, preprocess: ImagePreprocess, batch_size: int = 128, num_workers: int = 0,
+    def __init__(self, root: str | None, preprocess: ImagePreprocess, batch_size: int = 128, num_workers: int | None = None,
                  max_images: int | None = None, val_size: int = 500, seed: int = 0,
                  cache_dir: str = "~/.cache/vlm-eff", augment: bool = True, **unused):
         super().__init__()
@@ -88,7 +90,7 @@ class ClassFoldersDataModule(ImageDataModule):
     prompt set names them). `subset`: a stratified, seeded subset. Evaluation only: no train split."""
 
     def __init__(self, root: str | None, preprocess: ImagePreprocess, split: str = "val", batch_size: int = 256,
-                 num_workers: int = 0, subset: int | None = None, seed: int = 0,
+                 num_workers: int | None = None, subset: int | None = None, seed: int = 0,
                  cache_dir: str = "~/.cache/vlm-eff", name: str = "imagenet", **unused):
         super().__init__()
         if not root or not Path(root).expanduser().exists():

@@ -10,11 +10,17 @@ Under DDP each process takes its own share of the permutation (Lightning's sampl
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+
+def default_workers() -> int:
+    """Loader worker processes when `data.num_workers` is null: half the CPU cores (the rest run the model), at most 8."""
+    return min(8, (os.cpu_count() or 1) // 2)
 
 
 def process_share() -> tuple[int, int]:

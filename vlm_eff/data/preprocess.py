@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import default_collate
 
 from vlm_eff.errors import ConfigError
 
@@ -83,7 +84,12 @@ class ImagePreprocess:
                 "crop_size": {"height": self.crop_size, "width": self.crop_size},
                 "image_processor_type": "CLIPImageProcessor"}
 
-    def __call__(self, image) -> torch.Tensor:
+    def resizes(self, height: int, width: int) -> bool:
+        """Whether an image of this size is resized or cropped at all (a 32 px CIFAR image at 32 px is not)."""
+        return (height, width) != (self.output_size, self.output_size)
+
+    def resize(self, image) -> np.ndarray:
+        """The geometric part, exactly as the Hugging Face processor does it (Pillow): uint8 [S, S, 3]."""
         image = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
         image = image.convert("RGB")
         resample = RESAMPLE[self.resample]
@@ -101,5 +107,30 @@ class ImagePreprocess:
             top, left = (height - self.crop_size) // 2, (width - self.crop_size) // 2
             if (width, height) != (self.crop_size, self.crop_size):
                 image = image.crop((left, top, left + self.crop_size, top + self.crop_size))
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3, H, W]
+        return np.asarray(image, dtype=np.uint8)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 [..., 3, S, S] -> rescaled, mean/std-normalised float32 (a whole batch at once)."""
         return (pixels.float() / 255 - self.mean) / self.std
+
+    def __call__(self, image) -> torch.Tensor:
+        pixels = torch.from_numpy(self.resize(image).copy()).permute(2, 0, 1)  # [3, S, S]
+        return self.normalize(pixels)
+
+
+def to_chw(image: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] -> uint8 tensor [3, H, W]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+
+
+class NormalizeBatch:
+    """A loader's `collate_fn`: stacks items whose first field is uint8 pixels [3, S, S] and normalises the
+    batch in one operation (per-item work stays at decoding and resizing, which the workers do)."""
+
+    def __init__(self, preprocess: ImagePreprocess):
+        self.preprocess = preprocess
+
+    def __call__(self, items: list[tuple]) -> list:
+        batch = default_collate(items)
+        batch[0] = self.preprocess.normalize(batch[0])  # [B, 3, S, S]
+        return batch

@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def check_counts(cfg: DictConfig, *keys: str) -> None:
-    """Each dotted key the config has must hold an integer >= its minimum (warmup may be 0)."""
+    """Each dotted key the config has must hold an integer >= its minimum (warmup and workers may be 0)."""
     for key in keys:
-        value, least = OmegaConf.select(cfg, key), 0 if key == "warmup" else 1
+        value, least = OmegaConf.select(cfg, key), 0 if key in ("warmup", "data.num_workers") else 1
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
             raise ConfigError(f"{key}={value!r} must be an integer >= {least}")
 
@@ -95,7 +95,8 @@ def sample_images(dataset, n: int = ADAPTIVE_SAMPLE) -> torch.Tensor:
     """The pixels of `n` evenly spaced items of a dataset of (pixels, ...) -> [n, 3, H, W] (evenly
     spaced: folder datasets are sorted by class)."""
     indices = torch.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().long().unique()
-    return torch.stack([dataset[int(i)][0] for i in indices])
+    pixels = torch.stack([dataset[int(i)][0] for i in indices])  # [n, 3, H, W]
+    return dataset.preprocess.normalize(pixels) if pixels.dtype == torch.uint8 else pixels  # uint8: as a loader does
 
 
 def cost_per_image(encoder: ImageEncoder, strategy: Strategy, dataset, dtype: torch.dtype) -> tuple[float, float]:

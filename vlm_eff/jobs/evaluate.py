@@ -60,9 +60,10 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ConfigError(f"lora={cfg.lora.name} needs lora.checkpoint=<a saved adapter dir> in evaluate.py")
     if adapter:
         check_adapter_dir(adapter)  # a bad lora.checkpoint fails before anything loads
-    device, dtype, loaded, size, strategy = prepare(cfg, "data.batch_size", "warmup", "data.subset")
+    device, dtype, loaded, size, strategy = prepare(cfg, "data.batch_size", "warmup", "data.subset", "data.num_workers")
     tokenizer = load_tokenizer(cfg.model)
     data = instantiate(cfg.data, preprocess=load_preprocess(cfg.model, size), seed=cfg.seed)
+    data.pin_memory = device.type == "cuda"
     data.setup("test")
     if adapter:
         load_adapter(loaded.model, adapter)  # before pruning: the reduction's hooks see the adapted q/k
@@ -94,7 +95,8 @@ def evaluate(cfg: DictConfig) -> dict:
 
 def print_summary(row: dict, per_class: dict | None, source: str, out_dir: Path, project_csv: Path,
                   wandb_dir: str | None) -> None:
-    timing = (f"{row['throughput_img_s']:.1f} images/s, {row['latency_ms_mean']:.1f} ms/batch"
+    timing = (f"{row['throughput_img_s']:.1f} images/s, {row['latency_ms_mean']:.1f} ms/batch "
+              f"({row['e2e_throughput_img_s']:.1f} images/s end to end, loading included)"
               + (" (torch.compile)" if row["compile"] else "")
               if row.get("throughput_img_s") else "not timed (no batch after warm-up)")
     lines = [

@@ -83,7 +83,7 @@ def check_checkpoint(path: Path, setting: str) -> str:
 def train(cfg: DictConfig) -> dict:
     new_adapters(cfg.lora)  # bad lora.* values and prompts fail before anything loads
     prompts = load_prompts(cfg.prompts)
-    device, _, loaded, size, strategy = prepare(cfg, "data.batch_size", "trainer.max_epochs", "warmup")
+    device, _, loaded, size, strategy = prepare(cfg, "data.batch_size", "trainer.max_epochs", "warmup", "data.num_workers")
     out_dir = run_dir()
     ckpt_path = resume_from(cfg, out_dir)
     loaded.model.float().train()  # fp32 master weights (a checkpoint may be stored in fp16); dtype= sets autocast
@@ -91,6 +91,7 @@ def train(cfg: DictConfig) -> dict:
     adapters = add_lora(loaded.model, cfg.lora)  # before pruning: the reduction's hooks see the adapted q/k
     preprocess = load_preprocess(cfg.model, size)
     data = instantiate(cfg.data, preprocess=preprocess, seed=cfg.seed)
+    data.pin_memory = device.type == "cuda"
     data.setup("fit")
     strategy.apply(loaded.model)
     tokenizer = load_tokenizer(cfg.model)
