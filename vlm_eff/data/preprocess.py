@@ -119,8 +119,8 @@ class ImagePreprocess:
 
 
 def to_chw(image: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W, 3] -> uint8 tensor [3, H, W]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    """uint8 [H, W, 3] (a read-only memory map's rows too: copied) -> uint8 tensor [3, H, W]."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
 
 class NormalizeBatch:
