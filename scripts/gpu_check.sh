@@ -46,13 +46,15 @@ for model in dict.fromkeys(r["model"] for r in rows):
                      f"{float(r['latency_ms_mean']):.2f} | {float(r['throughput_img_s']):.0f} | {speedup:.2f}x | "
                      f"{flops:.2f}x | {speedup / flops:.2f} | {float(r['peak_mem_mib']):.0f} | {r['gpu_util_pct']} | "
                      f"{r['gpu_mem_used_mib']} | {r['gpu_power_w']} |")
-device = rows[0]["device"]
-lines.append(f"\n{device}, bf16, batch 64, {rows[0]['versions']}, git {rows[0]['git_sha']}")
+first = rows[0]
+lines.append(f"\n{first['device']}, {first['dtype']}, batch {first['batch_size']}, {first['versions']}, "
+             f"git {first['git_sha']}")
 if (out / "pipeline" / "results.csv").is_file():
     (r,) = read_results(out / "pipeline" / "results.csv")
     e2e, steps = float(r["e2e_throughput_img_s"]), float(r["throughput_img_s"])
-    lines.append(f"\nInput pipeline (evaluate.py, ViT-B/16, 4,096 CIFAR-10 images at 224 px, batch 64, bf16): "
-                 f"{e2e:.0f} images/s end to end over {steps:.0f} images/s of encoder steps = {e2e / steps:.3f}")
+    lines.append(f"\nInput pipeline (evaluate.py, {r['model']}, {r['n_images']} CIFAR-10 test images at "
+                 f"{r['image_size']} px, batch {r['batch_size']}, {r['dtype']}, default workers): {e2e:.0f} images/s "
+                 f"end to end over {steps:.0f} images/s of encoder steps = {e2e / steps:.3f}")
 table = "\n".join(lines) + "\n"
 (out / "gpu_check.md").write_text(table)
 print(table)

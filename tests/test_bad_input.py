@@ -4,6 +4,7 @@ and what is allowed, and leaves no result row and no partial file behind."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,8 @@ CASES = {  # id: (command, the text the error line must hold)
     "unknown score": (PROFILE + ("pruning=naive", "pruning.score=bogus"), "pruning.score='bogus'"),
     "weights missing from a model dir": (PROFILE + ("model.path={noweights}", "model.weights=pretrained"),
                                          "has a config.json but no weights (model.safetensors"),
+    "truncated weights": (PROFILE + ("model.path={truncated_model}", "model.weights=pretrained"),
+                          "model.path={truncated_model}: its weights cannot be loaded"),
     "unknown model_type": (PROFILE + ("model.path={unknown_type}",), "has model_type='blip_2'; supported: clip, siglip"),
     "no model dir": (PROFILE + ("model.path=/nowhere/model",), "model.path=/nowhere/model holds no save_pretrained"),
     "unknown device": (PROFILE + ("device=tpu",), "device='tpu' is unknown; allowed: auto, cpu, cuda"),
@@ -86,6 +89,9 @@ def bad_inputs(tmp_path_factory, shared_archive, cache_dir):
     files = tmp_path_factory.mktemp("bad")
     (files / "corrupt.tar.gz").write_bytes(os.urandom(4096))
     CLIPConfig().save_pretrained(files / "noweights")
+    shutil.copytree(ROOT / "checkpoints" / "tiny_clip_cifar10", files / "truncated_model")
+    weights = files / "truncated_model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     (files / "unknown_type").mkdir()
     (files / "unknown_type" / "config.json").write_text(json.dumps({"model_type": "blip_2"}))
     for name in ("cat", "dog"):
@@ -98,7 +104,8 @@ def bad_inputs(tmp_path_factory, shared_archive, cache_dir):
     (files / "truncated.ckpt").write_bytes((files / "whole.ckpt").read_bytes()[:2000])
     names = {"archive": shared_archive, "noweights": files / "noweights", "unknown_type": files / "unknown_type",
              "corrupt_archive": files / "corrupt.tar.gz", "images": files / "images",
-             "captions": files / "captions.csv", "truncated": files / "truncated.ckpt"}
+             "captions": files / "captions.csv", "truncated": files / "truncated.ckpt",
+             "truncated_model": files / "truncated_model"}
 
     def run(case: str):
         command, expected = CASES[case]
