@@ -29,8 +29,8 @@ CASES = {  # id: (command, the text the error line must hold)
     "keep 0 with no pruning": (PROFILE + ("pruning=none", "pruning.keep=0"), "pruning.keep=0 is outside (0, 1]"),
     "keep 0 with tome": (PROFILE + ("pruning=tome", "pruning.keep=0"), "pruning.keep=0 is outside (0, 1]"),
     "r beyond the tokens": (PROFILE + ("pruning=tome", "pruning.r=100"),
-                            "pruning.r=100 is more than a layer can merge: at most half of the 64 patch tokens; "
-                            "allowed 0..32"),
+                            "pruning.r=100 asks a layer for 100 merges, more than half of the 64 patch tokens; "
+                            "allowed at most 32 per layer"),
     "layer out of range": (PROFILE + ("pruning=late_layer", "pruning.layer=99"),
                            "pruning.layer=99 is out of range for a 4-layer encoder; allowed -1..3"),
     "unknown strategy": (PROFILE + ("pruning=bogus",), "unknown pruning 'bogus'; allowed: cls_preserving, evit, "

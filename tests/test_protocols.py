@@ -86,6 +86,8 @@ def test_karpathy_json_and_csv_readers_agree(tmp_path):
     karpathy, csv_file = write_caption_files(tmp_path, pairs)
     assert read_captions(karpathy, "test") == read_captions(csv_file, "test") == pairs
     assert list(read_captions(karpathy, "train")) == ["not-in-test.jpg"]
+    (tmp_path / "more.csv").write_text("image,caption\n./c.jpg,x\nc.jpg,y\n")  # one image, however it is written
+    assert read_captions(tmp_path / "more.csv", "test") == {"c.jpg": ["x", "y"]}
 
 
 def test_caption_errors_are_one_line(tmp_path):
@@ -97,6 +99,9 @@ def test_caption_errors_are_one_line(tmp_path):
     (tmp_path / "bad.csv").write_text("path,text\na.jpg,hello\n")
     with pytest.raises(ConfigError, match="needs the CSV columns image,caption"):
         read_captions(tmp_path / "bad.csv", "test")
+    (tmp_path / "bare.json").write_text('{"images": [{"split": "test", "filename": "a.jpg", "sentences": []}]}')
+    with pytest.raises(ConfigError, match="1 image.s. without a caption, first a.jpg"):
+        read_captions(tmp_path / "bare.json", "test")
     (tmp_path / "bad.json").write_text('{"images": [{"split": "test"}]}')
     with pytest.raises(ConfigError, match="is not a Karpathy-split JSON"):
         read_captions(tmp_path / "bad.json", "test")
@@ -137,7 +142,10 @@ def test_200_class_wnid_subsets_and_numbered_folders_get_their_own_names():
 
 def test_class_names_from_the_prompts_or_the_data_and_mismatches_are_errors():
     assert Prompts(["{}"]).names_for(["cat", "dog"]) == ["cat", "dog"]
-    assert Prompts(["{}"], ["a cat", "a dog"]).names_for(["cat", "dog"]) == ["a cat", "a dog"]
+    assert Prompts(["{}"], ["a cat", "a dog"]).names_for(["cat", "dog"]) == ["a cat", "a dog"]  # other words: by place
+    assert Prompts(["{}"], ["Dog", "cat"]).names_for(["cat", "dog"]) == ["cat", "Dog"]  # the same classes: by name
+    with pytest.raises(ConfigError, match="class folders are numbers"):
+        Prompts(["{}"]).names_for(["0", "1"])
     cifar100 = load_prompts({"registry": "cifar100"})
     with pytest.raises(ConfigError, match=r"the prompt set has 100 class names but the data has 10 classes"):
         cifar100.names_for(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"])

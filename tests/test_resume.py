@@ -74,3 +74,56 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_whole(t
     (partial,) = tmp_path.glob(".tmp-last.ckpt.*")
     remove_stale_temporaries(tmp_path)
     assert not partial.exists() and path.exists()
+
+
+class _Items(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, item):
+        index, _seed = item  # from ResumableSampler
+        return torch.tensor([float(index)])
+
+
+def _recording_module():
+    from functools import partial
+
+    from vlm_eff.modules import FineTuneModule
+    from vlm_eff.schedules import cosine_with_warmup
+
+    class Recorder(FineTuneModule):
+        """Records the items of every training step (and learns nothing that matters)."""
+
+        def __init__(self):
+            super().__init__(partial(torch.optim.SGD, lr=0.1), partial(cosine_with_warmup))
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.seen: list[list[int]] = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(batch[:, 0].int().tolist())
+            return (self.weight * batch).mean()
+
+    return Recorder()
+
+
+def test_resuming_from_a_checkpoint_at_an_epochs_end_or_middle_sees_the_uninterrupted_batches(tmp_path):
+    """4 batches an epoch, 3 epochs, a checkpoint at every step: resumed from step 4 (the last batch of
+    epoch 0) or step 6 (inside epoch 1), training sees exactly the batches the uninterrupted run saw next."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from vlm_eff.checkpoint_io import AtomicCheckpointIO
+    from vlm_eff.data.loading import ResumableLoader
+
+    def fit(module, ckpt_path=None):
+        trainer = pl.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
+                             callbacks=[ModelCheckpoint(tmp_path / "ckpt", "{step}", every_n_train_steps=1,
+                                                        save_top_k=-1)])
+        trainer.fit(module, ResumableLoader(_Items(), batch_size=4, seed=0), ckpt_path=ckpt_path)
+        return module.seen
+
+    straight = fit(_recording_module())
+    assert len(straight) == 12 and straight[0] != straight[4]  # a new order every epoch
+    for step in (4, 6):
+        assert fit(_recording_module(), tmp_path / "ckpt" / f"step={step}.ckpt") == straight[step:], step

@@ -43,14 +43,17 @@ class FineTuneModule(LightningModule):
         # A resumed run's loader state (`ResumableLoader`: the batches of this epoch already trained on) is
         # applied by Lightning when it first sets up the training data, which `estimated_stepping_batches`
         # (in configure_optimizers) did before the checkpoint was restored; apply it now, before any batch.
-        self.trainer.fit_loop._load_combined_loader_states()
+        if hasattr(self.trainer.fit_loop, "_load_combined_loader_states"):  # private in Lightning 2.x
+            self.trainer.fit_loop._load_combined_loader_states()
 
     def trainable_shapes(self) -> dict[str, tuple]:
         return {name: tuple(p.shape) for name, p in self.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # the global torch random state (prompt template draws, dropout): a resumed run continues it exactly
+        # the global torch (and CUDA) random state (prompt template draws, dropout): a resumed run continues it
         checkpoint["torch_rng_state"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            checkpoint["cuda_rng_states"] = torch.cuda.get_rng_state_all()
         if self.adapter_only:
             trainable = self.trainable_shapes()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
@@ -58,6 +61,8 @@ class FineTuneModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "torch_rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng_state"])
+        if "cuda_rng_states" in checkpoint and torch.cuda.device_count() == len(checkpoint["cuda_rng_states"]):
+            torch.cuda.set_rng_state_all(checkpoint["cuda_rng_states"])
         if not self.adapter_only:
             return
         saved = {name: tuple(tensor.shape) for name, tensor in checkpoint["state_dict"].items()}

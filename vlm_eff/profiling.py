@@ -170,7 +170,8 @@ class ProfilingCallback(Callback):
     """Times each train and test batch (the step and the hooks around it), skipping the first `warmup`
     of each stage (of each epoch); `summaries["test"]` / `summaries["train"]` hold the results. Beside
     the per-batch latencies, `e2e_throughput_img_s` divides the timed images by the wall time from the
-    end of the last warm-up batch to the end of the last batch: waiting for the loader counts there.
+    end of the last warm-up batch to the end of the last batch, summed over epochs: waiting for the
+    loader counts there.
 
     Peak memory: for test, over the timed batches (inference's one-time warm-up allocations left
     out); for train, from the start of training, so gradients and optimizer state count."""
@@ -182,20 +183,27 @@ class ProfilingCallback(Callback):
         self.timed_images: dict[str, int] = {}
         self._memory: PeakMemory | None = None
         self._sampler: Sampler | None = None
-        self._start = self._last_end = self._wall_start = 0.0
+        self._start = self._last_end = self._wall_s = 0.0
+        self._wall_start: float | None = None
 
     def _sync(self, pl_module) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
 
     def _begin(self, stage: str, pl_module) -> None:
-        self.latencies_s[stage], self.timed_images[stage] = [], 0
-        self._wall_start = time.perf_counter()  # with warmup=0: from the start, loader start-up included
+        self.latencies_s[stage], self.timed_images[stage], self._wall_s = [], 0, 0.0
+        self._wall_start = None
         self._memory = PeakMemory(pl_module.device)
         if stage == "train":
             self._memory.reset()
         read = nvml_sampler(pl_module.device) if self.gpu_sample_interval_s > 0 else None
         self._sampler = Sampler(read, self.gpu_sample_interval_s) if read else None
+
+    def _close_segment(self) -> None:
+        """End the wall-time segment of this epoch (validation between epochs is not the loader's time)."""
+        if self._wall_start is not None:
+            self._wall_s += self._last_end - self._wall_start
+            self._wall_start = None
 
     def _batch_start(self, stage: str, pl_module, batch_idx: int) -> None:
         if batch_idx == self.warmup and not self.latencies_s[stage]:  # the first timed batch of the stage
@@ -205,6 +213,8 @@ class ProfilingCallback(Callback):
                 self._sampler.start()
         self._sync(pl_module)
         self._start = time.perf_counter()
+        if batch_idx == self.warmup == 0:
+            self._wall_start = self._start  # no warm-up: the segment starts with the first batch
 
     def _batch_end(self, stage: str, pl_module, batch, batch_idx: int) -> None:
         self._sync(pl_module)
@@ -214,9 +224,10 @@ class ProfilingCallback(Callback):
             self.latencies_s[stage].append(elapsed)
             self.timed_images[stage] += _batch_size(batch)
         elif batch_idx == self.warmup - 1:
-            self._wall_start = self._last_end  # end-to-end time runs from here: loading the next batch counts
+            self._wall_start = self._last_end  # this epoch's end-to-end time runs from here: loading the next batch counts
 
     def _end(self, stage: str) -> None:
+        self._close_segment()
         gpu = self._sampler.stop() if self._sampler is not None else {}
         if not self.latencies_s[stage]:
             log.warning("%s: no batch timed beyond the %d warm-up batches", stage, self.warmup)
@@ -224,7 +235,7 @@ class ProfilingCallback(Callback):
         peak = self._memory.peak_mib()
         self.summaries[stage] = {
             **latency_summary(self.latencies_s[stage], self.timed_images[stage]),
-            "e2e_throughput_img_s": self.timed_images[stage] / (self._last_end - self._wall_start),
+            "e2e_throughput_img_s": self.timed_images[stage] / self._wall_s,
             "peak_mem_mib": peak,
             "mem_kind": self._memory.kind if peak is not None else "",
             "peak_reserved_mib": self._memory.peak_reserved_mib(),
@@ -251,6 +262,9 @@ class ProfilingCallback(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._batch_end("train", pl_module, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._close_segment()
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._end("train")

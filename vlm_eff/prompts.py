@@ -49,12 +49,22 @@ class Prompts:
         if found and all(WNID.fullmatch(name) for name in found):
             raise ConfigError(f"the data's classes are WordNet ids ({found[0]}, ...) and these prompts cannot name "
                               "them; use prompts=imagenet (or a prompts file with 'wnids')")
+        if found and all(name.isdigit() for name in found):
+            raise ConfigError(f"the data's class folders are numbers ({found[0]}, ...) and these prompts cannot name "
+                              "them; use a prompt set with class names in that order (prompts=imagenet for ImageNet-V2)")
         if self.classes is None:
             return found
         if len(self.classes) != len(found):
             raise ConfigError(f"the prompt set has {len(self.classes)} class names but the data has {len(found)} "
                               f"classes ({', '.join(found[:3])}, ...); choose prompts that match the data")
-        return list(self.classes)
+        spelled = {normalised(name): name for name in self.classes}
+        if spelled.keys() == {normalised(name) for name in found}:  # the same classes: matched by name, not place
+            return [spelled[normalised(name)] for name in found]
+        return list(self.classes)  # other words for the data's classes, in the data's order
+
+
+def normalised(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
 
 
 def _checked_templates(templates, source: str) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 from vlm_eff.data.cifar10 import ImageDataModule, extract
@@ -28,8 +29,8 @@ def read_karpathy(path: Path, split: str) -> dict[str, list[str]]:
         pairs = {}
         for image in images:
             if image["split"] == split:
-                relative = str(Path(image.get("filepath", "")) / image["filename"])
-                pairs[relative] = [sentence["raw"] for sentence in image["sentences"]]
+                relative = os.path.normpath(Path(image.get("filepath", "")) / image["filename"])
+                pairs.setdefault(relative, []).extend(sentence["raw"] for sentence in image["sentences"])
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ConfigError(f"data.captions={path} is not a Karpathy-split JSON ({type(error).__name__}: {error}); "
                           "expected images[] with split, filename and sentences[].raw") from None
@@ -46,7 +47,7 @@ def read_caption_csv(path: Path) -> dict[str, list[str]]:
         for line, row in enumerate(reader, start=2):
             if not row["image"] or not row["caption"]:
                 raise ConfigError(f"data.captions={path} line {line}: empty image or caption")
-            pairs.setdefault(row["image"], []).append(row["caption"])
+            pairs.setdefault(os.path.normpath(row["image"]), []).append(row["caption"])
     return pairs
 
 
@@ -55,9 +56,14 @@ def read_captions(path: str | Path, split: str) -> dict[str, list[str]]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"data.captions={path} is not a file; give a Karpathy-split .json or an image,caption .csv")
-    pairs = read_karpathy(path, split) if path.suffix.lower() == ".json" else read_caption_csv(path)
+    karpathy = path.suffix.lower() == ".json"
+    pairs = read_karpathy(path, split) if karpathy else read_caption_csv(path)
     if not pairs:
-        raise ConfigError(f"data.captions={path} has no captions" + (f" in split {split!r}" if path.suffix == ".json" else ""))
+        raise ConfigError(f"data.captions={path} has no captions" + (f" in split {split!r}" if karpathy else ""))
+    bare = [image for image, captions in pairs.items() if not captions]
+    if bare:
+        raise ConfigError(f"data.captions={path}: {len(bare)} image(s) without a caption, first {bare[0]}; every image "
+                          "needs one (it could never be found)")
     return pairs
 
 

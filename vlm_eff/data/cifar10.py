@@ -213,9 +213,17 @@ def resized_images(images: np.ndarray, preprocess: ImagePreprocess, cache_dir: P
         log.info("resizing %d images to %d px once (cached in %s)", len(images), preprocess.output_size, path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.stack([preprocess.resize(image) for image in images]))
-        os.replace(tmp, path)
+        os.close(fd)
+        try:
+            size = preprocess.output_size
+            resized = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), size, size, 3))
+            for i, image in enumerate(images):  # one image at a time: never the whole set in memory
+                resized[i] = preprocess.resize(image)
+            resized.flush()
+            del resized
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     return np.load(path, mmap_mode="r")
 
 

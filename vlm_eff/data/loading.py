@@ -5,7 +5,7 @@ augmentation seed, so neither depends on a global random state. The loader's `st
 Lightning stores in its checkpoints and restores on resume) records how many batches of the epoch
 were handed out; a resumed run skips exactly those, and sees the batches an uninterrupted run would.
 Under DDP each process takes its own share of the permutation (Lightning's sampler injection is off:
-`conf/trainer/ddp.yaml`), and evaluation loaders get a `DistributedSampler`.
+`conf/trainer/default.yaml`), and evaluation loaders get a `DistributedSampler`.
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ def evaluation_sampler(dataset: Dataset) -> Sampler | None:
 
 class ResumableSampler(Sampler):
     """Yields `(index, augmentation seed)` for every item (this process's share of them under DDP), in a
-    permutation seeded by (seed, epoch); `skip` items of the next epoch are passed over (a resumed epoch)."""
+    permutation seeded by (seed, epoch); `resume_at = (epoch, items)` passes over the first `items` of
+    that epoch (a resumed epoch; a later epoch, as when the checkpoint ended its epoch, starts whole)."""
 
     def __init__(self, n_items: int, seed: int):
-        self.n_items, self.seed, self.epoch, self.skip = n_items, seed, 0, 0
+        self.n_items, self.seed, self.epoch = n_items, seed, 0
+        self.resume_at: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
         self.epoch = epoch
@@ -51,9 +53,14 @@ class ResumableSampler(Sampler):
         order = torch.randperm(self.n_items, generator=generator)  # [N]
         seeds = torch.randint(2**31, (self.n_items,), generator=generator)  # [N]
         rank, world = process_share()
-        share = slice(rank, len(self) * world, world)  # equal shares; the last N mod world items wait an epoch
-        skip, self.skip = self.skip, 0
+        share = slice(rank, len(self) * world, world)  # equal shares; the last N mod world items sit this epoch out
+        skip = self.resume_at[1] if self.resume_at and self.resume_at[0] == self.epoch else 0
+        self.resume_at = None
         yield from zip(order[share][skip:].tolist(), seeds[share][skip:].tolist())
+
+    def skipped(self) -> int:
+        """Items the next iteration passes over."""
+        return self.resume_at[1] if self.resume_at and self.resume_at[0] == self.epoch else 0
 
 
 class ResumableLoader(DataLoader):
@@ -65,7 +72,7 @@ class ResumableLoader(DataLoader):
         self.batches_done = 0
 
     def __iter__(self):
-        self.batches_done = self.sampler.skip // self.batch_size
+        self.batches_done = self.sampler.skipped() // self.batch_size
         for batch in super().__iter__():
             self.batches_done += 1
             yield batch
@@ -74,5 +81,4 @@ class ResumableLoader(DataLoader):
         return {"epoch": self.sampler.epoch, "batches_done": self.batches_done}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sampler.set_epoch(state["epoch"])
-        self.sampler.skip = state["batches_done"] * self.batch_size
+        self.sampler.resume_at = (state["epoch"], state["batches_done"] * self.batch_size)

@@ -52,6 +52,8 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.protocol.name not in PROTOCOLS:
         raise ConfigError(f"protocol={cfg.protocol.name!r} is unknown; allowed: {', '.join(PROTOCOLS)}")
     if cfg.protocol.name == "zeroshot":
+        if "captions" in cfg.data:
+            raise ConfigError("data=captions holds image-caption pairs, not classes: use protocol=retrieval with it")
         load_prompts(cfg.prompts)  # a bad prompts file fails before anything loads
     elif "captions" not in cfg.data:
         raise ConfigError(f"protocol=retrieval needs image-caption pairs: data=captions, not data={cfg.data.name}")

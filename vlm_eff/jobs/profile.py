@@ -18,7 +18,7 @@ from vlm_eff.wandb_logging import finish, make_logger
 
 def profile(cfg: DictConfig) -> dict:
     """Time `warmup` + `runs` batches through the (pruned) image encoder; write and log the row."""
-    device, dtype, loaded, size, strategy = prepare(cfg, "data.batch_size", "runs", "warmup")
+    device, dtype, loaded, size, strategy = prepare(cfg, "data.batch_size", "runs", "warmup", "data.num_workers")
     encoder = ImageEncoder(loaded.model, size).eval()
     strategy.apply(loaded.model)
     module = ImageEncoderModule(encoder, dtype, compile=cfg.compile).to(device)

@@ -128,7 +128,8 @@ def train(cfg: DictConfig) -> dict:
         trainer.test(tester.eval(), datamodule=data, verbose=False)
         row = test_row("train", cfg, tester, weights, strategy, device, timing, data.test_set)
     else:  # unlabelled images: the cost of the trained model and the time and memory of its steps
-        row = {**encoder_row("train", cfg, weights, strategy, device, module.encoder, module.dtype, data.train_set),
+        counted = data.val_set if len(data.val_set) else data.train_set  # unaugmented images, where there are any
+        row = {**encoder_row("train", cfg, weights, strategy, device, module.encoder, module.dtype, counted),
                **timing, "n_images": len(data.train_set)}
     row |= {"trainable_params": trainable, "objective": cfg.objective.name}
     if not trainer.is_global_zero:  # DDP: rank 0 writes the results

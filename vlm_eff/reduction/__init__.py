@@ -47,13 +47,17 @@ def _merge_counts(cfg: DictConfig, n_layers: int, has_cls: bool, n_patches: int,
     return r_for_keep(keep, int(has_cls) + n_patches, n_layers, width, mlp_width, cfg.schedule, has_cls), keep
 
 
-def _check_room(strategy: ToMe, given, n_patches: int, has_cls: bool) -> ToMe:
-    """A `pruning.r` more than any layer can merge (half the patch tokens) is an error; one that later
-    layers cannot make in full, as the tokens run out, is capped there (as ToMe does), with a warning."""
-    most = n_patches // 2
+def _check_room(strategy: ToMe, cfg: DictConfig, n_patches: int, has_cls: bool) -> ToMe:
+    """A given `pruning.r` (or its schedule) asking a layer for more merges than half the patch tokens is an
+    error; one that later layers cannot make in full, as the tokens run out, is capped there (as ToMe
+    does), with a warning. An r chosen from `keep` is ToMe's to cap."""
+    if cfg.r is None:
+        return strategy
+    given, most = _plain(cfg.r), n_patches // 2
     if max(strategy.r) > most:
-        raise ConfigError(f"pruning.r={given} is more than a layer can merge: at most half of the {n_patches} patch "
-                          f"tokens; allowed 0..{most}")
+        asked = f"pruning.r={given}" + ("" if cfg.schedule == "constant" else f" with schedule={cfg.schedule}")
+        raise ConfigError(f"{asked} asks a layer for {max(strategy.r)} merges, more than half of the {n_patches} patch "
+                          f"tokens; allowed at most {most} per layer")
     tokens = strategy.tokens_per_layer(n_patches, len(strategy.r), has_cls)
     made = [merges(n, t, has_cls) for n, t in zip(strategy.r, tokens)]
     if made != list(strategy.r):
@@ -63,13 +67,13 @@ def _check_room(strategy: ToMe, given, n_patches: int, has_cls: bool) -> ToMe:
 
 def _tome(cfg: DictConfig, n_layers: int, has_cls: bool, n_patches: int, width: int, mlp_width: int, **_) -> ToMe:
     r, keep = _merge_counts(cfg, n_layers, has_cls, n_patches, width, mlp_width)
-    return _check_room(ToMe.create(r, n_layers, cfg.prop_attn, keep, cfg.schedule, has_cls), r, n_patches, has_cls)
+    return _check_room(ToMe.create(r, n_layers, cfg.prop_attn, keep, cfg.schedule, has_cls), cfg, n_patches, has_cls)
 
 
 def _pitome(cfg: DictConfig, n_layers: int, has_cls: bool, n_patches: int, width: int, mlp_width: int, **_) -> PiToMe:
     r, keep = _merge_counts(cfg, n_layers, has_cls, n_patches, width, mlp_width)
     strategy = PiToMe.create(r, n_layers, cfg.prop_attn, keep, cfg.schedule, has_cls, _plain(cfg.margin), cfg.alpha)
-    return _check_room(strategy, r, n_patches, has_cls)
+    return _check_room(strategy, cfg, n_patches, has_cls)
 
 
 def _stock(cfg: DictConfig, **_) -> NoReduction:
