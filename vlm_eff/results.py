@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-COLUMNS = (
+COLUMNS = (  # DESIGN.md's columns first, in its order; the later ones after them
     "task", "time", "git_sha", "model", "weights", "strategy", "keep", "layer", "score", "device", "dtype",
     "threads", "batch_size", "image_size", "tokens", "gflops_per_img", "gmacs_per_img", "latency_ms_mean",
-    "latency_ms_median", "latency_ms_std", "latency_ms_p90", "throughput_img_s", "e2e_throughput_img_s", "peak_mem_mib",
-    "mem_kind", "top1", "top5", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "n_images", "trainable_params",
-    "objective", "peak_reserved_mib", "gpu_util_pct", "gpu_mem_used_mib",
+    "latency_ms_median", "latency_ms_std", "latency_ms_p90", "throughput_img_s", "peak_mem_mib", "mem_kind",
+    "top1", "top5", "n_images", "trainable_params", "objective", "e2e_throughput_img_s",
+    "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "peak_reserved_mib", "gpu_util_pct", "gpu_mem_used_mib",
     "gpu_power_w", "gpu_sm_clock_mhz", "gpu_temp_c", "compile", "reduce_share_pct", "versions",
 )  # fmt: skip
 
