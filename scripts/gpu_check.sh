@@ -8,10 +8,15 @@
 #   3. the input pipeline on the GPU: evaluate.py end-to-end images/s over its encoder steps' images/s
 #      (needs the CIFAR-10 archive; skipped without it).
 # Usage: bash scripts/gpu_check.sh [CIFAR10_ARCHIVE]   (writes outputs/gpu_check/gpu_check.md)
+# The archive defaults to ../shared/data/ or shared/data/ (on a lent GPU machine, which gets a copy of the
+# work tree only, copy it into the tree first, e.g. to outputs/, and carry that path).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=outputs/gpu_check
-ARCHIVE=${1:-../shared/data/cifar10-jpeg.tar.gz}
+ARCHIVE=${1:-}
+for candidate in ../shared/data/cifar10-jpeg.tar.gz shared/data/cifar10-jpeg.tar.gz outputs/cifar10-jpeg.tar.gz; do
+  [[ -z "$ARCHIVE" && -f "$candidate" ]] && ARCHIVE=$candidate
+done
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 2)" \
   || { echo "error: no CUDA device here; gpu_check.sh needs one" >&2; exit 2; }
 rm -rf "$OUT" && mkdir -p "$OUT"
