@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from vlm_eff.results import replace_atomically
 
 TEMPORARY_PREFIX = ".tmp-"
 
@@ -19,26 +19,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     which is a copy, not a rename, when that is another file system.)"""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMPORARY_PREFIX}{path.name}.")
-        try:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint gets the usual permissions
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            directory = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)  # the rename itself survives a power cut
-            finally:
-                os.close(directory)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        replace_atomically(Path(path), lambda f: torch.save(checkpoint, f), prefix=TEMPORARY_PREFIX)
 
 
 def remove_stale_temporaries(folder: Path) -> None:
