@@ -77,7 +77,7 @@ def _cell(value):
 
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` so that readers see the old file or the whole new one, never a part."""
-    replace_atomically(path, lambda f: f.write(text.encode()))
+    replace_atomically(path, lambda f: f.write(str.encode(text)))
 
 
 def replace_atomically(path: Path, write: Callable[[BinaryIO], object], prefix: str = ".") -> None:
