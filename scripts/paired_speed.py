@@ -6,8 +6,8 @@ process builds the model once and, for each strategy, alternates forwards of the
 reduced, stock, reduced, ... (applying and removing a strategy is a class swap). The speed-up is the
 median of the per-pair ratios; "of the bound" divides it by the FLOP ratio (torch.utils.flop_counter).
 
-    python scripts/paired_speed.py model=siglip_b16 --keep 0.5 --pairs 8
-    python scripts/paired_speed.py model=siglip_b16 --keep 1.0 --strategies cls_preserving,late_layer,evit,tome
+    python scripts/paired_speed.py --keep 0.5 model=siglip_b16
+    python scripts/paired_speed.py --keep 1.0 --strategies cls_preserving,late_layer,evit,tome,pitome model=siglip_b16
 
 Arguments after the options are Hydra overrides of conf/profile.yaml (model, data.batch_size, ...);
 weights are random unless model.weights says otherwise (timing does not depend on them).
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--keep", type=float, default=0.5)
     parser.add_argument("--strategies", default=STRATEGIES, help="comma-separated `pruning` configs")
     parser.add_argument("--pairs", type=int, default=8, help="timed stock/reduced pairs per strategy")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/profile.yaml")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/profile.yaml (model=..., pruning.*=...)")
     args = parser.parse_args()
 
     with initialize_config_dir(str(ROOT / "conf"), version_base=None):

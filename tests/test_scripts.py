@@ -1,0 +1,24 @@
+"""The measurement scripts of docs/RESULTS.md run and print what their sections quote (tiny models, one pair)."""
+
+import re
+
+from conftest import run_script
+
+
+def test_paired_speed_prints_one_row_per_strategy_with_its_flop_ratio():
+    out = run_script("scripts/paired_speed.py", "--pairs", "1", "--strategies", "cls_preserving,tome",
+                     "model=siglip_tiny")
+    assert out.returncode == 0, out.stderr
+    rows = {line.split("|")[1].strip(): line.split("|") for line in out.stdout.splitlines()
+            if re.match(r"\| (cls_preserving|tome) ", line)}
+    assert set(rows) == {"cls_preserving", "tome"}
+    for cells in rows.values():
+        flop_ratio = float(cells[8].strip().rstrip("x"))
+        assert 1.5 < flop_ratio < 2.6  # keep 0.5 of the tokens: about half the FLOPs
+
+
+def test_tome_merge_share_times_the_merges():
+    out = run_script("scripts/tome_merge_share.py", "--r", "16", "--batch", "1", "--rounds", "1")
+    assert out.returncode == 0, out.stderr
+    share = float(re.search(r"= ([0-9.]+) %", out.stdout).group(1))
+    assert 0 < share < 100
