@@ -181,3 +181,17 @@ def test_pareto_front_and_series_names():
     assert [variant(row("pitome", 1.0, 0.6, score)) for score in ("pitome_r11", "pitome_r11_noprop_margin0.5")] == [
         "pitome", "pitome noprop margin0.5"]
     assert variant({**row("tome", 1.0, 0.6, "tome_r8_decreasing"), "objective": "distill"}) == "tome decreasing + distill"
+
+
+def test_a_sweep_over_two_models_compares_each_row_with_its_own_stock_model(sweep):
+    """`model=a,b` in one sweep: a model column, and speed-up and FLOP ratio against each model's own stock row."""
+    rows = [dict(r) for path in sorted(sweep.glob("[0-9]/results.csv")) for r in read_results(path)]
+    model = rows[0]["model"]  # this sweep's stock rows: cls_preserving at keep 1.0 (exactly stock)
+    other = [{**r, "model": "other", "gflops_per_img": str(2 * float(r["gflops_per_img"]))} for r in rows]
+    table = markdown(rows + other).splitlines()
+    assert table[0].startswith("| model | strategy |")
+    stock_lines = [line for line in table if "| cls_preserving | 1 |" in line]
+    assert [line.split(" | ")[0] for line in stock_lines] == [f"| {model}", "| other"]
+    assert all("| 1.00x |" in line for line in stock_lines)  # each against itself, not other's half FLOPs
+    assert sum(line.startswith("| other |") for line in table) == len(other)
+    assert sum("speed-up and FLOP ratio against cls_preserving" in line for line in table) == 2  # a footer per model

@@ -62,8 +62,11 @@ def baseline(rows: list[dict]) -> dict | None:
 
 
 def markdown(rows: list[dict]) -> str:
-    base = baseline(rows)
-    header = ["strategy", "keep", "layer", "score", "tokens", "GFLOPs/img", "latency ms (mean ± std)", "throughput img/s",
+    """The sweep's table; a sweep over several models gets a model column, each row compared with its
+    own model's stock row."""
+    models = sorted({r["model"] for r in rows})
+    bases = {model: baseline([r for r in rows if r["model"] == model]) for model in models}
+    header = ["model"] * (len(models) > 1) + ["strategy", "keep", "layer", "score", "tokens", "GFLOPs/img", "latency ms (mean ± std)", "throughput img/s",
               "speed-up", "FLOP ratio", "peak MiB"]
     if any(r["top1"] for r in rows):
         header.insert(-1, "top-1 %")
@@ -74,14 +77,14 @@ def markdown(rows: list[dict]) -> str:
              "reduce_share_pct": any(r.get("reduce_share_pct") for r in rows)}
     header += ["compiled"] * shown["compile"] + ["reduction % of encoder time"] * shown["reduce_share_pct"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in sorted(rows, key=_sort_key):
-        timed = bool(r["latency_ms_mean"])
+    for r in sorted(rows, key=lambda r: (models.index(r["model"]), _sort_key(r))):
+        timed, base = bool(r["latency_ms_mean"]), bases[r["model"]]
         speedup = flop_ratio = ""
         if base is not None:
             if timed and base["latency_ms_mean"]:
                 speedup = f"{float(base['latency_ms_mean']) / float(r['latency_ms_mean']):.2f}x"
             flop_ratio = f"{float(base['gflops_per_img']) / float(r['gflops_per_img']):.2f}x"
-        cells = [r["strategy"], r["keep"], r["layer"], r["score"], r["tokens"], f"{float(r['gflops_per_img']):.4g}",
+        cells = [r["model"]] * (len(models) > 1) + [r["strategy"], r["keep"], r["layer"], r["score"], r["tokens"], f"{float(r['gflops_per_img']):.4g}",
                  f"{float(r['latency_ms_mean']):.1f} ± {float(r['latency_ms_std']):.1f}" if timed else "not timed",
                  f"{float(r['throughput_img_s']):.2f}" if timed else "", speedup, flop_ratio]
         if "top-1 %" in header:
@@ -95,13 +98,14 @@ def markdown(rows: list[dict]) -> str:
         if shown["reduce_share_pct"]:
             cells.append(f"{float(r['reduce_share_pct']):.2f}" if r.get("reduce_share_pct") else "")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    first = rows[0]
     lines.append("")
-    lines.append(f"{first['model']} ({first['weights']} weights), {first['device']}, {first['dtype']}, "
-                 f"{first['threads']} threads, batch {first['batch_size']}, {first['image_size']} px; "
-                 f"speed-up and FLOP ratio against {base['strategy'] if base else 'n/a'} keep 1.0 in this sweep "
-                 f"(median latency of its {base['n_rows'] if base else 0} runs); "
-                 f"peak memory: {first['mem_kind']}; git {first['git_sha']}")
+    for model, base in bases.items():
+        first = next(r for r in rows if r["model"] == model)
+        lines.append(f"{model} ({first['weights']} weights), {first['device']}, {first['dtype']}, "
+                     f"{first['threads']} threads, batch {first['batch_size']}, {first['image_size']} px; "
+                     f"speed-up and FLOP ratio against {base['strategy'] if base else 'n/a'} keep 1.0 in this sweep "
+                     f"(median latency of its {base['n_rows'] if base else 0} runs); "
+                     f"peak memory: {first['mem_kind']}; git {first['git_sha']}")
     return "\n".join(lines) + "\n"
 
 
@@ -124,11 +128,18 @@ def variant(row: dict) -> str:
     return f"{name} + {row['objective']}" if row.get("objective") else name
 
 
+def stock(series: str) -> bool:
+    """Is this `by_strategy` series the stock model (of its model)?"""
+    return series.rpartition(": ")[2] == "none"
+
+
 def by_strategy(rows: list[dict]) -> dict[str, list[dict]]:
-    """Rows per `variant` in report order, each list sorted by keep (then by FLOPs)."""
+    """Rows per `variant` (prefixed with the model, `model: variant`, when the rows span several models)
+    in report order, each list sorted by keep (then by FLOPs)."""
+    several = len({r["model"] for r in rows}) > 1
     lines: dict[str, list[dict]] = {}
     for row in sorted(rows, key=_sort_key):
-        lines.setdefault(variant(row), []).append(row)
+        lines.setdefault(f"{row['model']}: {variant(row)}" if several else variant(row), []).append(row)
     return {name: sorted(group, key=lambda r: (float(r["keep"] or 1), float(r["gflops_per_img"])))
             for name, group in lines.items()}
 
@@ -139,8 +150,8 @@ def trend_figure(rows: list[dict], column: str, ylabel: str, title: str, path: P
     on_keep_axis = [r for r in rows if r[column] and r["keep"] and not adaptive(r)]
     for strategy, group in by_strategy(on_keep_axis).items():
         values = [float(r[column]) for r in group]
-        if strategy == "none":
-            ax.axhline(statistics.median(values), color="black", linestyle="--", linewidth=1, label="none (stock)")
+        if stock(strategy):
+            ax.axhline(statistics.median(values), color="black", linestyle="--", linewidth=1, label=f"{strategy} (stock)")
             continue
         keeps = [float(r["keep"]) for r in group]
         errors = [float(r[error]) for r in group] if error else None
@@ -179,7 +190,7 @@ def pareto_figure(rows: list[dict], column: str, xlabel: str, path: Path, lower_
         measured = [r for r in rows if r.get(metric) and r[column]]
         for name, group in by_strategy(measured).items():
             ax.scatter([float(r[column]) for r in group], [100 * float(r[metric]) for r in group], label=name, s=24,
-                       marker="*" if name == "none" else "o")
+                       marker="*" if stock(name) else "o")
         front = pareto_front(measured, column, lower_is_better, metric)
         ax.plot([float(r[column]) for r in front], [100 * float(r[metric]) for r in front],
                 color="gray", linestyle=":", label="Pareto front")
@@ -250,7 +261,7 @@ def log_summary_run(rows: list[dict], pngs: list[Path], sweep_dir: Path, setting
     table = wandb.Table(columns=columns, data=[[r.get(c, "") for c in columns] for r in rows])
     logged = {"report/results": table}
     on_keep_axis = [r for r in rows if r["keep"] and not adaptive(r)]
-    lines = {k: v for k, v in by_strategy(on_keep_axis).items() if k != "none"}
+    lines = {k: v for k, v in by_strategy(on_keep_axis).items() if not stock(k)}
     for column, title in [("latency_ms_mean", "latency (ms/batch) vs keep"), ("peak_mem_mib", "peak memory (MiB) vs keep"),
                           ("top1", "top-1 vs keep"), ("i2t_r1", "image-to-text R@1 vs keep"),
                           ("t2i_r1", "text-to-image R@1 vs keep")]:
