@@ -32,6 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 STRATEGIES = "naive,position_aware,cls_preserving,late_layer,evit,tome,pitome"
 
 
+def profile_config(overrides: list[str]):
+    """conf/profile.yaml composed with `overrides`, as profile.py would see them."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        return compose("profile", overrides)
+
+
 def forward_ms(encoder: ImageEncoder, pixels: torch.Tensor) -> float:
     start = time.perf_counter()
     encoder(pixels)
@@ -46,9 +52,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/profile.yaml (model=..., pruning.*=...)")
     args = parser.parse_args()
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
-        base = compose("profile", ["model.weights=random", "device=cpu",  # pruning.* knobs go to each strategy
-                                   *[o for o in args.overrides if not o.startswith("pruning.")]])
+    base = profile_config(["model.weights=random", "device=cpu",  # pruning.* knobs go to each strategy
+                           *[o for o in args.overrides if not o.startswith("pruning.")]])
     loaded = prepare(base).loaded
     encoder = ImageEncoder(loaded.model).eval()
     pixels = torch.randn(base.data.batch_size, 3, encoder.image_size, encoder.image_size,
@@ -61,8 +66,7 @@ def main() -> None:
     with torch.inference_mode():
         stock_flops = flops_per_image(encoder, pixels[:1])
         for name in args.strategies.split(","):
-            with initialize_config_dir(str(ROOT / "conf"), version_base=None):
-                cfg = compose("profile", [f"pruning={name}", f"pruning.keep={args.keep}", *args.overrides])
+            cfg = profile_config([f"pruning={name}", f"pruning.keep={args.keep}", *args.overrides])
             strategy = apply_config(loaded.model, cfg.pruning, cfg.seed)
             ratio_flops = stock_flops / flops_per_image(encoder, pixels[:1])
             encoder(pixels)  # warm-up, reduced

@@ -66,8 +66,9 @@ def markdown(rows: list[dict]) -> str:
     own model's stock row."""
     models = sorted({r["model"] for r in rows})
     bases = {model: baseline([r for r in rows if r["model"] == model]) for model in models}
-    header = ["model"] * (len(models) > 1) + ["strategy", "keep", "layer", "score", "tokens", "GFLOPs/img", "latency ms (mean ± std)", "throughput img/s",
-              "speed-up", "FLOP ratio", "peak MiB"]
+    header = ["model"] * (len(models) > 1) + [
+        "strategy", "keep", "layer", "score", "tokens", "GFLOPs/img", "latency ms (mean ± std)", "throughput img/s",
+        "speed-up", "FLOP ratio", "peak MiB"]
     if any(r["top1"] for r in rows):
         header.insert(-1, "top-1 %")
     recall = any(r.get("i2t_r1") for r in rows)
@@ -84,7 +85,8 @@ def markdown(rows: list[dict]) -> str:
             if timed and base["latency_ms_mean"]:
                 speedup = f"{float(base['latency_ms_mean']) / float(r['latency_ms_mean']):.2f}x"
             flop_ratio = f"{float(base['gflops_per_img']) / float(r['gflops_per_img']):.2f}x"
-        cells = [r["model"]] * (len(models) > 1) + [r["strategy"], r["keep"], r["layer"], r["score"], r["tokens"], f"{float(r['gflops_per_img']):.4g}",
+        cells = [r["model"]] * (len(models) > 1) + [
+                 r["strategy"], r["keep"], r["layer"], r["score"], r["tokens"], f"{float(r['gflops_per_img']):.4g}",
                  f"{float(r['latency_ms_mean']):.1f} ± {float(r['latency_ms_std']):.1f}" if timed else "not timed",
                  f"{float(r['throughput_img_s']):.2f}" if timed else "", speedup, flop_ratio]
         if "top-1 %" in header:
