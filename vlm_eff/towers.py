@@ -47,6 +47,19 @@ class Family:
         """The attention that pools the tokens into the image embedding, if any (CLIP reads token 0)."""
         return None
 
+    def pre_norm(self, tower: nn.Module) -> nn.Module:
+        """What runs between the embeddings and the first layer (CLIP: pre_layrnorm)."""
+        return tower.pre_layrnorm
+
+    def hidden_states(self, tower: nn.Module, pixel_values: torch.Tensor, n_layers: int) -> torch.Tensor:
+        """The residual stream after the first `n_layers` encoder layers, pixels [B, 3, H, W] -> [B, T, D]:
+        Hugging Face's `hidden_states[n_layers]`, computed without running the layers after it (a VLM reads
+        one feature layer). Token reduction, if patched in, happens on the way."""
+        x = self.pre_norm(tower)(tower.embeddings(pixel_values))  # [B, T, D]
+        for layer in tower.encoder.layers[:n_layers]:
+            x = layer(x, None)  # [B, T', D]
+        return x
+
     def image_embedding(self, model: nn.Module, pixel_values: torch.Tensor,
                         interpolate_pos_encoding: bool = False) -> torch.Tensor:
         """pixels [B, 3, H, W] -> the embedding compared with text [B, P] (not normalised)."""
@@ -87,7 +100,11 @@ class SiglipFamily(Family):
     has_projections = False  # the text head and the attention-pooling head belong to the towers
 
     def pooling_attention(self, tower: nn.Module) -> nn.MultiheadAttention | None:
-        return tower.head.attention
+        head = getattr(tower, "head", None)  # VLM towers (LLaVA-OneVision) have none
+        return None if head is None else head.attention
+
+    def pre_norm(self, tower: nn.Module) -> nn.Module:
+        return nn.Identity()
 
     def image_embedding(self, model, pixel_values, interpolate_pos_encoding=False):
         return model.vision_model(pixel_values=pixel_values,

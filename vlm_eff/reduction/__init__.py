@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from omegaconf import DictConfig, ListConfig
 from torch import nn
 
 from vlm_eff.errors import ConfigError
-from vlm_eff.reduction.base import REDUCE_RANGE, NoReduction, Strategy, check_keep, kept_count
+from vlm_eff.reduction.base import REDUCE_RANGE, NoReduction, Strategy, check_keep, default_origins, kept_count
 from vlm_eff.reduction.dropping import Reduction, apply_patch, remove_patch
 from vlm_eff.reduction.merging import (PiToMe, ToMe, apply_pitome, apply_tome, check_r, merges, r_for_keep,
                                        remove_tome)
@@ -25,7 +26,7 @@ from vlm_eff.towers import family_of
 log = logging.getLogger(__name__)
 
 __all__ = ["REDUCE_RANGE", "Strategy", "NoReduction", "Reduction", "ToMe", "PiToMe", "apply_patch", "remove_patch",
-           "apply_tome", "apply_pitome", "remove_tome", "kept_count", "STRATEGIES", "build", "apply_config", "remove_all"]
+           "apply_tome", "apply_pitome", "remove_tome", "kept_count", "STRATEGIES", "build", "apply_config", "remove_all", "token_origins", "build_vlm"]
 
 
 def _plain(value):
@@ -99,6 +100,34 @@ def build(cfg: DictConfig, vision_config, has_cls: bool, seed: int = 0, image_si
                        n_patches=(size // patch) ** 2, width=get("hidden_size"), mlp_width=get("intermediate_size"))
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def token_origins(tower: nn.Module, tokens: torch.Tensor, has_cls: bool) -> torch.Tensor:
+    """The patch each token of a (reduced) tower's output `tokens` [B, T, D] stands for -> [B, T] long: a
+    kept patch its own index, a merged token the lowest index of its patches, CLS and summaries -1."""
+    state = tower.embeddings.__dict__.get("_reducer") or tower.embeddings.__dict__.get("_tome")
+    origin = getattr(state, "origin", None)
+    if origin is not None and origin.shape == tokens.shape[:2]:
+        return origin
+    return default_origins(tokens.shape[0], tokens.shape[1], has_cls, tokens.device)  # nothing reduced
+
+
+def build_vlm(cfg: DictConfig, layout, config, seed: int = 0) -> Strategy:
+    """The `pruning` config's strategy for a generative VLM's vision tower (`layout` from vlms.py, `config`
+    the VLM's Hugging Face config), validated for the layers up to the feature layer; apply it to
+    `layout.vision(model)`. What the layout cannot take is a one-line ConfigError."""
+    layout.check_strategy(cfg)
+    family = layout.tower_family(config)
+    if family is None:
+        return _stock(cfg)
+    if cfg.get("mass") is not None:
+        raise ConfigError(f"pruning.mass={cfg.mass} (adaptive keep) gives each image its own token count, which a "
+                          "VLM batch cannot hand over yet; use a fixed pruning.keep")
+    vision = layout.encoder_config(config)
+    if cfg.get("score") == "pool_attn" and not family.has_cls and not vision.get("vision_use_head", True):
+        raise ConfigError(f"pruning.score=pool_attn needs the tower's pooling head, which {layout.name}'s SigLIP tower "
+                          "does not have; use l2 or random")
+    return build(cfg, vision, family.has_cls, seed)
 
 
 def remove_all(model: nn.Module) -> None:

@@ -25,6 +25,11 @@ def check_keep(keep) -> float:
     return float(keep)
 
 
+def default_origins(batch: int, n_tokens: int, has_cls: bool, device: torch.device | None = None) -> torch.Tensor:
+    """Origins of an unreduced sequence [CLS?] + patches -> [B, T] long: -1 for CLS, then 0..N-1."""
+    return (torch.arange(n_tokens, device=device) - int(has_cls)).expand(batch, n_tokens)
+
+
 class Strategy(Protocol):
     """A token reduction, validated for one tower: applied to and removed from a model in place."""
 

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
-from vlm_eff.reduction.base import REDUCE_RANGE, bias_pooling, check_keep, kept_count, restore_classes, swap_class
+from vlm_eff.reduction.base import (REDUCE_RANGE, bias_pooling, check_keep, default_origins, kept_count,
+                                   restore_classes, swap_class)
 from vlm_eff.towers import family_of, vision_tower
 
 SCORES = ("l2", "cls_attn", "pool_attn", "random")
@@ -164,10 +165,11 @@ class Reducer:
         self.captured: dict[str, torch.Tensor] = {}
         self.padding_mask: torch.Tensor | None = None  # [B, 1, 1, T] additive, -inf-like on padding (adaptive keep)
         self.budgets: torch.Tensor | None = None  # [B] patches each image kept (adaptive keep)
+        self.origin: torch.Tensor | None = None  # [B, T] the patch each token stands for, -1 CLS/summary (None: unreduced)
 
     def start(self, has_cls: bool) -> None:
         """Begin a forward pass: the sequence is [CLS?] + patches."""
-        self.has_cls, self.has_summary, self.padding_mask = has_cls, False, None
+        self.has_cls, self.has_summary, self.padding_mask, self.origin = has_cls, False, None, None
 
     @property
     def uses_token0_attention(self) -> bool:
@@ -238,9 +240,17 @@ class Reducer:
         if summary is not None:
             parts.append(summary)
         parts.append(kept)
+        self.track_origins(x, n_prefix, kept_idx, len(parts) - 1)
         self.has_cls = self.has_cls and r.keep_cls
         self.has_summary = summary is not None
         return torch.cat(parts, dim=1)
+
+    def track_origins(self, x: torch.Tensor, n_prefix: int, kept_idx: torch.Tensor, n_special: int) -> None:
+        """Origins after a step: -1 for the `n_special` CLS / summary tokens, then the kept patches' own."""
+        origin = self.origin if self.origin is not None else default_origins(x.shape[0], x.shape[1], self.has_cls,
+                                                                             x.device)  # [B, T]
+        kept = origin[:, n_prefix:].gather(1, kept_idx)  # [B, k]
+        self.origin = torch.cat([kept.new_full((kept.shape[0], n_special), -1), kept], dim=1)  # [B, n_special + k]
 
     def reduce_adaptive(self, x: torch.Tensor) -> torch.Tensor:
         """x = [CLS?] + patches [B, P + N, D] -> [CLS?] + each image's own budget of patches, in spatial
@@ -260,6 +270,7 @@ class Reducer:
         top, valid = top.gather(1, perm), valid.gather(1, perm)
         kept = patches.gather(1, top.unsqueeze(-1).expand(B, K, D)) * valid.unsqueeze(-1).to(x.dtype)  # [B, K, D]
         self.budgets = budget
+        self.track_origins(x, n_prefix, top, n_prefix)
         valid = torch.cat([valid.new_ones(B, n_prefix), valid], dim=1)  # [B, P + K]
         mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill(~valid, torch.finfo(x.dtype).min)
         self.padding_mask = mask[:, None, None, :]  # [B, 1, 1, P + K], built once for all later layers

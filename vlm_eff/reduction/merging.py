@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
-from vlm_eff.reduction.base import REDUCE_RANGE, bias_pooling, kept_count, restore_classes, swap_class
+from vlm_eff.reduction.base import REDUCE_RANGE, bias_pooling, default_origins, kept_count, restore_classes, swap_class
 from vlm_eff.towers import family_of
 
 
@@ -156,6 +156,7 @@ class ToMe:
     label: str = ""  # how r was given, e.g. `tome_r16` or `tome_r16_decreasing`
     has_cls: bool = True  # protect token 0
     size: torch.Tensor | None = None
+    origin: torch.Tensor | None = None  # [B, T] each token's lowest patch index, -1 for CLS (None: unmerged)
     keys: dict = field(default_factory=dict)
     per_image = False
     name = "tome"
@@ -239,7 +240,7 @@ class _MergingEmbeddings:
     """Mixin for a vision tower's embeddings: every forward starts with tokens of size 1."""
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
-        self._tome.size = None
+        self._tome.size = self._tome.origin = None
         return super().forward(*args, **kwargs)
 
 
@@ -271,6 +272,8 @@ class _MergingLayer:
         metric = keys.view(B, T, self.self_attn.num_heads, -1).mean(dim=2)  # [B, T, head_dim]
         merge = state.match(metric, index)
         size = state.size if state.size is not None else torch.ones(B, T, 1, dtype=x.dtype, device=x.device)
+        origin = state.origin if state.origin is not None else default_origins(B, T, state.has_cls, x.device)
+        state.origin = merge(origin[..., None], mode="amin")[..., 0]  # [B, T - r]: a merged token's lowest patch
         x = merge(x * size, mode="sum")  # size-weighted sums ...
         state.size = merge(size, mode="sum")  # [B, T - r, 1]
         return x / state.size  # ... divided by the merged sizes: size-weighted means
