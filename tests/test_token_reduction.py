@@ -141,7 +141,7 @@ def test_evit_preset_is_the_stock_model_at_keep_one_and_fuses_below(clip):
     CLS and one fused token."""
     cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "pruning" / "evit.yaml"))
     assert cfg | {"keep": None} == {"name": "evit", "keep": None, "layer": [3, 6, 9], "score": "pool_attn",
-                                   "keep_cls": True, "summary": "fused", "mass": None}
+                                   "keep_cls": True, "summary": "fused", "mass": None, "positions": "compact"}
     knobs = dict(layer=[1, 2, 3], score=cfg["score"], keep_cls=True, summary=cfg["summary"])
     x = pixels()
     stock = features(clip, x)

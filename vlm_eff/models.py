@@ -1,5 +1,6 @@
-"""Loading a dual encoder (any family in `towers.FAMILIES`): from the Hugging Face cache (hub id), a local
-`save_pretrained` dir (its `config.json` names the family), or random init.
+"""Loading a dual encoder (any family in `towers.FAMILIES`) or a generative VLM (any layout in
+`vlms.LAYOUTS`): from the Hugging Face cache (hub id), a local `save_pretrained` dir (its `config.json`
+names the family or layout), or random init.
 
 Random init builds the architecture from the model config's `architecture` block (its `model_type`
 picks the family, CLIP when absent), which matches the published checkpoint exactly, so timing,
@@ -24,7 +25,8 @@ from transformers.utils import cached_file
 
 from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.errors import ConfigError
-from vlm_eff.towers import Family, family_for, family_of
+from vlm_eff.towers import FAMILIES, Family, family_for, family_of
+from vlm_eff.vlms import LAYOUTS, Layout
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,18 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
+def describe(model_type: str, where: str = "model") -> Family | Layout:
+    """The dual-encoder family or the VLM layout of a config's `model_type`; anything else is a one-line error."""
+    if model_type in LAYOUTS:
+        return LAYOUTS[model_type]
+    if model_type in FAMILIES:
+        return FAMILIES[model_type]
+    family_for(model_type, where)  # NaFlex SigLIP 2 has its own message
+    raise ConfigError(f"{where} has model_type={model_type!r}; supported: {', '.join([*FAMILIES, *LAYOUTS])} "
+                      f"(dual encoders: OpenAI CLIP, LAION, MetaCLIP, SigLIP, SigLIP 2; VLMs: LLaVA-1.5, "
+                      f"LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL)")
+
+
 def model_config(cfg: DictConfig):
     """The Hugging Face config of the model `cfg` names, read before any weights: `model.path`'s
     config.json (its `model_type` picks the family), else (and for random weights) the `architecture`
@@ -69,27 +83,26 @@ def model_config(cfg: DictConfig):
             raise ConfigError(f"model.path={cfg.path}: config.json is not valid JSON") from None
         if not isinstance(config, dict) or "model_type" not in config:
             raise ConfigError(f"model.path={cfg.path}: config.json names no model_type")
-        family = family_for(config.pop("model_type"), f"model.path={cfg.path}")
-        return family.config_class.from_dict(config)
+        return describe(config.pop("model_type"), f"model.path={cfg.path}").config_class.from_dict(config)
     return architecture_config(cfg)
 
 
 def architecture_config(cfg: DictConfig):
     """The Hugging Face config of the `architecture` block (CLIP unless it names a `model_type`)."""
     arch = OmegaConf.to_container(cfg.architecture, resolve=True)
-    return family_for(arch.pop("model_type", "clip"), f"model={cfg.name}").config_class(**arch)
+    return describe(arch.pop("model_type", "clip"), f"model={cfg.name}").config_class(**arch)
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-def _from_pretrained(family: Family, source: str, attn_implementation: str, local_files_only: bool) -> nn.Module:
+def _from_pretrained(family: Family | Layout, source: str, attn_implementation: str, local_files_only: bool) -> nn.Module:
     return family.model_class.from_pretrained(
         source, attn_implementation=attn_implementation, local_files_only=local_files_only
     )
 
 
-def _pretrained(cfg: DictConfig, family: Family) -> LoadedModel | None:
+def _pretrained(cfg: DictConfig, family: Family | Layout) -> LoadedModel | None:
     """The pretrained model, or None when it is neither on disk nor downloadable right now."""
     attn = cfg.attn_implementation
     if cfg.get("path"):
@@ -117,7 +130,7 @@ def _pretrained(cfg: DictConfig, family: Family) -> LoadedModel | None:
 def random_model(cfg: DictConfig) -> nn.Module:
     """The architecture of `cfg.architecture` with freshly initialised weights (seeded by the caller)."""
     config = architecture_config(cfg)
-    family = family_for(config.model_type)
+    family = describe(config.model_type)
     config._attn_implementation = cfg.attn_implementation
     model = family.model_class(config)
     family.init_random(model)
@@ -138,7 +151,7 @@ def load_model(cfg: DictConfig) -> LoadedModel:
         )
     source = cfg.get("path") or cfg.get("hub_id") or f"model={cfg.name}"
     if cfg.weights != "random":
-        loaded = _pretrained(cfg, family_for(model_config(cfg).model_type))
+        loaded = _pretrained(cfg, describe(model_config(cfg).model_type))
         if loaded is not None:
             return loaded
         if cfg.weights == "pretrained":

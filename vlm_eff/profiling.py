@@ -147,6 +147,8 @@ def _proc_status_kib(field: str) -> int:
 
 
 def _batch_size(batch) -> int:
+    if isinstance(getattr(batch, "batch_size", None), int):  # a batch that says its size (VLM requests)
+        return batch.batch_size
     if isinstance(batch, torch.Tensor):
         return batch.shape[0]
     if isinstance(batch, dict):

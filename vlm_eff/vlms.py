@@ -53,6 +53,9 @@ class Layout:
     config_class: type = LlavaConfig
     mrope = False  # positions are (t, h, w) triples (Qwen) rather than one index
 
+    def init_random(self, model: nn.Module) -> None:
+        """Anything a fresh random init needs beyond the config (nothing for a VLM)."""
+
     # -- where the parts are ---------------------------------------------------------------------------
     def vision(self, model: nn.Module) -> nn.Module:
         return model.model.vision_tower

@@ -16,11 +16,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vlm_eff.errors import ConfigError
 from vlm_eff.flops import flops_per_image
 from vlm_eff.models import ImageEncoder, LoadedModel, load_model, model_config, model_label
-from vlm_eff.reduction import Strategy, build
+from vlm_eff.reduction import Strategy, build, build_vlm
 from vlm_eff.reduction.dropping import adaptive_budgets
 from vlm_eff.results import base_row, write_results
 from vlm_eff.runtime import device_label, resolve_device, resolve_dtype
 from vlm_eff.towers import family_for
+from vlm_eff.vlms import LAYOUTS, is_vlm
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,11 @@ def prepare(cfg: DictConfig, *count_keys: str) -> Prepared:
         raise ConfigError(f"compile=true needs warmup >= 1 (the first batch compiles), got warmup={cfg.warmup}")
     use_recorded_reduction(cfg)
     config = model_config(cfg.model)
-    size = image_size(cfg, config.vision_config)
-    strategy = build(cfg.pruning, config.vision_config, family_for(config.model_type).has_cls, cfg.seed, size)
+    if is_vlm(config.model_type):  # the tower's size is the layout's: synthetic requests check model.image_size
+        size, strategy = None, build_vlm(cfg.pruning, LAYOUTS[config.model_type], config, cfg.seed)
+    else:
+        size = image_size(cfg, config.vision_config)
+        strategy = build(cfg.pruning, config.vision_config, family_for(config.model_type).has_cls, cfg.seed, size)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     pl.seed_everything(cfg.seed, verbose=False)

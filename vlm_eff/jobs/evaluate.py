@@ -11,14 +11,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from vlm_eff.errors import ConfigError
-from vlm_eff.jobs.common import encoder_row, prepare, run_dir, save_row, tokens_text
+from vlm_eff.data.vqa import read_questions
+from vlm_eff.jobs.common import check_counts, encoder_row, prepare, run_dir, save_row, tokens_text
+from vlm_eff.jobs.requests import evaluate_vqa
 from vlm_eff.lora import check_adapter_dir, load_adapter
-from vlm_eff.models import RANDOM_WEIGHTS_WARNING, load_preprocess, load_tokenizer
+from vlm_eff.models import RANDOM_WEIGHTS_WARNING, load_preprocess, load_tokenizer, model_config
 from vlm_eff.modules import RetrievalModule, ZeroShotModule
 from vlm_eff.profiling import ProfilingCallback
 from vlm_eff.prompts import load_prompts
 from vlm_eff.results import write_atomic
 from vlm_eff.retrieval import RECALL_AT
+from vlm_eff.vlms import is_vlm
 from vlm_eff.wandb_logging import finish, make_logger
 
 
@@ -44,13 +47,36 @@ def retrieval_module(cfg: DictConfig, model, tokenizer, data, size: int) -> Retr
 
 
 PROTOCOLS = {"zeroshot": zero_shot_module, "retrieval": retrieval_module}  # protocol.name -> its test module
+VLM_PROTOCOLS = ("vqa",)  # generative VLMs: jobs/requests.py
+
+
+def check_protocol(cfg: DictConfig) -> bool:
+    """The protocol fits the model (dual encoder or generative VLM) and the data; True for a VLM."""
+    name = cfg.protocol.name
+    if name not in (*PROTOCOLS, *VLM_PROTOCOLS):
+        raise ConfigError(f"protocol={name!r} is unknown; allowed: {', '.join([*PROTOCOLS, *VLM_PROTOCOLS])}")
+    vlm = is_vlm(model_config(cfg.model).model_type)
+    if vlm and name != "vqa":
+        raise ConfigError(f"protocol={name} scores a dual encoder's embeddings; model={cfg.model.name} is a generative "
+                          "VLM: use protocol=vqa data=vqa")
+    if not vlm and name == "vqa":
+        raise ConfigError(f"protocol=vqa needs a generative VLM (llava_*, onevision_*, qwen2*_vl_*); "
+                          f"model={cfg.model.name} is a dual encoder: use protocol=zeroshot or retrieval")
+    if name == "vqa" and cfg.data.name != "vqa":
+        raise ConfigError(f"protocol=vqa reads questions: use data=vqa data.root=DIR data.questions=FILE, "
+                          f"not data={cfg.data.name}")
+    if name != "vqa" and cfg.data.name == "vqa":
+        raise ConfigError(f"data=vqa holds questions for protocol=vqa, not protocol={name}")
+    return vlm
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """Test the (reduced) model on the test split under `protocol` (zero-shot classification or
-    image-text retrieval), timing the image encoder; write and log the row."""
-    if cfg.protocol.name not in PROTOCOLS:
-        raise ConfigError(f"protocol={cfg.protocol.name!r} is unknown; allowed: {', '.join(PROTOCOLS)}")
+    image-text retrieval, timing the image encoder; or, for a generative VLM, vqa); write and log the row."""
+    if check_protocol(cfg):
+        check_counts(cfg, "data.batch_size", "warmup", "data.subset", "protocol.max_new_tokens")
+        read_questions(cfg.data.questions, cfg.data.root)  # bad questions fail before the model loads
+        return evaluate_vqa(cfg, prepare(cfg))
     if cfg.protocol.name == "zeroshot":
         if "captions" in cfg.data:
             raise ConfigError("data=captions holds image-caption pairs, not classes: use protocol=retrieval with it")

@@ -1,4 +1,5 @@
-"""profile.py's job: latency, throughput, peak memory and FLOPs of a dual encoder's image path (any family)."""
+"""profile.py's job: latency, throughput, peak memory and FLOPs of a dual encoder's image path (any family),
+or of a generative VLM's whole request (jobs/requests.py)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,20 @@ from omegaconf import DictConfig
 
 from vlm_eff.data import SyntheticDataModule
 from vlm_eff.jobs.common import encoder_row, prepare, run_dir, save_row, tokens_text
+from vlm_eff.jobs.requests import profile_requests
 from vlm_eff.models import RANDOM_WEIGHTS_WARNING, ImageEncoder
 from vlm_eff.modules import ImageEncoderModule
 from vlm_eff.profiling import ProfilingCallback, reduction_share
+from vlm_eff.vlms import is_vlm
 from vlm_eff.wandb_logging import finish, make_logger
 
 
 def profile(cfg: DictConfig) -> dict:
     """Time `warmup` + `runs` batches through the (pruned) image encoder; write and log the row."""
-    device, dtype, loaded, size, strategy = prepare(cfg, "data.batch_size", "runs", "warmup", "data.num_workers")
+    prepared = prepare(cfg, "data.batch_size", "runs", "warmup", "data.num_workers")
+    device, dtype, loaded, size, strategy = prepared
+    if is_vlm(loaded.model.config.model_type):
+        return profile_requests(cfg, prepared)  # whole requests: vision, prefill, decode
     encoder = ImageEncoder(loaded.model, size).eval()
     strategy.apply(loaded.model)
     module = ImageEncoderModule(encoder, dtype, compile=cfg.compile).to(device)

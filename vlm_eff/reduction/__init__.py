@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from vlm_eff.errors import ConfigError
@@ -84,6 +84,7 @@ def _stock(cfg: DictConfig, **_) -> NoReduction:
 
 
 DROPPING_PRESETS = ("naive", "position_aware", "cls_preserving", "late_layer", "evit")
+MERGING = ("tome", "pitome")
 STRATEGIES = {"none": _stock, **{name: _dropping for name in DROPPING_PRESETS}, "tome": _tome, "pitome": _pitome}
 
 
@@ -127,7 +128,29 @@ def build_vlm(cfg: DictConfig, layout, config, seed: int = 0) -> Strategy:
     if cfg.get("score") == "pool_attn" and not family.has_cls and not vision.get("vision_use_head", True):
         raise ConfigError(f"pruning.score=pool_attn needs the tower's pooling head, which {layout.name}'s SigLIP tower "
                           "does not have; use l2 or random")
+    if cfg.name in MERGING and cfg.r is None:  # keep = the share of the visual tokens the LLM receives
+        n_patches = (vision["image_size"] // vision["patch_size"]) ** 2
+        keep = check_keep(cfg.keep)
+        cfg = OmegaConf.merge(cfg, {"r": merges_for_tokens(n_patches, kept_count(n_patches, keep),
+                                                           vision["num_hidden_layers"], family.has_cls)})
+        strategy = build(cfg, vision, family.has_cls, seed)
+        strategy.keep = keep
+        return strategy
     return build(cfg, vision, family.has_cls, seed)
+
+
+def merges_for_tokens(n_patches: int, kept: int, n_layers: int, has_cls: bool) -> list[int]:
+    """Merges per layer (as even as the tokens allow, earlier layers first) that leave `kept` of
+    `n_patches` patch tokens after `n_layers` layers; a one-line error when halving every layer is not enough."""
+    counts, tokens, left = [], int(has_cls) + n_patches, n_patches - kept
+    for index in range(n_layers):
+        r = min(-(-left // (n_layers - index)), merges(left, tokens, has_cls))
+        counts.append(r)
+        tokens, left = tokens - r, left - r
+    if left:
+        raise ConfigError(f"merging can keep at least {n_patches - sum(counts)} of {n_patches} tokens in "
+                          f"{n_layers} layers (each halves at most); asked for {kept}: raise pruning.keep")
+    return counts
 
 
 def remove_all(model: nn.Module) -> None:

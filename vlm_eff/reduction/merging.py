@@ -272,7 +272,9 @@ class _MergingLayer:
         metric = keys.view(B, T, self.self_attn.num_heads, -1).mean(dim=2)  # [B, T, head_dim]
         merge = state.match(metric, index)
         size = state.size if state.size is not None else torch.ones(B, T, 1, dtype=x.dtype, device=x.device)
-        origin = state.origin if state.origin is not None else default_origins(B, T, state.has_cls, x.device)
+        origin = state.origin  # [B, T], unless this layer runs alone on a fresh sequence
+        if origin is None or origin.shape != (B, T):
+            origin = default_origins(B, T, state.has_cls, x.device)
         state.origin = merge(origin[..., None], mode="amin")[..., 0]  # [B, T - r]: a merged token's lowest patch
         x = merge(x * size, mode="sum")  # size-weighted sums ...
         state.size = merge(size, mode="sum")  # [B, T - r, 1]
