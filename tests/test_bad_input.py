@@ -22,6 +22,7 @@ from vlm_eff.reduction import apply_config, build
 
 PROFILE = ("profile.py", "model=clip_tiny", "runs=1")
 EVALUATE = ("evaluate.py", "model=tiny_clip_cifar10", "data.root={archive}")
+VQA = ("evaluate.py", "model=llava_tiny", "protocol=vqa", "data=vqa", "data.root={images}")
 TRAIN = ("train.py", "model=tiny_clip_cifar10", "data.root={archive}", "data.train_size=64", "data.val_size=64")
 
 CASES = {  # id: (command, the text the error line must hold)
@@ -43,7 +44,9 @@ CASES = {  # id: (command, the text the error line must hold)
                                          "has a config.json but no weights (model.safetensors"),
     "truncated weights": (PROFILE + ("model.path={truncated_model}", "model.weights=pretrained"),
                           "model.path={truncated_model}: its weights cannot be loaded"),
-    "unknown model_type": (PROFILE + ("model.path={unknown_type}",), "has model_type='blip_2'; supported: clip, siglip"),
+    "unknown model_type": (PROFILE + ("model.path={unknown_type}",),
+                           "has model_type='blip_2'; supported: clip, siglip, llava, llava_onevision, qwen2_vl, "
+                           "qwen2_5_vl"),
     "no model dir": (PROFILE + ("model.path=/nowhere/model",), "model.path=/nowhere/model holds no save_pretrained"),
     "unknown device": (PROFILE + ("device=tpu",), "device='tpu' is unknown; allowed: auto, cpu, cuda"),
     "unknown dtype": (PROFILE + ("dtype=fp8",), "dtype='fp8' is unknown; allowed: fp32, bf16, fp16"),
@@ -79,6 +82,23 @@ CASES = {  # id: (command, the text the error line must hold)
     "labels on unlabelled images": (TRAIN[:2] + ("data=images", "data.root={images}", "data.val_size=1",
                                                  "objective=labels"),
                                     "objective=labels needs labelled data, and data=images has no classes"),
+    "zeroshot on a VLM": (("evaluate.py", "model=llava_tiny", "data.root={archive}"),
+                          "protocol=zeroshot scores a dual encoder's embeddings; model=llava_tiny is a generative VLM"),
+    "vqa on a dual encoder": (EVALUATE[:2] + ("protocol=vqa", "data=vqa", "data.root={images}",
+                                              "data.questions={questions}"), "protocol=vqa needs a generative VLM"),
+    "question naming a missing image": (VQA + ("data.questions={questions}",),
+                                        "line 2: question_id=2 names image 'test/cat/9.png', but"),
+    "malformed question line": (VQA + ("data.questions={bad_questions}",), "line 2 is not valid JSON"),
+    "zero new tokens": (VQA + ("data.questions={questions}", "protocol.max_new_tokens=0"),
+                        "protocol.max_new_tokens=0 must be an integer >= 1"),
+    "zero gen_tokens": (("profile.py", "model=llava_tiny", "gen_tokens=0"), "gen_tokens=0 must be an integer >= 1"),
+    "summary token on OneVision": (("profile.py", "model=onevision_tiny", "pruning=naive"),
+                                   "pruning.summary=mean cannot be placed on LLaVA-OneVision's packed crop grid"),
+    "encoder strategy on Qwen2-VL": (("profile.py", "model=qwen2_vl_tiny", "pruning=tome"),
+                                     "qwen2_vl's own ViT (2-D RoPE over packed images, a 2x2 PatchMerger) takes no "
+                                     "encoder-site strategy"),
+    "pool_attn on a headless tower": (("profile.py", "model=onevision_tiny", "pruning=evit", "pruning.summary=none",
+                                       "pruning.layer=[1,2]"), "pruning.score=pool_attn needs the tower's pooling head"),
     "train size beyond the split": (TRAIN[:3] + ("data.train_size=0",), "data.train_size=0 must be in 1..45000"),
 }
 
@@ -99,13 +119,18 @@ def bad_inputs(tmp_path_factory, shared_archive, cache_dir):
         for i in range(3):
             Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(files / "images" / "test" / name / f"{i}.png")
     (files / "images" / "test" / "dog" / "broken.png").write_bytes(b"not an image")
+    question = {"question_id": 1, "image": "test/cat/0.png", "text": "what is it?", "answer": "cat"}
+    (files / "questions.jsonl").write_text(json.dumps(question) + "\n" + json.dumps(
+        {**question, "question_id": 2, "image": "test/cat/9.png"}) + "\n")
+    (files / "bad_questions.jsonl").write_text(json.dumps(question) + "\n{not json\n")
     (files / "captions.csv").write_text("image,caption\ntest/cat/0.png,a cat\ngone.png,a ghost\n")
     torch.save({"state_dict": {"w": torch.zeros(1000)}}, files / "whole.ckpt")
     (files / "truncated.ckpt").write_bytes((files / "whole.ckpt").read_bytes()[:2000])
     names = {"archive": shared_archive, "noweights": files / "noweights", "unknown_type": files / "unknown_type",
              "corrupt_archive": files / "corrupt.tar.gz", "images": files / "images",
              "captions": files / "captions.csv", "truncated": files / "truncated.ckpt",
-             "truncated_model": files / "truncated_model"}
+             "truncated_model": files / "truncated_model", "questions": files / "questions.jsonl",
+             "bad_questions": files / "bad_questions.jsonl"}
 
     def run(case: str):
         command, expected = CASES[case]

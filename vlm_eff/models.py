@@ -25,7 +25,7 @@ from transformers.utils import cached_file
 
 from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.errors import ConfigError
-from vlm_eff.towers import FAMILIES, Family, family_for, family_of
+from vlm_eff.towers import FAMILIES, NAFLEX, Family, family_for, family_of
 from vlm_eff.vlms import LAYOUTS, Layout
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ def describe(model_type: str, where: str = "model") -> Family | Layout:
         return LAYOUTS[model_type]
     if model_type in FAMILIES:
         return FAMILIES[model_type]
-    family_for(model_type, where)  # NaFlex SigLIP 2 has its own message
+    if model_type in NAFLEX:
+        family_for(model_type, where)  # its own message: which SigLIP 2 checkpoints work
     raise ConfigError(f"{where} has model_type={model_type!r}; supported: {', '.join([*FAMILIES, *LAYOUTS])} "
                       f"(dual encoders: OpenAI CLIP, LAION, MetaCLIP, SigLIP, SigLIP 2; VLMs: LLaVA-1.5, "
                       f"LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL)")

@@ -21,7 +21,7 @@ from vlm_eff.wandb_logging import finish, make_logger
 
 def profile(cfg: DictConfig) -> dict:
     """Time `warmup` + `runs` batches through the (pruned) image encoder; write and log the row."""
-    prepared = prepare(cfg, "data.batch_size", "runs", "warmup", "data.num_workers")
+    prepared = prepare(cfg, "data.batch_size", "runs", "warmup", "data.num_workers", "gen_tokens")
     device, dtype, loaded, size, strategy = prepared
     if is_vlm(loaded.model.config.model_type):
         return profile_requests(cfg, prepared)  # whole requests: vision, prefill, decode

@@ -126,8 +126,6 @@ def synthetic_requests(cfg: DictConfig, model, n_batches: int) -> list[Requests]
 
 def profile_requests(cfg: DictConfig, prepared: Prepared) -> dict:
     """profile.py on a VLM: `warmup` + `runs` batches of requests, each generating `gen_tokens` tokens."""
-    if isinstance(cfg.gen_tokens, bool) or not isinstance(cfg.gen_tokens, int) or cfg.gen_tokens < 1:
-        raise ConfigError(f"gen_tokens={cfg.gen_tokens!r} must be an integer >= 1 (greedy new tokens per request)")
     batches = synthetic_requests(cfg, prepared.loaded.model, cfg.warmup + cfg.runs)
     module, profiler, row, out_dir, logger = run_requests(cfg, prepared, batches, cfg.gen_tokens, stop_at_eos=False)
     row["n_images"] = profiler.timed_images.get("test", 0)
