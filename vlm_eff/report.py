@@ -4,8 +4,9 @@ Gathers every job's `results.csv` under the sweep dir into `report.csv` and a Ma
 (`report.md`, also printed) with speed-ups against the stock model measured in the same sweep,
 draws the figures (`latency_vs_keep.png`, `memory_vs_keep.png`; `accuracy_vs_flops.png` and
 `accuracy_vs_throughput.png` with their Pareto fronts when the jobs measured zero-shot accuracy,
-`recall_vs_flops.png` when they measured retrieval recall), and logs all of it to one summary W&B run
-in the sweep's group.
+`recall_vs_flops.png` when they measured retrieval recall; for generative VLM requests
+`ttft_vs_visual_tokens.png`, and `accuracy_vs_ttft.png` / `accuracy_vs_flops.png` when they measured
+vqa exact match), and logs all of it to one summary W&B run in the sweep's group.
 Failed, unfinished or missing jobs are named with their reason and left out.
 """
 
@@ -20,7 +21,8 @@ from pathlib import Path
 from vlm_eff.results import COLUMNS, csv_text, read_results, write_atomic
 from vlm_eff.wandb_logging import offline_by_default, sweep_group
 
-STRATEGY_ORDER = ("none", "naive", "position_aware", "cls_preserving", "late_layer", "evit", "tome", "pitome")
+STRATEGY_ORDER = ("none", "naive", "position_aware", "cls_preserving", "late_layer", "evit", "tome", "pitome",
+                  "visionzip", "divprune", "fastv", "pyramiddrop")
 
 
 def gather(sweep_dir: Path) -> tuple[list[dict], list[str]]:
@@ -64,6 +66,8 @@ def baseline(rows: list[dict]) -> dict | None:
 def markdown(rows: list[dict]) -> str:
     """The sweep's table; a sweep over several models gets a model column, each row compared with its
     own model's stock row."""
+    if any(r.get("ttft_ms") for r in rows):
+        return request_markdown(rows)
     models = sorted({r["model"] for r in rows})
     bases = {model: baseline([r for r in rows if r["model"] == model]) for model in models}
     header = ["model"] * (len(models) > 1) + [
@@ -109,6 +113,57 @@ def markdown(rows: list[dict]) -> str:
                      f"(median latency of its {base['n_rows'] if base else 0} runs); "
                      f"peak memory: {first['mem_kind']}; git {first['git_sha']}")
     return "\n".join(lines) + "\n"
+
+
+def request_markdown(rows: list[dict]) -> str:
+    """The table of a sweep over generative VLM requests: where the time of a request goes, per strategy,
+    and the TTFT speed-up against the FLOP ratio (vision + prefill) of the same model's stock row."""
+    models = sorted({r["model"] for r in rows})
+    bases = {model: baseline([r for r in rows if r["model"] == model]) for model in models}
+    header = ["model"] * (len(models) > 1) + [
+        "strategy", "site", "keep", "layer", "score", "visual tokens", "GFLOPs vision + prefill", "TTFT ms",
+        "vision ms", "prefill ms", "decode ms/token", "KV cache MiB", "TTFT speed-up", "FLOP ratio"]
+    vqa = any(r.get("vqa_acc") for r in rows)
+    header += ["exact match %"] * vqa
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    number = lambda value, digits: f"{float(value):.{digits}f}" if value not in ("", None) else ""  # noqa: E731
+    for r in sorted(rows, key=lambda r: (models.index(r["model"]), _sort_key(r))):
+        base, speedup, flop_ratio = bases[r["model"]], "", ""
+        if base is not None:
+            if r["ttft_ms"] and base["ttft_ms"]:
+                speedup = f"{float(base['ttft_ms']) / float(r['ttft_ms']):.2f}x"
+            flop_ratio = f"{float(base['gflops_per_img']) / float(r['gflops_per_img']):.2f}x"
+        cells = [r["model"]] * (len(models) > 1) + [
+            r["strategy"], r["site"], r["keep"], r["layer"], r["score"], number(r["visual_tokens"], 1),
+            f"{float(r['gflops_vision']):.4g} + {float(r['gflops_prefill']):.4g}", number(r["ttft_ms"], 1),
+            number(r["vision_ms"], 1), number(r["prefill_ms"], 1), number(r["decode_ms_per_token"], 2),
+            number(r["kv_cache_mib"], 2), speedup, flop_ratio] + [number(100 * float(r["vqa_acc"] or 0), 2)
+                                                                  if r.get("vqa_acc") else ""] * vqa
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines.append("")
+    for model, base in bases.items():
+        first = next(r for r in rows if r["model"] == model)
+        lines.append(f"{model} ({first['weights']} weights), {first['device']}, {first['dtype']}, {first['threads']} "
+                     f"threads, batch {first['batch_size']}; times per batch of requests (means over the timed "
+                     f"batches), GFLOPs per request; speed-up and FLOP ratio against "
+                     f"{base['strategy'] if base else 'n/a'} keep 1.0 in this sweep; git {first['git_sha']}")
+    return "\n".join(lines) + "\n"
+
+
+def request_figure(rows: list[dict], path: Path) -> Path:
+    """TTFT and prefill GFLOPs against the visual tokens the LLM receives, one series per strategy."""
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4.4), dpi=150)
+    for ax, (column, ylabel) in zip(axes, (("ttft_ms", "time to first token (ms per batch)"),
+                                           ("gflops_prefill", "prefill GFLOPs per request"))):
+        for name, group in by_strategy([r for r in rows if r[column] and r["visual_tokens"]]).items():
+            group = sorted(group, key=lambda r: float(r["visual_tokens"]))
+            ax.plot([float(r["visual_tokens"]) for r in group], [float(r[column]) for r in group],
+                    marker="*" if stock(name) else "o", label=name)
+        ax.set(xlabel="visual tokens the LLM receives", ylabel=ylabel, title=f"{ylabel.split(' (')[0]} vs visual tokens")
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def adaptive(row: dict) -> bool:
@@ -180,6 +235,7 @@ def pareto_front(rows: list[dict], column: str, lower_is_better: bool, metric: s
 
 
 ACCURACY = (("top1", "top-1 accuracy (%)"),)
+VQA = (("vqa_acc", "exact match (%)"),)
 RECALL = (("i2t_r1", "image-to-text R@1 (%)"), ("t2i_r1", "text-to-image R@1 (%)"))
 
 
@@ -222,6 +278,14 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def figures(rows: list[dict], out_dir: Path) -> list[Path]:
+    if any(r.get("ttft_ms") for r in rows):  # generative VLM requests
+        paths = [request_figure(rows, out_dir / "ttft_vs_visual_tokens.png")]
+        if any(r.get("vqa_acc") for r in rows):
+            paths.append(pareto_figure(rows, "ttft_ms", "time to first token (ms per batch)",
+                                       out_dir / "accuracy_vs_ttft.png", lower_is_better=True, metrics=VQA))
+            paths.append(pareto_figure(rows, "gflops_per_img", "GFLOPs per request (vision + prefill)",
+                                       out_dir / "accuracy_vs_flops.png", lower_is_better=True, metrics=VQA))
+        return paths
     paths = [
         trend_figure(rows, "latency_ms_mean", "latency (ms per batch)", "Latency vs keep ratio",
                      out_dir / "latency_vs_keep.png", error="latency_ms_std"),

@@ -97,7 +97,8 @@ class _Split:
     def __init__(self, images: np.ndarray, labels: np.ndarray, classes: Sequence[str]):
         images, labels, classes = np.asarray(images), np.asarray(labels), [str(c) for c in classes]
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
-            raise ConfigError(f"mosaic source images must be uint8 [n, S, S, 3], got {images.dtype} {list(images.shape)}")
+            raise ConfigError(f"mosaic source images must be uint8 [n, S, S, 3], got {images.dtype} "
+                              f"{list(images.shape)}")
         if labels.shape != (len(images),):
             raise ConfigError(f"{len(images)} images but labels of shape {list(labels.shape)}")
         missing = sorted(set(ANIMALS + VEHICLES) - set(classes))

@@ -1,0 +1,103 @@
+"""Each strategy's TTFT speed-up on a generative VLM, timed in alternating stock / reduced request pairs.
+
+One process builds the VLM once (random weights: timing only) and, for each strategy, alternates whole
+requests of the same synthetic batch (an image and a fixed prompt, `--gen` greedy tokens): stock,
+reduced, stock, reduced, ... (applying and removing a strategy is a class swap). The TTFT speed-up is
+the median of the per-pair ratios; "of the bound" divides it by the ratio of (vision + prefill) FLOPs
+(torch.utils.flop_counter). Decode ms/token and the KV cache are reported beside it (medians).
+
+    python scripts/paired_vlm_speed.py --keep 0.5 model=llava_onevision_0_5b data.batch_size=1
+    python scripts/paired_vlm_speed.py --strategies visionzip,divprune,fastv --tokens 64 model=llava_1_5_7b device=cuda
+
+Arguments after the options are Hydra overrides of conf/profile.yaml (model, data.batch_size, device, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from vlm_eff.errors import ConfigError
+from vlm_eff.generation import Runner
+from vlm_eff.jobs.common import prepare
+from vlm_eff.jobs.requests import synthetic_requests
+from vlm_eff.reduction import build_vlm
+from vlm_eff.runtime import device_label
+from vlm_eff.vlms import layout_of
+
+ROOT = Path(__file__).resolve().parent.parent
+STRATEGIES = "cls_preserving,late_layer,evit,tome,pitome"
+
+
+def profile_config(overrides: list[str]):
+    """conf/profile.yaml composed with `overrides`, as profile.py would see them."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        return compose("profile", overrides)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", type=float, default=0.5)
+    parser.add_argument("--strategies", default=STRATEGIES, help="comma-separated `pruning` configs")
+    parser.add_argument("--pairs", type=int, default=3, help="timed stock/reduced request pairs per strategy")
+    parser.add_argument("--gen", type=int, default=4, help="greedy tokens per request (decode is timed after the first)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/profile.yaml (model=..., pruning.*=...)")
+    args = parser.parse_args()
+
+    base = profile_config(["model.weights=random", *[o for o in args.overrides if not o.startswith("pruning.")]])
+    prepared = prepare(base)
+    model = prepared.loaded.model.to(prepared.device, prepared.dtype).eval()
+    layout, runner = layout_of(model), Runner(model)
+    (request,) = synthetic_requests(base, model, 1)
+    rows = [ids.to(prepared.device) for ids in request.rows]
+    images = {k: v.to(prepared.device, prepared.dtype) if v.is_floating_point() else v.to(prepared.device)
+              for k, v in request.images.items()}
+
+    def run():
+        return runner.generate(rows, images, args.gen, stop_at_eos=False)
+
+    stock_flops = runner.flops(rows, images)
+    stock_cost = stock_flops["vision"] + stock_flops["prefill"]
+    print(f"{base.model.name} (random weights: timing only), {device_label(prepared.device)} {base.dtype}, "
+          f"{torch.get_num_threads()} threads, batch {len(rows)}, {args.gen} tokens per request, "
+          f"{args.pairs} pairs per strategy; stock: {stock_cost / 1e9:.1f} GFLOPs vision + prefill per request\n")
+    print("| strategy | keep | visual tokens | stock TTFT ms | reduced TTFT ms | TTFT speed-up (median of pairs) "
+          "| pair ratios min-max | FLOP ratio (vision + prefill) | of the bound | decode ms/token stock -> reduced "
+          "| KV cache MiB stock -> reduced |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    tower = layout.vision(model)
+    run()  # warm-up, stock
+    for name in args.strategies.split(","):
+        cfg = profile_config([f"pruning={name}", f"pruning.keep={args.keep}", *args.overrides])
+        try:
+            strategy = build_vlm(cfg.pruning, layout, model.config, cfg.seed)
+        except ConfigError as error:
+            print(f"| {name} | {args.keep:g} | not on this layout: {error} |||||||||", flush=True)
+            continue
+        strategy.apply(tower)
+        flops = runner.flops(rows, images)
+        run()  # warm-up, reduced
+        strategy.remove(tower)
+        stock, reduced = [], []
+        for _ in range(args.pairs):
+            stock.append(run())
+            strategy.apply(tower)
+            reduced.append(run())
+            strategy.remove(tower)
+        ratios = [s.ttft_s / r.ttft_s for s, r in zip(stock, reduced)]
+        speedup, flop_ratio = statistics.median(ratios), stock_cost / (flops["vision"] + flops["prefill"])
+        decode = [statistics.median([t for out in outs for t in out.decode_s]) * 1e3 for outs in (stock, reduced)]
+        kv = [statistics.median([out.kv_cache_bytes for out in outs]) / 2**20 for outs in (stock, reduced)]
+        ttft = [statistics.median([out.ttft_s for out in outs]) * 1e3 for outs in (stock, reduced)]
+        print(f"| {name} | {args.keep:g} | {statistics.fmean(reduced[0].visual_tokens):.0f} of "
+              f"{statistics.fmean(stock[0].visual_tokens):.0f} | {ttft[0]:.0f} | {ttft[1]:.0f} | {speedup:.3f}x "
+              f"| {min(ratios):.2f}-{max(ratios):.2f} | {flop_ratio:.3f}x | {speedup / flop_ratio:.3f} "
+              f"| {decode[0]:.1f} -> {decode[1]:.1f} | {kv[0]:.1f} -> {kv[1]:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
