@@ -51,16 +51,17 @@ def main() -> None:
     base = profile_config(["model.weights=random", *[o for o in args.overrides if not o.startswith("pruning.")]])
     prepared = prepare(base)
     model = prepared.loaded.model.to(prepared.device, prepared.dtype).eval()
-    layout, runner = layout_of(model), Runner(model)
+    layout = layout_of(model)
     (request,) = synthetic_requests(base, model, 1)
     rows = [ids.to(prepared.device) for ids in request.rows]
     images = {k: v.to(prepared.device, prepared.dtype) if v.is_floating_point() else v.to(prepared.device)
               for k, v in request.images.items()}
 
-    def run():
+    def run(runner):
         return runner.generate(rows, images, args.gen, stop_at_eos=False)
 
-    stock_flops = runner.flops(rows, images)
+    stock_runner = Runner(model)
+    stock_flops = stock_runner.flops(rows, images)
     stock_cost = stock_flops["vision"] + stock_flops["prefill"]
     print(f"{base.model.name} (random weights: timing only), {device_label(prepared.device)} {base.dtype}, "
           f"{torch.get_num_threads()} threads, batch {len(rows)}, {args.gen} tokens per request, "
@@ -69,8 +70,7 @@ def main() -> None:
           "| pair ratios min-max | FLOP ratio (vision + prefill) | of the bound | decode ms/token stock -> reduced "
           "| KV cache MiB stock -> reduced |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    tower = layout.vision(model)
-    run()  # warm-up, stock
+    run(stock_runner)  # warm-up, stock
     for name in args.strategies.split(","):
         cfg = profile_config([f"pruning={name}", f"pruning.keep={args.keep}", *args.overrides])
         try:
@@ -78,16 +78,17 @@ def main() -> None:
         except ConfigError as error:
             print(f"| {name} | {args.keep:g} | not on this layout: {error} |||||||||", flush=True)
             continue
-        strategy.apply(tower)
+        runner = Runner(model, cfg.pruning.get("positions", "compact"), strategy)
+        strategy.apply_to_vlm(model, layout)
         flops = runner.flops(rows, images)
-        run()  # warm-up, reduced
-        strategy.remove(tower)
+        run(runner)  # warm-up, reduced
+        strategy.remove_from_vlm(model, layout)
         stock, reduced = [], []
         for _ in range(args.pairs):
-            stock.append(run())
-            strategy.apply(tower)
-            reduced.append(run())
-            strategy.remove(tower)
+            stock.append(run(stock_runner))
+            strategy.apply_to_vlm(model, layout)
+            reduced.append(run(runner))
+            strategy.remove_from_vlm(model, layout)
         ratios = [s.ttft_s / r.ttft_s for s, r in zip(stock, reduced)]
         speedup, flop_ratio = statistics.median(ratios), stock_cost / (flops["vision"] + flops["prefill"])
         decode = [statistics.median([t for out in outs for t in out.decode_s]) * 1e3 for outs in (stock, reduced)]

@@ -38,6 +38,20 @@ def tiny_clip():
 
 
 @pytest.fixture(scope="session")
+def tiny_vlms() -> dict:
+    """The tiny random VLM of each layout (llava_tiny, onevision_tiny, qwen2_vl_tiny), seeded, never stopping early."""
+    from vlm_eff.models import random_model
+
+    torch.manual_seed(0)
+    built = {}
+    for name in ("llava_tiny", "onevision_tiny", "qwen2_vl_tiny"):
+        model = random_model(model_config(name)).eval()
+        model.generation_config.eos_token_id = None  # random weights: generate every asked token
+        built[name] = model
+    return built
+
+
+@pytest.fixture(scope="session")
 def shared_archive() -> Path:
     """The real CIFAR-10 images; outside CI the tests that need them skip when they are absent."""
     if not SHARED_ARCHIVE.is_file():

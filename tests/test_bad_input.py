@@ -99,6 +99,15 @@ CASES = {  # id: (command, the text the error line must hold)
                                      "encoder-site strategy"),
     "pool_attn on a headless tower": (("profile.py", "model=onevision_tiny", "pruning=evit", "pruning.summary=none",
                                        "pruning.layer=[1,2]"), "pruning.score=pool_attn needs the tower's pooling head"),
+    "tokens and keep together": (("profile.py", "model=llava_tiny", "pruning=visionzip", "pruning.keep=0.5",
+                                  "pruning.tokens=16"), "pruning.keep=0.5 and pruning.tokens=16 both set: give one"),
+    "budget beyond the visual tokens": (("profile.py", "model=llava_tiny", "pruning=divprune", "pruning.tokens=100"),
+                                        "pruning.tokens=100 is more than the 64 visual tokens of an image here; "
+                                        "allowed 1..64"),
+    "LLM layer beyond the depth": (("profile.py", "model=llava_tiny", "pruning=fastv", "pruning.layer=5"),
+                                   "pruning.layer=5 is out of range for a 2-layer language model; allowed 1..1"),
+    "visionzip on Qwen2-VL": (("profile.py", "model=qwen2_vl_tiny", "pruning=visionzip"),
+                              "allowed here: none, divprune, fastv, pyramiddrop"),
     "train size beyond the split": (TRAIN[:3] + ("data.train_size=0",), "data.train_size=0 must be in 1..45000"),
 }
 

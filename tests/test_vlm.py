@@ -12,74 +12,11 @@ from conftest import ROOT, model_config, run_script
 from omegaconf import OmegaConf
 from PIL import Image
 
+from vlm_requests import LAYOUTS, SUFFIX, capture_prefill, requests, stock_generate, strategy
+
 from vlm_eff.generation import Runner
-from vlm_eff.models import random_model
-from vlm_eff.reduction import build_vlm
 from vlm_eff.results import read_results
 from vlm_eff.vlms import layout_of
-
-LAYOUTS = ("llava_tiny", "onevision_tiny", "qwen2_vl_tiny")
-SUFFIX = 5  # text tokens after the image in every test prompt
-
-
-@pytest.fixture(scope="module")
-def models():
-    torch.manual_seed(0)
-    built = {}
-    for name in LAYOUTS:
-        model = random_model(model_config(name)).eval()
-        model.generation_config.eos_token_id = None  # random weights: never stop early
-        built[name] = model
-    return built
-
-
-def requests(model, prefixes: tuple[int, ...], seed: int = 0):
-    """Prompts with `prefixes[b]` text tokens, one image at its stock placeholder count, SUFFIX text tokens;
-    the images as the layout's processor gives them (OneVision: images of different sizes, so of different
-    crop counts; Qwen: different grids)."""
-    generator = torch.Generator().manual_seed(seed)
-    config, layout = model.config, layout_of(model)
-    B = len(prefixes)
-    if layout.name == "llava_onevision":
-        sizes = torch.tensor([[32, 32], [64, 32], [32, 64]][:B])
-        crops = [layout.n_crops(config, size) for size in sizes.tolist()]
-        images = {"pixel_values": torch.randn(B, max(crops), 3, 32, 32, generator=generator), "image_sizes": sizes}
-    elif layout.name == "qwen2_vl":
-        grids = torch.tensor([[1, 8, 8], [1, 8, 12], [1, 4, 8]][:B])
-        width = 3 * 2 * 4 * 4
-        images = {"pixel_values": torch.randn(int(grids.prod(-1).sum()), width, generator=generator),
-                  "image_grid_thw": grids}
-    else:
-        images = {"pixel_values": torch.randn(B, 3, 32, 32, generator=generator)}
-    counts = [image.full for image in layout.visual_tokens(model, images)]
-    rows = []
-    for prefix, count in zip(prefixes, counts):
-        run = layout.image_run(config)
-        run = torch.cat([run[:1], run[1:2].repeat(count), run[2:]]) if len(run) == 3 else run.repeat(count)
-        rows.append(torch.cat([torch.randint(10, 1000, (prefix,), generator=generator), run,
-                               torch.randint(10, 1000, (SUFFIX,), generator=generator)]))
-    return rows, images
-
-
-def stock_generate(model, rows, images, n: int) -> torch.Tensor:
-    """Hugging Face's own generate on the left-padded batch -> the new tokens [B, n]."""
-    B, L = len(rows), max(len(r) for r in rows)
-    ids, mask = torch.zeros(B, L, dtype=torch.long), torch.zeros(B, L, dtype=torch.long)
-    for b, row in enumerate(rows):
-        ids[b, L - len(row):], mask[b, L - len(row):] = row, 1
-    extra = {}
-    if layout_of(model).mrope:
-        extra["mm_token_type_ids"] = (ids == model.config.image_token_id).int()
-    out = model.generate(input_ids=ids, attention_mask=mask, **images, **extra, max_new_tokens=n, do_sample=False)
-    return out[:, L:]
-
-
-def strategy(model, name: str, **knobs):
-    cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "pruning" / f"{name}.yaml"), knobs)
-    built = build_vlm(cfg, layout_of(model), model.config)
-    built.apply(layout_of(model).vision(model))
-    return built
-
 
 KEEP_ONE = [(name, s) for name in LAYOUTS for s in (["none"] if name == "qwen2_vl_tiny" else
                                                      ["none", "cls_preserving", "tome", "pitome"])]
@@ -87,30 +24,19 @@ KEEP_ONE = [(name, s) for name in LAYOUTS for s in (["none"] if name == "qwen2_v
 
 @pytest.mark.parametrize("prefixes", [(4,), (3, 9, 1)], ids=["batch1", "batch3"])
 @pytest.mark.parametrize("name,preset", KEEP_ONE)
-def test_keep_one_generates_the_stock_models_tokens(models, name, preset, prefixes):
+def test_keep_one_generates_the_stock_models_tokens(tiny_vlms, name, preset, prefixes):
     """keep 1.0 (r = 0 for merging) through the runner = Hugging Face's generate, token for token, at batch 1 and
     at batch 3 with prompts of different lengths (left padding)."""
-    model = models[name]
+    model = tiny_vlms[name]
     rows, images = requests(model, prefixes)
     stock = stock_generate(model, rows, images, 6)
     applied = strategy(model, preset, keep=1.0)
     try:
-        out = Runner(model).generate(rows, images, 6, stop_at_eos=False)
+        out = Runner(model, strategy=applied).generate(rows, images, 6, stop_at_eos=False)
     finally:
-        applied.remove(layout_of(model).vision(model))
+        applied.remove_from_vlm(model, layout_of(model))
     assert torch.equal(out.tokens, stock)
     assert out.visual_tokens == [int((row == model.config.image_token_id).sum()) for row in rows]
-
-
-def capture_prefill(model):
-    """A pre-hook recording the language model's first call (the prefill): inputs_embeds and position_ids."""
-    seen = []
-
-    def hook(module, args, kwargs):
-        if not seen:
-            seen.append({"embeds": kwargs["inputs_embeds"], "positions": kwargs["position_ids"]})
-
-    return seen, layout_of(model).language_model(model).register_forward_pre_hook(hook, with_kwargs=True)
 
 
 def top_l2(x: torch.Tensor, k: int, first: int) -> torch.Tensor:
@@ -121,10 +47,10 @@ def top_l2(x: torch.Tensor, k: int, first: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def test_llava_llm_receives_exactly_the_reduced_features(models):
+def test_llava_llm_receives_exactly_the_reduced_features(tiny_vlms):
     """cls_preserving keep 0.5 at layer 1 on LLaVA: the LLM's inputs at the image are, in spatial order, the
     projector's output of the kept patches after the 3 feature layers (layer -2 of 4), computed here by hand."""
-    model = models["llava_tiny"]
+    model = tiny_vlms["llava_tiny"]
     tower, projector = model.model.vision_tower, model.model.multi_modal_projector
     rows, images = requests(model, (3, 9, 1))
     x = tower.pre_layrnorm(tower.embeddings(images["pixel_values"]))  # [B, 65, D]
@@ -149,11 +75,11 @@ def test_llava_llm_receives_exactly_the_reduced_features(models):
 
 
 @torch.no_grad()
-def test_onevision_llm_receives_the_kept_tokens_of_every_crop_with_the_row_newlines(models):
+def test_onevision_llm_receives_the_kept_tokens_of_every_crop_with_the_row_newlines(tiny_vlms):
     """cls_preserving keep 0.5 at layer 2 on OneVision, one 32 px image (base crop + one grid crop of 8 x 8):
     the LLM gets the base crop's kept tokens in spatial order, then the grid crop's kept tokens row by row,
     each row followed by the newline token; computed here by hand."""
-    model = models["onevision_tiny"]
+    model = tiny_vlms["onevision_tiny"]
     tower, stock = model.model.vision_tower, model.model
     rows, images = requests(model, (4,))
     crops = images["pixel_values"][0, :2]  # [2, 3, 32, 32]
@@ -181,10 +107,10 @@ def test_onevision_llm_receives_the_kept_tokens_of_every_crop_with_the_row_newli
 
 
 @torch.no_grad()
-def test_original_positions_keep_each_kept_token_where_it_was(models):
+def test_original_positions_keep_each_kept_token_where_it_was(tiny_vlms):
     """pruning.positions=original on LLaVA: a kept patch j sits at position (text before) + j, the text after the
     image at its position in the full sequence."""
-    model = models["llava_tiny"]
+    model = tiny_vlms["llava_tiny"]
     rows, images = requests(model, (4,))
     tower = model.model.vision_tower
     x = tower.embeddings(images["pixel_values"])
@@ -202,9 +128,9 @@ def test_original_positions_keep_each_kept_token_where_it_was(models):
 
 
 @torch.no_grad()
-def test_qwen_positions_are_the_stock_mrope_positions(models):
+def test_qwen_positions_are_the_stock_mrope_positions(tiny_vlms):
     """Qwen2-VL: the prefill's (t, h, w) positions equal the stock get_rope_index on the padded batch."""
-    model = models["qwen2_vl_tiny"]
+    model = tiny_vlms["qwen2_vl_tiny"]
     rows, images = requests(model, (3, 9, 1))
     seen, handle = capture_prefill(model)
     try:
@@ -225,10 +151,10 @@ def test_qwen_positions_are_the_stock_mrope_positions(models):
 
 
 @torch.no_grad()
-def test_kv_cache_holds_exactly_the_prompt_and_generated_tokens(models):
+def test_kv_cache_holds_exactly_the_prompt_and_generated_tokens(tiny_vlms):
     """Cache bytes = layers x (K, V) x B x kv heads x (prompt + new - 1) x head_dim x 4 bytes, so it falls with the
     visual tokens (the last generated token is never fed back)."""
-    model = models["llava_tiny"]
+    model = tiny_vlms["llava_tiny"]
     text = model.config.text_config
     head_dim = text.hidden_size // text.num_attention_heads
     rows, images = requests(model, (4, 4))
@@ -281,16 +207,19 @@ def save_tiny_llava(directory, model) -> None:
     processor.save_pretrained(directory)
 
 
-def test_evaluate_vqa_writes_llava_answers_equal_to_stock_generate(tmp_path, models, cifar_test):
+def test_evaluate_vqa_writes_llava_answers_equal_to_stock_generate(tmp_path, tiny_vlms, cifar_test):
     """evaluate.py protocol=vqa on a saved tiny LLaVA and real CIFAR test images: answers.jsonl in LLaVA's format,
     one answer per question equal to Hugging Face's generate on the processor's batch; vqa_acc recomputed here."""
     from transformers import AutoProcessor
 
     from vlm_eff.data.vqa import exact_match
 
-    model = models["llava_tiny"]
-    model.generation_config.eos_token_id = 49407
-    save_tiny_llava(tmp_path / "model", model)
+    model = tiny_vlms["llava_tiny"]
+    model.generation_config.eos_token_id = 49407  # saved with the CLIP tokenizer's end of text
+    try:
+        save_tiny_llava(tmp_path / "model", model)
+    finally:
+        model.generation_config.eos_token_id = None
     (tmp_path / "images").mkdir()
     questions = []
     for i in range(5):
@@ -313,7 +242,7 @@ def test_evaluate_vqa_writes_llava_answers_equal_to_stock_generate(tmp_path, mod
               "text": q["text"]}]}], add_generation_prompt=True) for q in questions[:2]]
     batch = processor(images=[Image.open(tmp_path / "images" / f"{i}.png") for i in range(2)], text=prompt,
                       return_tensors="pt", padding=True)
-    stock = model.generate(**batch, max_new_tokens=4, do_sample=False)[:, batch["input_ids"].shape[1]:]
+    stock = model.generate(**batch, max_new_tokens=4, do_sample=False, eos_token_id=49407)[:, batch["input_ids"].shape[1]:]
     texts = processor.tokenizer.batch_decode(stock, skip_special_tokens=True)
     assert [a["text"] for a in answers[:2]] == [t.strip() for t in texts]
     (row,) = read_results(run / "results.csv")

@@ -20,6 +20,7 @@ from transformers import DynamicCache
 
 import vlm_eff.flops  # noqa: F401  (registers the CPU SDPA FLOP formula)
 from vlm_eff.errors import ConfigError
+from vlm_eff.reduction import NoReduction, Strategy
 from vlm_eff.vlms import ImageTokens, Layout, layout_of
 
 POSITIONS = ("compact", "original")
@@ -31,6 +32,7 @@ class Prompt:
 
     embeds: torch.Tensor  # [B, L, D]
     mask: torch.Tensor  # [B, L] 1 on real tokens
+    image: torch.Tensor  # [B, L] True on visual tokens
     positions: torch.Tensor  # [P, B, L] (P = 3 under M-RoPE, else 1)
     visual_tokens: list[int]  # per row: visual tokens the LLM receives
 
@@ -40,6 +42,7 @@ class Output:
     """A generated batch: the new tokens and where the time went (seconds)."""
 
     tokens: torch.Tensor  # [B, n] greedy new tokens (after a row's end-of-sequence: its pad id)
+    first_logits: torch.Tensor  # [B, V] the prefill's logits of the first new token
     visual_tokens: list[int]
     vision_s: float
     prefill_s: float
@@ -73,10 +76,12 @@ def image_runs(ids: torch.Tensor, image_token: int) -> list[tuple[int, int]]:
 class Runner:
     """Greedy generation for a VLM of any layout; the model is used as loaded (patched or not)."""
 
-    def __init__(self, model: nn.Module, positions: str = "compact", layout: Layout | None = None):
+    def __init__(self, model: nn.Module, positions: str = "compact", strategy: Strategy | None = None,
+                 layout: Layout | None = None):
         if positions not in POSITIONS:
             raise ConfigError(f"pruning.positions={positions!r} is unknown; allowed: {', '.join(POSITIONS)}")
         self.model, self.positions = model, positions
+        self.strategy = strategy or NoReduction()  # applied by the caller; its site hooks run here
         self.layout = layout or layout_of(model)
         self.image_token = self.layout.image_token_id(model.config)
         self.lm = self.layout.language_model(model)
@@ -94,12 +99,12 @@ class Runner:
 
     # -- the prompt --------------------------------------------------------------------------------------
     def row(self, ids: torch.Tensor, images: list[ImageTokens]):
-        """One prompt [L0] with one placeholder run per image (any length) -> its embeddings [L, D] and
-        positions [P, L], each image's run replaced by its visual tokens."""
+        """One prompt [L0] with one placeholder run per image (any length) -> its embeddings [L, D],
+        positions [P, L] and visual-token flags [L], each image's run replaced by its visual tokens."""
         runs = image_runs(ids, self.image_token)
         if len(runs) != len(images):
             raise ConfigError(f"a prompt has {len(runs)} image placeholder runs for {len(images)} images")
-        pieces, stock_pieces, index, cursor, stock_len = [], [], [], 0, 0
+        pieces, stock_pieces, index, flags, cursor, stock_len = [], [], [], [], 0, 0
         for (start, end), image in zip(runs, images):
             text = ids[cursor:start]
             pieces.append(self.embed(text))
@@ -108,6 +113,7 @@ class Runner:
             stock_len += len(text)
             pieces.append(image.embeds.to(self.embed.weight.dtype))
             index.append(stock_len + image.slots.to(ids.device))
+            flags += [torch.zeros(len(text), dtype=torch.bool), torch.ones(len(image.slots), dtype=torch.bool)]
             stock_len += image.full
             cursor = end
         text = ids[cursor:]
@@ -119,7 +125,8 @@ class Runner:
             positions = self.layout.stock_positions(self.model, stock_ids, images)[:, index]  # [P, L]
         else:
             positions = torch.arange(len(index), device=ids.device)[None]  # [1, L]
-        return torch.cat(pieces), positions
+        flags.append(torch.zeros(len(text), dtype=torch.bool))
+        return torch.cat(pieces), positions, torch.cat(flags).to(ids.device)
 
     def prompt(self, rows: list[torch.Tensor], images: list[ImageTokens]) -> Prompt:
         """Rows of token ids (unpadded, images' placeholder runs of any length) and the batch's images in
@@ -133,15 +140,22 @@ class Runner:
             visual.append(sum(len(image.slots) for image in mine))
         if taken != len(images):
             raise ConfigError(f"the prompts hold {taken} images' placeholders for {len(images)} images")
-        B, L = len(built), max(embeds.shape[0] for embeds, _ in built)
+        B, L = len(built), max(embeds.shape[0] for embeds, _, _ in built)
         D, P = built[0][0].shape[-1], built[0][1].shape[0]
         embeds = torch.zeros(B, L, D, dtype=built[0][0].dtype, device=self.device)
         mask = torch.zeros(B, L, dtype=torch.long, device=self.device)
+        image = torch.zeros(B, L, dtype=torch.bool, device=self.device)
         positions = torch.zeros(P, B, L, dtype=torch.long, device=self.device)
-        for b, (e, p) in enumerate(built):  # left padding
+        for b, (e, p, flags) in enumerate(built):  # left padding
             n = e.shape[0]
-            embeds[b, L - n:], mask[b, L - n:], positions[:, b, L - n:] = e, 1, p
-        return Prompt(embeds, mask, positions, visual)
+            embeds[b, L - n:], mask[b, L - n:], positions[:, b, L - n:], image[b, L - n:] = e, 1, p, flags
+        return Prompt(embeds, mask, image, positions, visual)
+
+    def visual(self, images: dict) -> list[ImageTokens]:
+        """The visual tokens the language model receives for each image: the (reduced) vision part, then
+        whatever the strategy does after the projector."""
+        visual = self.layout.visual_tokens(self.model, images, self.strategy.hands_over)
+        return self.strategy.after_projector(visual)
 
     # -- the request ---------------------------------------------------------------------------------------
     def _lm_step(self, embeds, mask, positions, cache) -> torch.Tensor:
@@ -159,14 +173,15 @@ class Runner:
                  pad_id: int = 0) -> Output:
         """Greedy generation of up to `max_new_tokens` per row (all of them unless `stop_at_eos`), timed."""
         start = self._sync()
-        visual = self.layout.visual_tokens(self.model, images)
+        visual = self.visual(images)
         vision_end = self._sync()
         prompt = self.prompt(rows, visual)
+        self.strategy.before_prefill(prompt)
         cache = DynamicCache(config=self.lm.config)
         logits = self._lm_step(prompt.embeds, prompt.mask, prompt.positions, cache)
         token = logits.argmax(-1)  # [B]
         prefill_end = self._sync()
-        output = Output(token[:, None], prompt.visual_tokens, vision_end - start, prefill_end - vision_end)
+        output = Output(token[:, None], logits, prompt.visual_tokens, vision_end - start, prefill_end - vision_end)
         stops = torch.tensor(self.stop_ids() if stop_at_eos else [], dtype=torch.long, device=self.device)
         done = torch.isin(token, stops)
         mask, positions, tokens = prompt.mask, prompt.positions, [token]
@@ -194,8 +209,9 @@ class Runner:
                 result = fn()
             return result, counter.get_total_flops() / len(rows)
 
-        visual, vision = count(lambda: self.layout.visual_tokens(self.model, images))
+        visual, vision = count(lambda: self.visual(images))
         prompt = self.prompt(rows, visual)
+        self.strategy.before_prefill(prompt)
         cache = DynamicCache(config=self.lm.config)
         logits, prefill = count(lambda: self._lm_step(prompt.embeds, prompt.mask, prompt.positions, cache))
         mask = torch.cat([prompt.mask, prompt.mask.new_ones(len(rows), 1)], dim=1)

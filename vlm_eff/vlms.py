@@ -91,23 +91,34 @@ class Layout:
     def check_strategy(self, pruning) -> None:
         """A one-line ConfigError when this layout cannot take the `pruning` config (LLaVA takes them all)."""
 
+    def visual_token_count(self, config) -> int | None:
+        """Visual tokens of every image (None where they depend on the image's size)."""
+        side = config.vision_config.image_size // config.vision_config.patch_size
+        with_cls = self.tower_family(config).has_cls and config.vision_feature_select_strategy == "full"
+        return side * side + int(with_cls)
+
     # -- visual tokens ---------------------------------------------------------------------------------
-    def tower_tokens(self, model: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features of the feature layer [C, T, D] of C crops [C, 3, S, S], in spatial order, with the
-        patch each stands for [C, T] (-1: CLS or a summary token)."""
+    def tower_tokens(self, model: nn.Module, pixel_values: torch.Tensor,
+                     hands_over: str = "spatial") -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of the feature layer [C, T, D] of C crops [C, 3, S, S], with the patch each stands for
+        [C, T] (-1: CLS or a summary token): in spatial order, or as the strategy selected them."""
         tower = self.vision(model)
         family = self.tower_family(model.config)
         x = family.hidden_states(tower, pixel_values.to(tower.dtype), self.feature_depth(model.config))  # [C, T, D]
         origin = token_origins(tower, x, family.has_cls)  # [C, T]
+        if hands_over == "as_selected":
+            return x, origin
         order = origin.argsort(dim=1, stable=True)  # merged tokens sit where their lowest patch was
         return x.gather(1, order[..., None].expand_as(x)), origin.gather(1, order)
 
-    def visual_tokens(self, model: nn.Module, images: dict) -> list[ImageTokens]:
-        """Each image's visual tokens (after the projector), in placeholder order."""
+    def visual_tokens(self, model: nn.Module, images: dict, hands_over: str = "spatial") -> list[ImageTokens]:
+        """Each image's visual tokens (after the projector), in placeholder order; `hands_over`: "spatial"
+        (the feature select strategy applies: `default` drops token 0) or "as_selected" (the strategy's own
+        order, CLS included: VisionZip)."""
         config = model.config
-        x, origin = self.tower_tokens(model, images["pixel_values"])  # [B, T, D], [B, T]
+        x, origin = self.tower_tokens(model, images["pixel_values"], hands_over)  # [B, T, D], [B, T]
         with_cls = self.tower_family(config).has_cls and config.vision_feature_select_strategy == "full"
-        if config.vision_feature_select_strategy == "default":
+        if config.vision_feature_select_strategy == "default" and hands_over == "spatial":
             x, origin = x[:, 1:], origin[:, 1:]  # Hugging Face drops token 0 (CLS, or what replaced it)
         embeds = model.model.multi_modal_projector(x)  # [B, T', D_llm]
         side = config.vision_config.image_size // config.vision_config.patch_size
@@ -157,13 +168,16 @@ class OnevisionLayout(Layout):
             raise ConfigError(f"pruning.summary={summary} cannot be placed on LLaVA-OneVision's packed crop grid (a "
                               "summary token has no patch); use summary=none (cls_preserving, late_layer), tome or pitome")
 
+    def visual_token_count(self, config) -> None:
+        return None  # anyres: the crops and newlines an image gets depend on its size
+
     def n_crops(self, config, image_size) -> int:
         return image_size_to_num_patches(image_size, config.image_grid_pinpoints, config.vision_config.image_size)
 
-    def visual_tokens(self, model, images):
+    def visual_tokens(self, model, images, hands_over="spatial"):
         """Kept tokens are scattered back onto their crops' patch grids and packed by the stock
         `pack_image_features` beside a mask of what was kept; the packed positions the mask marks are
-        what the LLM receives (every row's newline token stays)."""
+        what the LLM receives (every row's newline token stays), in the grid's order whatever the strategy."""
         config, stock = model.config, model.model
         pixel_values, image_sizes = images["pixel_values"], images["image_sizes"]
         counts = [self.n_crops(config, size) for size in image_sizes.tolist()]
@@ -204,7 +218,7 @@ class QwenLayout(Layout):
     model_class = Qwen2VLForConditionalGeneration
     config_class = Qwen2VLConfig
     mrope = True
-    default_side = 448  # synthetic images: 448 x 448 px -> 16 x 16 = 256 visual tokens
+    default_grid = 16  # synthetic images: 16 x 16 = 256 visual tokens (448 x 448 px at 14 px patches)
 
     def vision(self, model):
         return model.model.visual
@@ -218,12 +232,16 @@ class QwenLayout(Layout):
     def encoder_config(self, config):
         return None
 
-    def check_strategy(self, pruning) -> None:
-        if pruning.name != "none":
-            raise ConfigError(f"{self.name}'s own ViT (2-D RoPE over packed images, a 2x2 PatchMerger) takes no encoder-"
-                              "site strategy: use pruning=none here, or a boundary or LLM-site strategy")
+    def visual_token_count(self, config) -> None:
+        return None  # one token per 28 x 28 px of the image
 
-    def visual_tokens(self, model, images):
+    def check_strategy(self, pruning) -> None:
+        if pruning.name not in ("none", "divprune", "fastv", "pyramiddrop"):
+            raise ConfigError(f"pruning={pruning.name}: {self.name}'s own ViT (2-D RoPE over packed images, a 2x2 "
+                              "PatchMerger) takes no encoder-site strategy and exposes no CLS or attention for "
+                              "VisionZip; allowed here: none, divprune, fastv, pyramiddrop")
+
+    def visual_tokens(self, model, images, hands_over="spatial"):
         visual, grids = self.vision(model), images["image_grid_thw"]
         merged = visual(images["pixel_values"].to(visual.dtype), grid_thw=grids).pooler_output  # [sum n, D_llm]
         counts = (grids.prod(-1) // visual.spatial_merge_size**2).tolist()
@@ -241,8 +259,8 @@ class QwenLayout(Layout):
         return positions[:, 0]  # [3, L]
 
     def image_side(self, config, image_size):
-        side = image_size or self.default_side
         unit = config.vision_config.patch_size * config.vision_config.spatial_merge_size
+        side = image_size or self.default_grid * unit
         if side % unit:
             raise ConfigError(f"model.image_size={side} must be a multiple of {unit} px (one visual token per "
                               f"{unit} x {unit} px)")

@@ -67,8 +67,8 @@ def run_requests(cfg: DictConfig, prepared: Prepared, batches: list[Requests], m
     device, dtype, loaded, _, strategy = prepared
     model = loaded.model.to(dtype).eval()
     layout = layout_of(model)
-    strategy.apply(layout.vision(model))
-    runner = Runner(model, cfg.pruning.get("positions", "compact"))
+    strategy.apply_to_vlm(model, layout)
+    runner = Runner(model, cfg.pruning.get("positions", "compact"), strategy)
     module = RequestModule(runner, max_new_tokens, stop_at_eos, pad_id)
     out_dir = run_dir()
     logger = make_logger(cfg, out_dir)
@@ -84,11 +84,12 @@ def run_requests(cfg: DictConfig, prepared: Prepared, batches: list[Requests], m
     timed = [output for _, output in module.outputs[cfg.warmup:]] or [module.outputs[-1][1]]
     mean = lambda values: statistics.fmean(values) if values else None  # noqa: E731
     decode = [t for output in timed for t in output.decode_s]
-    tower_tokens = strategy.tokens_per_layer(*_tower_shape(layout, model.config))
+    shape = _tower_shape(layout, model.config)
+    tower_tokens = strategy.tokens_per_layer(*shape) if shape else []
     row = {
         **base_row(cfg.task, Path(cfg.paths.root_dir)),
         "model": model_label(cfg.model, loaded.weights), "weights": loaded.weights, "strategy": cfg.pruning.name,
-        **strategy.columns(), "site": "encoder" if cfg.pruning.name != "none" else "",
+        **strategy.columns(), "site": strategy.site if cfg.pruning.name != "none" else "",
         "device": device_label(device), "dtype": cfg.dtype, "batch_size": batches[0].batch_size,
         "tokens": tower_tokens[-1] if tower_tokens else "",
         "visual_tokens": mean([n for output in timed for n in output.visual_tokens]),

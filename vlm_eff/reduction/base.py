@@ -30,6 +30,28 @@ def default_origins(batch: int, n_tokens: int, has_cls: bool, device: torch.devi
     return (torch.arange(n_tokens, device=device) - int(has_cls)).expand(batch, n_tokens)
 
 
+class EncoderSite:
+    """What a strategy does at each step of a VLM request; the defaults are those of the encoder site: the
+    tower is patched, what survives is handed over in spatial order through the layout's own feature
+    selection (LLaVA's `default` drops token 0), and nothing happens after the projector or at prefill."""
+
+    site = "encoder"
+    hands_over = "spatial"  # or "as_selected": the strategy's own order, CLS included (VisionZip)
+
+    def apply_to_vlm(self, model: nn.Module, layout) -> None:
+        self.apply(layout.vision(model))
+
+    def remove_from_vlm(self, model: nn.Module, layout) -> None:
+        self.remove(layout.vision(model))
+
+    def after_projector(self, images: list) -> list:
+        """Each image's visual tokens (vlms.ImageTokens) -> those the LLM receives."""
+        return images
+
+    def before_prefill(self, prompt) -> None:
+        """A new request's prompt (generation.Prompt), before the language model runs."""
+
+
 class Strategy(Protocol):
     """A token reduction, validated for one tower: applied to and removed from a model in place."""
 
@@ -48,7 +70,7 @@ class Strategy(Protocol):
         ...
 
 
-class NoReduction:
+class NoReduction(EncoderSite):
     """The stock model (`pruning=none`)."""
 
     per_image = False

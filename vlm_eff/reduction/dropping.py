@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
-from vlm_eff.reduction.base import (REDUCE_RANGE, bias_pooling, check_keep, default_origins, kept_count,
+from vlm_eff.reduction.base import (REDUCE_RANGE, EncoderSite, bias_pooling, check_keep, default_origins, kept_count,
                                    restore_classes, swap_class)
 from vlm_eff.towers import family_of, vision_tower
 
@@ -45,7 +45,7 @@ SUMMARIES = ("none", "mean", "fused")
 
 
 @dataclass(frozen=True)
-class Reduction:
+class Reduction(EncoderSite):
     """A validated point in the reduction space, for a tower with or without CLS (a `Strategy`)."""
 
     keep: float

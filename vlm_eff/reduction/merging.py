@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
-from vlm_eff.reduction.base import REDUCE_RANGE, bias_pooling, default_origins, kept_count, restore_classes, swap_class
+from vlm_eff.reduction.base import REDUCE_RANGE, EncoderSite, bias_pooling, default_origins, kept_count, restore_classes, swap_class
 from vlm_eff.towers import family_of
 
 
@@ -147,7 +147,7 @@ def r_for_keep(keep: float, n_tokens: int, n_layers: int, width: int, mlp_width:
 
 
 @dataclass
-class ToMe:
+class ToMe(EncoderSite):
     """ToMe's knobs (a `Strategy`) and the per-forward token sizes ([B, T, 1]; None = all ones)."""
 
     r: tuple[int, ...]  # merges in each layer
