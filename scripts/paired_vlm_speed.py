@@ -39,6 +39,11 @@ def profile_config(overrides: list[str]):
         return compose("profile", overrides)
 
 
+def base_overrides(args) -> list[str]:
+    """The model and data overrides (pruning.* knobs go to each strategy); random weights unless given."""
+    return ["model.weights=random", *[o for o in args.overrides if not o.startswith("pruning.")]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=float, default=0.5)
@@ -48,20 +53,23 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/profile.yaml (model=..., pruning.*=...)")
     args = parser.parse_args()
 
-    base = profile_config(["model.weights=random", *[o for o in args.overrides if not o.startswith("pruning.")]])
+    base = profile_config(base_overrides(args))
     prepared = prepare(base)
     model = prepared.loaded.model.to(prepared.device, prepared.dtype).eval()
     layout = layout_of(model)
-    (request,) = synthetic_requests(base, model, 1)
-    rows = [ids.to(prepared.device) for ids in request.rows]
-    images = {k: v.to(prepared.device, prepared.dtype) if v.is_floating_point() else v.to(prepared.device)
-              for k, v in request.images.items()}
+    def on_device(request):
+        return ([ids.to(prepared.device) for ids in request.rows],
+                {k: v.to(prepared.device, prepared.dtype) if v.is_floating_point() else v.to(prepared.device)
+                 for k, v in request.images.items()})
+
+    rows, images = on_device(synthetic_requests(base, model, 1)[0])
+    single = on_device(synthetic_requests(profile_config([*base_overrides(args), "data.batch_size=1"]), model, 1)[0])
 
     def run(runner):
         return runner.generate(rows, images, args.gen, stop_at_eos=False)
 
     stock_runner = Runner(model)
-    stock_flops = stock_runner.flops(rows, images)
+    stock_flops = stock_runner.flops(*single)  # per request: one is enough
     stock_cost = stock_flops["vision"] + stock_flops["prefill"]
     print(f"{base.model.name} (random weights: timing only), {device_label(prepared.device)} {base.dtype}, "
           f"{torch.get_num_threads()} threads, batch {len(rows)}, {args.gen} tokens per request, "
@@ -80,7 +88,7 @@ def main() -> None:
             continue
         runner = Runner(model, cfg.pruning.get("positions", "compact"), strategy)
         strategy.apply_to_vlm(model, layout)
-        flops = runner.flops(rows, images)
+        flops = runner.flops(*single)
         run(runner)  # warm-up, reduced
         strategy.remove_from_vlm(model, layout)
         stock, reduced = [], []

@@ -34,8 +34,8 @@ CASES = {  # id: (command, the text the error line must hold)
                             "allowed at most 32 per layer"),
     "layer out of range": (PROFILE + ("pruning=late_layer", "pruning.layer=99"),
                            "pruning.layer=99 is out of range for a 4-layer encoder; allowed -1..3"),
-    "unknown strategy": (PROFILE + ("pruning=bogus",), "unknown pruning 'bogus'; allowed: cls_preserving, evit, "
-                         "late_layer, naive, none, pitome, position_aware, tome"),
+    "unknown strategy": (PROFILE + ("pruning=bogus",), "unknown pruning 'bogus'; allowed: cls_preserving, divprune, "
+                         "evit, fastv, late_layer, naive, none, pitome, position_aware, pyramiddrop, tome, visionzip"),
     "unknown model": (PROFILE + ("model=bogus",), "unknown model 'bogus'; allowed: clip_laion_b32, clip_tiny"),
     "compile without warm-up": (PROFILE + ("compile=true", "warmup=0"),
                                 "compile=true needs warmup >= 1 (the first batch compiles), got warmup=0"),

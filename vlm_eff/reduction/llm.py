@@ -76,8 +76,8 @@ class LLMPruning(EncoderSite):
     def create(cls, name: str, n_layers: int, keep: float = 0.5, layer=None, tokens: int | None = None) -> "LLMPruning":
         """Validated knobs for a language model of `n_layers` decoder layers."""
         fastv = name == "fastv"
-        if layer is None:
-            layer = 2 if fastv else [n_layers // 4, n_layers // 2, 3 * n_layers // 4]
+        if layer is None:  # the papers' K = 2; PyramidDrop's stages at L/4, L/2, 3L/4 (fewer on a shallow LLM)
+            layer = 2 if fastv else sorted({n_layers // 4, n_layers // 2, 3 * n_layers // 4})
         layers = (layer,) if isinstance(layer, int) else tuple(layer)
         if not layers or any(isinstance(k, bool) or not isinstance(k, int) for k in layers):
             raise ValueError(f"pruning.layer={layer!r} must be a decoder layer index or a list of them")
