@@ -6,7 +6,9 @@
 #      dropping strategy (EViT), ToMe and PiToMe at keep 0.5: speed-up, FLOP ratio, and their quotient;
 #      NVML columns (utilisation, memory, power);
 #   3. the input pipeline on the GPU: evaluate.py end-to-end images/s over its encoder steps' images/s
-#      (needs the CIFAR-10 archive; skipped without it).
+#      (needs the CIFAR-10 archive; skipped without it);
+#   4. LLaVA-1.5-7B (random weights, bf16, batch 1, 16 new tokens): stock against visionzip and fastv at 64 and
+#      192 visual tokens, TTFT in alternating request pairs, decode ms/token and KV cache (outputs/gpu_check/llava_7b.md).
 # Usage: bash scripts/gpu_check.sh [CIFAR10_ARCHIVE]   (writes outputs/gpu_check/gpu_check.md)
 # The archive defaults to ../shared/data/ or shared/data/ (on a lent GPU machine, which gets a copy of the
 # work tree only, copy it into the tree first, e.g. to outputs/, and carry that path).
@@ -31,6 +33,11 @@ if [[ -f "$ARCHIVE" ]]; then
   python evaluate.py "${pipeline[@]}" "hydra.run.dir=$OUT/pipeline_first" > /dev/null  # resizes once into the cache
   python evaluate.py "${pipeline[@]}" "hydra.run.dir=$OUT/pipeline" > /dev/null
 fi
+
+for tokens in 64 192; do
+  python scripts/paired_vlm_speed.py --strategies visionzip,fastv --tokens $tokens --pairs 5 --gen 16 \
+    model=llava_1_5_7b device=cuda dtype=bf16 data.batch_size=1 | tee -a "$OUT/llava_7b.md"
+done
 
 python - "$OUT" <<'PY'
 import sys
@@ -60,6 +67,8 @@ if (out / "pipeline" / "results.csv").is_file():
     lines.append(f"\nInput pipeline (evaluate.py, {r['model']}, {r['n_images']} CIFAR-10 test images at "
                  f"{r['image_size']} px, batch {r['batch_size']}, {r['dtype']}, default workers): {e2e:.0f} images/s "
                  f"end to end over {steps:.0f} images/s of encoder steps = {e2e / steps:.3f}")
+if (out / "llava_7b.md").is_file():
+    lines.append("\nLLaVA-1.5-7B requests (scripts/paired_vlm_speed.py):\n\n" + (out / "llava_7b.md").read_text())
 table = "\n".join(lines) + "\n"
 (out / "gpu_check.md").write_text(table)
 print(table)

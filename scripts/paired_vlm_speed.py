@@ -7,7 +7,7 @@ the median of the per-pair ratios; "of the bound" divides it by the ratio of (vi
 (torch.utils.flop_counter). Decode ms/token and the KV cache are reported beside it (medians).
 
     python scripts/paired_vlm_speed.py --keep 0.5 model=llava_onevision_0_5b data.batch_size=1
-    python scripts/paired_vlm_speed.py --strategies visionzip,divprune,fastv --tokens 64 model=llava_1_5_7b device=cuda
+    python scripts/paired_vlm_speed.py --strategies visionzip,fastv --tokens 64 model=llava_1_5_7b device=cuda dtype=bf16
 
 Arguments after the options are Hydra overrides of conf/profile.yaml (model, data.batch_size, device, ...).
 """
@@ -47,6 +47,7 @@ def base_overrides(args) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=float, default=0.5)
+    parser.add_argument("--tokens", type=int, default=None, help="visual tokens kept (boundary / LLM site), instead of --keep")
     parser.add_argument("--strategies", default=STRATEGIES, help="comma-separated `pruning` configs")
     parser.add_argument("--pairs", type=int, default=3, help="timed stock/reduced request pairs per strategy")
     parser.add_argument("--gen", type=int, default=4, help="greedy tokens per request (decode is timed after the first)")
@@ -80,11 +81,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     run(stock_runner)  # warm-up, stock
     for name in args.strategies.split(","):
-        cfg = profile_config([f"pruning={name}", f"pruning.keep={args.keep}", *args.overrides])
+        budget = [f"pruning.keep={args.keep}"] if args.tokens is None else ["pruning.keep=null", f"pruning.tokens={args.tokens}"]
+        cfg = profile_config([f"pruning={name}", *budget, *args.overrides])
         try:
             strategy = build_vlm(cfg.pruning, layout, model.config, cfg.seed)
         except ConfigError as error:
-            print(f"| {name} | {args.keep:g} | not on this layout: {error} |||||||||", flush=True)
+            print(f"| {name} | {args.keep if args.tokens is None else f'tokens={args.tokens}'} | not on this layout: {error} |||||||||", flush=True)
             continue
         runner = Runner(model, cfg.pruning.get("positions", "compact"), strategy)
         strategy.apply_to_vlm(model, layout)
@@ -102,7 +104,7 @@ def main() -> None:
         decode = [statistics.median([t for out in outs for t in out.decode_s]) * 1e3 for outs in (stock, reduced)]
         kv = [statistics.median([out.kv_cache_bytes for out in outs]) / 2**20 for outs in (stock, reduced)]
         ttft = [statistics.median([out.ttft_s for out in outs]) * 1e3 for outs in (stock, reduced)]
-        print(f"| {name} | {args.keep:g} | {statistics.fmean(reduced[0].visual_tokens):.0f} of "
+        print(f"| {name} | {args.keep if args.tokens is None else f'tokens={args.tokens}'} | {statistics.fmean(reduced[0].visual_tokens):.0f} of "
               f"{statistics.fmean(stock[0].visual_tokens):.0f} | {ttft[0]:.0f} | {ttft[1]:.0f} | {speedup:.3f}x "
               f"| {min(ratios):.2f}-{max(ratios):.2f} | {flop_ratio:.3f}x | {speedup / flop_ratio:.3f} "
               f"| {decode[0]:.1f} -> {decode[1]:.1f} | {kv[0]:.1f} -> {kv[1]:.1f} |", flush=True)

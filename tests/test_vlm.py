@@ -249,3 +249,21 @@ def test_evaluate_vqa_writes_llava_answers_equal_to_stock_generate(tmp_path, tin
     expected = np.mean([exact_match(a["text"], q["answer"]) for a, q in zip(answers, questions)])
     assert float(row["vqa_acc"]) == pytest.approx(expected) and int(row["n_images"]) == 5
     assert float(row["visual_tokens"]) == 64 and float(row["ttft_ms"]) > 0
+
+
+def test_sweep_report_of_requests(tmp_path):
+    """A -m sweep over the three sites on the tiny LLaVA: the report's request table compares each row's TTFT and
+    (vision + prefill) FLOPs with the stock row, and draws TTFT and prefill GFLOPs against visual tokens."""
+    from vlm_eff.report import report
+
+    sweep = tmp_path / "sweep"
+    result = run_script("profile.py", "-m", "model=llava_tiny", "pruning=none,cls_preserving,divprune,fastv",
+                        "pruning.keep=0.5", "++pruning.layer=1", "runs=1", "warmup=1", "gen_tokens=2", "logger=none",
+                        f"hydra.sweep.dir={sweep}", f"paths.work_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = report(sweep, use_wandb=False)
+    lines = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert {"none", "cls_preserving", "divprune", "fastv"} <= set(lines)
+    assert "TTFT speed-up" in table and "encoder" in lines["cls_preserving"] and "llm" in lines["fastv"]
+    assert " 32.0 " in lines["divprune"] and " 64.0 " in lines["fastv"]  # visual tokens the LLM receives
+    assert (sweep / "ttft_vs_visual_tokens.png").stat().st_size > 10_000

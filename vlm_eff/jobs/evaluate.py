@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from vlm_eff.errors import ConfigError
 from vlm_eff.data.vqa import read_questions
 from vlm_eff.jobs.common import check_counts, encoder_row, prepare, run_dir, save_row, tokens_text
-from vlm_eff.jobs.requests import evaluate_vqa
+from vlm_eff.jobs.requests import evaluate_vqa, question_files
 from vlm_eff.lora import check_adapter_dir, load_adapter
 from vlm_eff.models import RANDOM_WEIGHTS_WARNING, load_preprocess, load_tokenizer, model_config
 from vlm_eff.modules import RetrievalModule, ZeroShotModule
@@ -62,11 +62,11 @@ def check_protocol(cfg: DictConfig) -> bool:
     if not vlm and name == "vqa":
         raise ConfigError(f"protocol=vqa needs a generative VLM (llava_*, onevision_*, qwen2*_vl_*); "
                           f"model={cfg.model.name} is a dual encoder: use protocol=zeroshot or retrieval")
-    if name == "vqa" and cfg.data.name != "vqa":
-        raise ConfigError(f"protocol=vqa reads questions: use data=vqa data.root=DIR data.questions=FILE, "
-                          f"not data={cfg.data.name}")
-    if name != "vqa" and cfg.data.name == "vqa":
-        raise ConfigError(f"data=vqa holds questions for protocol=vqa, not protocol={name}")
+    if name == "vqa" and "questions" not in cfg.data:
+        raise ConfigError(f"protocol=vqa reads questions: use data=vqa data.root=DIR data.questions=FILE (or "
+                          f"data=cifar10_vqa), not data={cfg.data.name}")
+    if name != "vqa" and "questions" in cfg.data:
+        raise ConfigError(f"data={cfg.data.name} holds questions for protocol=vqa, not protocol={name}")
     return vlm
 
 
@@ -75,7 +75,7 @@ def evaluate(cfg: DictConfig) -> dict:
     image-text retrieval, timing the image encoder; or, for a generative VLM, vqa); write and log the row."""
     if check_protocol(cfg):
         check_counts(cfg, "data.batch_size", "warmup", "data.subset", "protocol.max_new_tokens")
-        read_questions(cfg.data.questions, cfg.data.root)  # bad questions fail before the model loads
+        read_questions(*reversed(question_files(cfg.data)))  # bad questions fail before the model loads
         return evaluate_vqa(cfg, prepare(cfg))
     if cfg.protocol.name == "zeroshot":
         if "captions" in cfg.data:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from vlm_eff.data.cifar10 import read_image
+from vlm_eff.data.cifar10_vqa import QUESTION_FILE, ensure_test_set
 from vlm_eff.data.vqa import Question, answer_record, read_questions, vqa_accuracy, write_answers
 from vlm_eff.errors import ConfigError
 from vlm_eff.generation import Output, Runner
@@ -174,10 +175,22 @@ class QuestionBatches:
         return Requests(rows, self.layout.image_inputs(inputs), questions, prompts)
 
 
+def question_files(data: DictConfig) -> tuple[str, str]:
+    """(images root, question JSONL) of the `data` config; data=cifar10_vqa without its own questions builds
+    (once, into the cache) the mosaic test set from the CIFAR-10 test split at data.root."""
+    if data.name == "cifar10_vqa" and not data.get("questions"):
+        if not data.root:
+            raise ConfigError("data=cifar10_vqa needs data.root=<the CIFAR-10 archive or folder> to build its test set")
+        folder = ensure_test_set(data.root, data.cache_dir, data.n_questions, data.set_seed)
+        return str(folder), str(folder / QUESTION_FILE)
+    return data.root, data.questions
+
+
 def evaluate_vqa(cfg: DictConfig, prepared: Prepared) -> dict:
     """evaluate.py protocol=vqa: greedy answers to LLaVA's question JSONL, answers.jsonl in LLaVA's
     answer format, `vqa_acc` where answers are given, the request timing columns."""
-    questions = read_questions(cfg.data.questions, cfg.data.root)
+    root, questions_file = question_files(cfg.data)
+    questions = read_questions(questions_file, root)
     if cfg.data.get("subset"):
         generator = torch.Generator().manual_seed(cfg.seed)
         picked = torch.randperm(len(questions), generator=generator)[: cfg.data.subset].sort().values

@@ -22,11 +22,13 @@ from vlm_eff.errors import ConfigError
 from vlm_eff.jobs.common import RECORDED_REDUCTION, encoder_row, prepare, run_dir, save_row
 from vlm_eff.jobs.evaluate import test_row
 from vlm_eff.lora import add_lora, count_parameters, merge, new_adapters
-from vlm_eff.models import load_preprocess, load_tokenizer
+from vlm_eff.jobs.train_vlm import train_vlm
+from vlm_eff.models import load_preprocess, load_tokenizer, model_config
 from vlm_eff.modules import DistillModule, FineTuneModule, ZeroShotModule
 from vlm_eff.prompts import Prompts, load_prompts
 from vlm_eff.profiling import ProfilingCallback
 from vlm_eff.results import write_atomic
+from vlm_eff.vlms import is_vlm
 from vlm_eff.wandb_logging import finish, make_logger
 
 PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}  # half precision = autocast
@@ -81,6 +83,8 @@ def check_checkpoint(path: Path, setting: str) -> str:
 
 
 def train(cfg: DictConfig) -> dict:
+    if is_vlm(model_config(cfg.model).model_type):
+        return train_vlm(cfg)  # a generative VLM: visual instruction tuning on CIFAR-10 mosaics
     new_adapters(cfg.lora)  # bad lora.* values and prompts fail before anything loads
     prompts = load_prompts(cfg.prompts)
     device, _, loaded, size, strategy = prepare(cfg, "data.batch_size", "trainer.max_epochs", "warmup", "data.num_workers")

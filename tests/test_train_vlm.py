@@ -1,0 +1,42 @@
+"""train.py on a generative VLM, as a user runs it: a few steps of visual instruction tuning of the small LLaVA on
+real CIFAR-10 train mosaics, the export with its processor, and evaluate.py protocol=vqa on the exported model
+with the mosaic test set built from the CIFAR-10 test split (data=cifar10_vqa)."""
+
+import json
+
+import torch
+from conftest import ROOT, run_script
+from transformers import AutoModel, LlavaForConditionalGeneration
+
+from vlm_eff.results import read_results
+
+
+def test_train_export_and_evaluate_the_small_llava(tmp_path, shared_archive, cache_dir):
+    export = tmp_path / "export"
+    env = {"VLM_EFF_CACHE": str(cache_dir)}
+    result = run_script("train.py", "experiment=tiny_llava_cifar10", f"data.root={shared_archive}",
+                        "trainer.max_steps=3", "data.batch_size=4", "checkpoint_every_n_steps=2", "logger=none",
+                        f"export_dir={export}", f"hydra.run.dir={tmp_path / 'run'}", env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "3 steps" in result.stdout and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    summary = json.loads((export / "training_summary.json").read_text())
+    assert summary["steps"] == 3 and summary["tower"] == "frozen"
+    # the tower is the trained small CLIP's, its position embeddings interpolated from 8 x 8 to 16 x 16
+    tower = LlavaForConditionalGeneration.from_pretrained(export).model.vision_tower
+    clip = AutoModel.from_pretrained(ROOT / "checkpoints" / "tiny_clip_cifar10").vision_model
+    layer = "encoder.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(tower.state_dict()[layer], clip.state_dict()[layer].to(torch.float16))
+    assert tower.embeddings.position_embedding.weight.shape == (1 + 16 * 16, 192)
+
+    result = run_script("evaluate.py", "protocol=vqa", "model=tiny_llava_cifar10", f"model.path={export}",
+                        "data=cifar10_vqa", f"data.root={shared_archive}", "data.subset=12", "data.batch_size=6",
+                        "protocol.max_new_tokens=3", "pruning=divprune", "pruning.keep=0.25", "logger=none",
+                        f"paths.work_dir={tmp_path}", env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = next(tmp_path.rglob("outputs/*/*/answers.jsonl")).parent
+    answers = [json.loads(line) for line in (run / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 12 and all(a["visual_tokens"] == 64 for a in answers)  # 25 % of 256
+    (row,) = read_results(run / "results.csv")
+    assert row["site"] == "boundary" and row["vqa_acc"] != "" and int(row["n_images"]) == 12
+    kinds = json.loads((run / "vqa_metrics.json").read_text())
+    assert {"vqa_acc_position", "vqa_acc_presence", "vqa_acc_count"} <= set(kinds)
