@@ -178,6 +178,8 @@ def build_vlm(cfg: DictConfig, layout, config, seed: int = 0) -> Strategy:
                                                            vision["num_hidden_layers"], family.has_cls)})
         strategy = build(cfg, vision, family.has_cls, seed)
         strategy.keep = keep
+        strategy.label = f"{cfg.name}_{kept_count(n_patches, keep)}of{n_patches}" + strategy.label.partition(
+            f"_r{'-'.join(map(str, strategy.r))}")[2]  # merges spread to leave that many; knobs after it stay
         return strategy
     return build(cfg, vision, family.has_cls, seed)
 
