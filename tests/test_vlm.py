@@ -12,7 +12,7 @@ from conftest import ROOT, model_config, run_script
 from omegaconf import OmegaConf
 from PIL import Image
 
-from vlm_requests import LAYOUTS, SUFFIX, capture_prefill, requests, stock_generate, strategy
+from vlm_requests import LAYOUTS, SUFFIX, capture_prefill, requests, run_capturing, stock_generate, strategy
 
 from vlm_eff.generation import Runner
 from vlm_eff.results import read_results
@@ -60,18 +60,12 @@ def test_llava_llm_receives_exactly_the_reduced_features(tiny_vlms):
         x = layer(x, None)
     expected = projector(x[:, 1:])  # [B, 32, D_llm]: CLS dropped (default)
 
-    applied = strategy(model, "cls_preserving", keep=0.5, layer=1)
-    seen, handle = capture_prefill(model)
-    try:
-        out = Runner(model).generate(rows, images, 2, stop_at_eos=False)
-    finally:
-        handle.remove()
-        applied.remove(tower)
-    embeds = seen[0]["embeds"]  # [B, L, D_llm], left padded
+    out, seen = run_capturing(model, strategy(model, "cls_preserving", keep=0.5, layer=1), rows, images, 2)
+    embeds = seen["embeds"]  # [B, L, D_llm], left padded
     L = embeds.shape[1]
     assert out.visual_tokens == [32, 32, 32] and L == 9 + 32 + SUFFIX
     torch.testing.assert_close(embeds[:, L - SUFFIX - 32: L - SUFFIX], expected, rtol=0, atol=1e-6)
-    assert torch.equal(seen[0]["positions"][2, -(1 + 32 + SUFFIX):], torch.arange(1 + 32 + SUFFIX))  # compact
+    assert torch.equal(seen["positions"][2, -(1 + 32 + SUFFIX):], torch.arange(1 + 32 + SUFFIX))  # compact
 
 
 @torch.no_grad()
@@ -94,15 +88,9 @@ def test_onevision_llm_receives_the_kept_tokens_of_every_crop_with_the_row_newli
     newline = stock.image_newline[None]
     expected = torch.cat([kept[0]] + [t for r in range(8) for t in (grid[r], newline)])  # [32 + 32 + 8, D]
 
-    applied = strategy(model, "cls_preserving", keep=0.5, layer=2)
-    seen, handle = capture_prefill(model)
-    try:
-        out = Runner(model).generate(rows, images, 2, stop_at_eos=False)
-    finally:
-        handle.remove()
-        applied.remove(tower)
+    out, seen = run_capturing(model, strategy(model, "cls_preserving", keep=0.5, layer=2), rows, images, 2)
     assert out.visual_tokens == [72]
-    embeds = seen[0]["embeds"][0]
+    embeds = seen["embeds"][0]
     torch.testing.assert_close(embeds[4: 4 + 72], expected, rtol=0, atol=1e-6)
 
 
@@ -116,14 +104,8 @@ def test_original_positions_keep_each_kept_token_where_it_was(tiny_vlms):
     x = tower.embeddings(images["pixel_values"])
     _, idx = top_l2(x, 16, first=1)  # layer 0: the embeddings' output, before pre_layrnorm
 
-    applied = strategy(model, "cls_preserving", keep=0.25)
-    seen, handle = capture_prefill(model)
-    try:
-        Runner(model, positions="original").generate(rows, images, 1, stop_at_eos=False)
-    finally:
-        handle.remove()
-        applied.remove(tower)
-    positions = seen[0]["positions"][0]
+    _, seen = run_capturing(model, strategy(model, "cls_preserving", keep=0.25), rows, images, positions="original")
+    positions = seen["positions"][0]
     assert positions.tolist() == list(range(4)) + (4 + idx[0]).tolist() + list(range(4 + 64, 4 + 64 + SUFFIX))
 
 

@@ -7,22 +7,12 @@ first token's logits equal; keep 1.0 must be the stock generation."""
 import pytest
 import torch
 import torch.nn.functional as F
-from vlm_requests import LAYOUTS, capture_prefill, requests, stock_generate, strategy
+from vlm_requests import LAYOUTS, requests, run_capturing, stock_generate, strategy
 
 from vlm_eff.generation import Runner
 from vlm_eff.vlms import layout_of
 
 PREFIXES = {"batch1": (4,), "batch3": (3, 9, 1)}
-
-
-def run(model, applied, rows, images, n: int = 1, **knobs):
-    seen, handle = capture_prefill(model)
-    try:
-        out = Runner(model, strategy=applied, **knobs).generate(rows, images, n, stop_at_eos=False)
-    finally:
-        handle.remove()
-        applied.remove_from_vlm(model, layout_of(model))
-    return out, seen[0]
 
 
 def unpadded(seen: dict, b: int):
@@ -92,7 +82,7 @@ def test_llm_site_matches_the_authors_algorithm(tiny_vlms, name, preset, knobs, 
     model = tiny_vlms[name]
     rows, images = requests(model, PREFIXES[batch])
     applied = strategy(model, preset, **knobs)
-    out, seen = run(model, applied, rows, images)
+    out, seen = run_capturing(model, applied, rows, images)
     layers = [knobs["layer"]] if isinstance(knobs["layer"], int) else knobs["layer"]
     for b, row in enumerate(rows):
         embeds, positions = unpadded(seen, b)
@@ -193,7 +183,7 @@ def test_visionzip_matches_the_authors_algorithm_on_llava(tiny_vlms, tokens, bat
     expected, indices = reference_visionzip(tower, images["pixel_values"], 3, dominant, tokens - dominant, True)
     expected = model.model.multi_modal_projector(expected)  # [B, tokens, D_llm]: CLS, dominant, contextual
     applied = strategy(model, "visionzip", tokens=tokens)
-    out, seen = run(model, applied, rows, images)
+    out, seen = run_capturing(model, applied, rows, images)
     assert out.visual_tokens == [tokens] * len(rows)
     assert torch.equal(applied.origin[:, :dominant] + 1, indices)  # CLS (-1 -> 0) and the dominant patches
     L = seen["embeds"].shape[1]
@@ -247,7 +237,7 @@ def test_divprune_matches_the_authors_algorithm(tiny_vlms, name, batch):
     with torch.no_grad():
         stock = Runner(model).visual(images)  # the stock visual tokens (checked against generate elsewhere)
     applied = strategy(model, "divprune", keep=0.3)
-    out, seen = run(model, applied, rows, images)
+    out, seen = run_capturing(model, applied, rows, images)
     for b, (row, image) in enumerate(zip(rows, stock)):
         kept = reference_divprune(image.embeds.float(), 0.3)
         assert out.visual_tokens[b] == len(kept)
@@ -272,7 +262,7 @@ def test_keep_one_is_the_stock_generation(tiny_vlms, name, preset, knobs):
     rows, images = requests(model, (3, 9, 1))
     stock = stock_generate(model, rows, images, 5)
     applied = strategy(model, preset, **knobs)
-    out, _ = run(model, applied, rows, images, 5)
+    out, _ = run_capturing(model, applied, rows, images, 5)
     assert torch.equal(out.tokens, stock)
 
 

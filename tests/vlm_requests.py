@@ -70,3 +70,16 @@ def capture_prefill(model):
                          "mask": kwargs["attention_mask"]})
 
     return seen, layout_of(model).language_model(model).register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def run_capturing(model, applied, rows, images, n: int = 1, **knobs):
+    """Generate `n` tokens with `applied` on (then removed) -> (the Output, the prefill's inputs)."""
+    from vlm_eff.generation import Runner
+
+    seen, handle = capture_prefill(model)
+    try:
+        out = Runner(model, strategy=applied, **knobs).generate(rows, images, n, stop_at_eos=False)
+    finally:
+        handle.remove()
+        applied.remove_from_vlm(model, layout_of(model))
+    return out, seen[0]

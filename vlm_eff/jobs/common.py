@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vlm_eff.errors import ConfigError
 from vlm_eff.flops import flops_per_image
-from vlm_eff.models import ImageEncoder, LoadedModel, load_model, model_config, model_label
+from vlm_eff.models import RANDOM_WEIGHTS_WARNING, ImageEncoder, LoadedModel, load_model, model_config, model_label
 from vlm_eff.reduction import Strategy, build, build_vlm
 from vlm_eff.reduction.dropping import adaptive_budgets
 from vlm_eff.results import base_row, write_results
@@ -141,6 +141,16 @@ def tokens_text(row: dict) -> str:
 
 def run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
+
+
+def closing_lines(row: dict, out_dir: Path, project_csv: Path, wandb_dir: str | None) -> list[str]:
+    """The end of every job's summary: where the row went, the W&B run, and the random-weights warning."""
+    lines = [f"  results   {out_dir / 'results.csv'} (+ one row in {project_csv})"]
+    if wandb_dir:
+        lines.append(f"  W&B       {wandb_dir} (upload: wandb sync {wandb_dir})")
+    if row["weights"].startswith("random"):
+        lines.append("  !! " + RANDOM_WEIGHTS_WARNING.format(source=row["model"]))
+    return lines
 
 
 def save_row(row: dict, cfg: DictConfig, out_dir: Path, logger, prefix: str) -> None:

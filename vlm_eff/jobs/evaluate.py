@@ -12,10 +12,10 @@ from omegaconf import DictConfig
 
 from vlm_eff.errors import ConfigError
 from vlm_eff.data.vqa import read_questions
-from vlm_eff.jobs.common import check_counts, encoder_row, prepare, run_dir, save_row, tokens_text
+from vlm_eff.jobs.common import check_counts, closing_lines, encoder_row, prepare, run_dir, save_row, tokens_text
 from vlm_eff.jobs.requests import evaluate_vqa, question_files
 from vlm_eff.lora import check_adapter_dir, load_adapter
-from vlm_eff.models import RANDOM_WEIGHTS_WARNING, load_preprocess, load_tokenizer, model_config
+from vlm_eff.models import load_preprocess, load_tokenizer, model_config
 from vlm_eff.modules import RetrievalModule, ZeroShotModule
 from vlm_eff.profiling import ProfilingCallback
 from vlm_eff.prompts import load_prompts
@@ -133,13 +133,9 @@ def print_summary(row: dict, per_class: dict | None, source: str, out_dir: Path,
         f"keep={row['keep']} layer={row['layer']} score={row['score']}",
         *metric_lines(row, per_class),
         f"  {tokens_text(row)}, {row['gflops_per_img']:.4g} GFLOPs/image; {timing}",
-        f"  results   {out_dir / 'results.csv'} (+ one row in {project_csv}"
-        + ("; per class: per_class.json)" if per_class else ")"),
+        *([f"  per class {out_dir / 'per_class.json'}"] if per_class else []),
+        *closing_lines(row, out_dir, project_csv, wandb_dir),
     ]
-    if wandb_dir:
-        lines.append(f"  W&B       {wandb_dir} (upload: wandb sync {wandb_dir})")
-    if row["weights"].startswith("random"):
-        lines.append("  !! " + RANDOM_WEIGHTS_WARNING.format(source=row["model"]))
     print("\n".join(lines), flush=True)
 
 

@@ -10,9 +10,9 @@ import torch
 from omegaconf import DictConfig
 
 from vlm_eff.data import SyntheticDataModule
-from vlm_eff.jobs.common import encoder_row, prepare, run_dir, save_row, tokens_text
+from vlm_eff.jobs.common import closing_lines, encoder_row, prepare, run_dir, save_row, tokens_text
 from vlm_eff.jobs.requests import profile_requests
-from vlm_eff.models import RANDOM_WEIGHTS_WARNING, ImageEncoder
+from vlm_eff.models import ImageEncoder
 from vlm_eff.modules import ImageEncoderModule
 from vlm_eff.profiling import ProfilingCallback, reduction_share
 from vlm_eff.vlms import is_vlm
@@ -80,9 +80,5 @@ def print_summary(row: dict, source: str, out_dir: Path, project_csv: Path, wand
         lines.append(f"  GPU       {row['gpu_util_pct']:.0f}% utilisation, {row['gpu_power_w']:.0f} W, "
                      f"SM {row['gpu_sm_clock_mhz']:.0f} MHz, {row['gpu_temp_c']:.0f} C max, "
                      f"{row['gpu_mem_used_mib']:.0f} MiB used max (NVML, mean over the timed batches)")
-    lines.append(f"  results   {out_dir / 'results.csv'} (+ one row in {project_csv})")
-    if wandb_dir:
-        lines.append(f"  W&B       {wandb_dir} (upload: wandb sync {wandb_dir})")
-    if row["weights"] == "random":
-        lines.append("  !! " + RANDOM_WEIGHTS_WARNING.format(source=row["model"]))
+    lines += closing_lines(row, out_dir, project_csv, wandb_dir)
     print("\n".join(lines), flush=True)

@@ -18,8 +18,8 @@ from vlm_eff.data.cifar10_vqa import QUESTION_FILE, ensure_test_set
 from vlm_eff.data.vqa import Question, answer_record, read_questions, vqa_accuracy, write_answers
 from vlm_eff.errors import ConfigError
 from vlm_eff.generation import Output, Runner
-from vlm_eff.jobs.common import Prepared, run_dir, save_row
-from vlm_eff.models import RANDOM_WEIGHTS_WARNING, hub_reachable, model_label
+from vlm_eff.jobs.common import Prepared, closing_lines, run_dir, save_row
+from vlm_eff.models import hub_reachable, model_label
 from vlm_eff.profiling import ProfilingCallback
 from vlm_eff.results import base_row, write_atomic
 from vlm_eff.runtime import device_label
@@ -251,9 +251,5 @@ def print_summary(task: str, row: dict, source: str, out_dir: Path, project_csv:
         lines.append(f"  answers   {out_dir / 'answers.jsonl'}")
     if row.get("peak_mem_mib") is not None:
         lines.append(f"  memory    {row['peak_mem_mib']:.1f} MiB peak ({row['mem_kind']})")
-    lines.append(f"  results   {out_dir / 'results.csv'} (+ one row in {project_csv})")
-    if wandb_dir:
-        lines.append(f"  W&B       {wandb_dir} (upload: wandb sync {wandb_dir})")
-    if row["weights"] == "random":
-        lines.append("  !! " + RANDOM_WEIGHTS_WARNING.format(source=row["model"]))
+    lines += closing_lines(row, out_dir, project_csv, wandb_dir)
     print("\n".join(lines), flush=True)
