@@ -226,12 +226,6 @@ class QwenLayout(Layout):
     def tower_family(self, config):
         return None
 
-    def feature_depth(self, config):
-        return config.vision_config.depth
-
-    def encoder_config(self, config):
-        return None
-
     def visual_token_count(self, config) -> None:
         return None  # one token per 28 x 28 px of the image
 
