@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, model_config, run_script
-from omegaconf import OmegaConf
+from conftest import ROOT, run_script
 from PIL import Image
 
 from vlm_requests import LAYOUTS, SUFFIX, capture_prefill, requests, run_capturing, stock_generate, strategy
