@@ -21,6 +21,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from vlm_eff.errors import ConfigError
+from vlm_eff.reduction import trace
 from vlm_eff.reduction.base import REDUCE_RANGE, EncoderSite, restore_classes, swap_class
 
 VISIONZIP_SPLITS = {64: (54, 10), 128: (108, 20), 192: (162, 30)}  # the authors' (dominant, contextual)
@@ -44,11 +45,13 @@ def visionzip_split(total: int) -> tuple[int, int]:
 
 
 def visionzip_select(hidden: torch.Tensor, attention: torch.Tensor, keys: torch.Tensor, dominant: int,
-                     contextual: int, has_cls: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                     contextual: int, has_cls: bool, members: bool = False):
     """VisionZip on one feature layer: hidden [B, T, D] (token 0 = CLS if `has_cls`), its attention
     [B, H, T, T] (post-softmax) and keys averaged over heads [B, T, d] -> the tokens handed over
     [B, dominant + contextual, D] (CLS, dominant patches ascending, contextual by target) and the patch each
-    stands for [B, dominant + contextual] (-1 for CLS; a contextual token: its target)."""
+    stands for [B, dominant + contextual] (-1 for CLS; a contextual token: its target); with `members`, also
+    the input tokens each stands for [B, dominant + contextual, T] bool (a contextual token: its target and
+    the tokens joined to it)."""
     B, T, D = hidden.shape
     first = int(has_cls)
     if has_cls:  # the attention CLS pays each patch, summed over heads
@@ -73,7 +76,15 @@ def visionzip_select(hidden: torch.Tensor, attention: torch.Tensor, keys: torch.
     counts = assign.sum(dim=1).clamp(min=1)[..., None]  # [B, C, 1]
     context = rest_hidden[:, targets] + joined / counts  # the target plus the mean of what joined it
     tokens = torch.cat([hidden.gather(1, kept[..., None].expand(-1, -1, D)), context], dim=1)
-    return tokens, torch.cat([kept, remaining[:, targets]], dim=1) - first  # CLS -> -1
+    origin = torch.cat([kept, remaining[:, targets]], dim=1) - first  # CLS -> -1
+    if not members:
+        return tokens, origin
+    joined_to = torch.zeros(B, len(targets), metric.shape[1], dtype=torch.bool, device=hidden.device)  # [B, C, R]
+    joined_to[:, :, ~is_target] = assign.transpose(1, 2).bool()
+    joined_to[:, torch.arange(len(targets)), targets] = True
+    held = torch.zeros(B, len(targets), T, dtype=torch.bool, device=hidden.device)
+    held.scatter_(2, remaining[:, None].expand(-1, len(targets), -1), joined_to)  # [B, C, T]
+    return tokens, origin, torch.cat([F.one_hot(kept, T).bool(), held], dim=1)  # [B, dominant + contextual, T]
 
 
 @dataclass
@@ -130,7 +141,12 @@ class VisionZip(EncoderSite):
         k = k.float().view(B, T, num_heads, -1).transpose(1, 2)
         attention = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(dim=-1)  # [B, H, T, T]
         dominant, contextual = visionzip_split(self.budget)
-        tokens, self.origin = visionzip_select(hidden, attention, k.mean(dim=1), dominant, contextual, self.has_cls)
+        if not trace.active():
+            tokens, self.origin = visionzip_select(hidden, attention, k.mean(dim=1), dominant, contextual, self.has_cls)
+            return tokens
+        tokens, self.origin, members = visionzip_select(hidden, attention, k.mean(dim=1), dominant, contextual,
+                                                        self.has_cls, members=True)
+        trace.record("feature layer", members[..., int(self.has_cls):])  # [B, T', N]: CLS stands for no patch
         return tokens
 
 
@@ -201,4 +217,6 @@ class DivPrune(EncoderSite):
         for image in images:
             index = divprune_select(image.embeds, budget(len(image.slots), self.keep, self.tokens))
             kept.append(image._replace(embeds=image.embeds[index], slots=image.slots[index]))
+        if trace.active():
+            trace.record("projector", trace.kept_slots([image.slots for image in kept], images[0].full), space="slots")
         return kept

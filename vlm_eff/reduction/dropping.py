@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
+from vlm_eff.reduction import trace
 from vlm_eff.reduction.base import (REDUCE_RANGE, EncoderSite, bias_pooling, check_keep, default_origins, kept_count,
                                    restore_classes, swap_class)
 from vlm_eff.towers import family_of, vision_tower
@@ -166,10 +167,13 @@ class Reducer:
         self.padding_mask: torch.Tensor | None = None  # [B, 1, 1, T] additive, -inf-like on padding (adaptive keep)
         self.budgets: torch.Tensor | None = None  # [B] patches each image kept (adaptive keep)
         self.origin: torch.Tensor | None = None  # [B, T] the patch each token stands for, -1 CLS/summary (None: unreduced)
+        self.sources: torch.Tensor | None = None  # [B, T, N] while tracing (trace.py): the patches each token stands for
+        self.steps = 0  # reduction steps made in this forward
 
     def start(self, has_cls: bool) -> None:
         """Begin a forward pass: the sequence is [CLS?] + patches."""
         self.has_cls, self.has_summary, self.padding_mask, self.origin = has_cls, False, None, None
+        self.sources, self.steps = None, 0
 
     @property
     def uses_token0_attention(self) -> bool:
@@ -241,6 +245,8 @@ class Reducer:
             parts.append(summary)
         parts.append(kept)
         self.track_origins(x, n_prefix, kept_idx, len(parts) - 1)
+        if trace.active():
+            self.trace_step(x, n_prefix, kept_idx, summary is not None)
         self.has_cls = self.has_cls and r.keep_cls
         self.has_summary = summary is not None
         return torch.cat(parts, dim=1)
@@ -251,6 +257,30 @@ class Reducer:
                                                                              x.device)  # [B, T]
         kept = origin[:, n_prefix:].gather(1, kept_idx)  # [B, k]
         self.origin = torch.cat([kept.new_full((kept.shape[0], n_special), -1), kept], dim=1)  # [B, n_special + k]
+
+    def trace_step(self, x: torch.Tensor, n_prefix: int, kept_idx: torch.Tensor, adds_summary: bool,
+                   valid: torch.Tensor | None = None) -> None:
+        """Record this step (trace.py): CLS if kept, the summary token (a mean: every patch still there; fused:
+        the patches dropped now and what an earlier fused token held), then the kept patches (`valid`: padding)."""
+        sources = self.sources if self.sources is not None else trace.patch_sources(
+            x.shape[0], x.shape[1], self.has_cls, x.device)  # [B, T, N]
+        patches = sources[:, n_prefix:]  # [B, P, N]
+        kept = patches.gather(1, kept_idx[..., None].expand(-1, -1, patches.shape[-1]))  # [B, k, N]
+        if valid is not None:
+            kept = kept & valid[..., None]
+        rows = [sources[:, :1]] if self.has_cls and self.reduction.keep_cls else []
+        if adds_summary:
+            covered = patches.any(dim=1) if self.reduction.summary == "mean" else patches.any(dim=1) & ~kept.any(dim=1)
+            if self.reduction.summary == "fused" and self.has_summary:
+                covered = covered | sources[:, n_prefix - 1]  # the earlier fused token folds in
+            rows.append(covered[:, None])
+        rows.append(kept)
+        self.sources = torch.cat(rows, dim=1)  # [B, T', N]
+        summary = torch.zeros(self.sources.shape[:2], dtype=torch.bool, device=x.device)
+        if adds_summary:
+            summary[:, len(rows) - 2] = True
+        trace.record(f"layer {self.reduction.layers[self.steps]}", self.sources, summary)
+        self.steps += 1
 
     def reduce_adaptive(self, x: torch.Tensor) -> torch.Tensor:
         """x = [CLS?] + patches [B, P + N, D] -> [CLS?] + each image's own budget of patches, in spatial
@@ -271,6 +301,8 @@ class Reducer:
         kept = patches.gather(1, top.unsqueeze(-1).expand(B, K, D)) * valid.unsqueeze(-1).to(x.dtype)  # [B, K, D]
         self.budgets = budget
         self.track_origins(x, n_prefix, top, n_prefix)
+        if trace.active():
+            self.trace_step(x, n_prefix, top, False, valid)
         valid = torch.cat([valid.new_ones(B, n_prefix), valid], dim=1)  # [B, P + K]
         mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device).masked_fill(~valid, torch.finfo(x.dtype).min)
         self.padding_mask = mask[:, None, None, :]  # [B, 1, 1, P + K], built once for all later layers

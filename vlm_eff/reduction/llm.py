@@ -24,6 +24,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from vlm_eff.errors import ConfigError
+from vlm_eff.reduction import trace
 from vlm_eff.reduction.base import REDUCE_RANGE, EncoderSite, check_keep, restore_classes, swap_class
 
 
@@ -162,7 +163,18 @@ class LLMPruning(EncoderSite):
         padded = torch.stack([torch.arange(T, device=hidden.device) >= T - len(r) for r in rows])  # [B, T']
         self.stages.append(Stage(current.index.gather(1, picks), current.valid.gather(1, picks) & padded,
                                  current.image.gather(1, picks) & padded))
+        if trace.active():
+            self.trace_stage(layer)
         return hidden.gather(1, picks[..., None].expand(-1, -1, hidden.shape[-1]))
+
+    def trace_stage(self, layer: nn.Module) -> None:
+        """Record the image tokens kept so far as slots (trace.py): the k-th image token of a prompt is slot k
+        (one image per prompt, as token maps run it)."""
+        first, kept = self.stages[0], self.stages[-1]
+        slot = first.image.long().cumsum(dim=1) - 1  # [B, L]: each prompt position's rank among the image tokens
+        rows = [slot[b, kept.index[b, kept.image[b]]] for b in range(len(slot))]
+        trace.record(f"LLM layer {layer._llm_pruning[1]}", trace.kept_slots(rows, int(first.image.sum(dim=1).max())),
+                     space="slots")
 
     def prefill_mask(self, stage: Stage) -> torch.Tensor:
         """Causal over the kept order, padding keys hidden, every token sees itself -> [B, 1, T, T] bool."""

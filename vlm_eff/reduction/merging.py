@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
+from vlm_eff.reduction import trace
 from vlm_eff.reduction.base import REDUCE_RANGE, EncoderSite, bias_pooling, default_origins, kept_count, restore_classes, swap_class
 from vlm_eff.towers import family_of
 
@@ -157,6 +158,7 @@ class ToMe(EncoderSite):
     has_cls: bool = True  # protect token 0
     size: torch.Tensor | None = None
     origin: torch.Tensor | None = None  # [B, T] each token's lowest patch index, -1 for CLS (None: unmerged)
+    sources: torch.Tensor | None = None  # [B, T, N] while tracing (trace.py): the patches each token holds
     keys: dict = field(default_factory=dict)
     per_image = False
     name = "tome"
@@ -240,7 +242,7 @@ class _MergingEmbeddings:
     """Mixin for a vision tower's embeddings: every forward starts with tokens of size 1."""
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
-        self._tome.size = self._tome.origin = None
+        self._tome.size = self._tome.origin = self._tome.sources = None
         return super().forward(*args, **kwargs)
 
 
@@ -276,6 +278,10 @@ class _MergingLayer:
         if origin is None or origin.shape != (B, T):
             origin = default_origins(B, T, state.has_cls, x.device)
         state.origin = merge(origin[..., None], mode="amin")[..., 0]  # [B, T - r]: a merged token's lowest patch
+        if trace.active():
+            sources = state.sources if state.sources is not None else trace.patch_sources(B, T, state.has_cls, x.device)
+            state.sources = merge(sources.float(), mode="amax").bool()  # [B, T - r, N]: the union of the merged
+            trace.record(f"layer {index}", state.sources)
         x = merge(x * size, mode="sum")  # size-weighted sums ...
         state.size = merge(size, mode="sum")  # [B, T - r, 1]
         return x / state.size  # ... divided by the merged sizes: size-weighted means

@@ -1,0 +1,196 @@
+"""`python -m vlm_eff.visualize image=PATH model=... pruning=...`: a token map per image (token_maps.py),
+the image as the model sees it with what the strategy did drawn on its patch grid, one panel per step.
+
+Dual encoders: every encoder strategy (its steps: EViT's, ToMe's layers at a few depths). Generative
+VLMs of the LLaVA layout: encoder strategies on the tower, VisionZip (its contextual groups), DivPrune
+(the kept projected tokens) and FastV / PyramidDrop (the visual tokens the LLM keeps at each stage, run on
+a real request: the processor's chat template with `question`, or a synthetic prompt where the model has
+no processor)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig
+from PIL import Image
+
+from vlm_eff.data.cifar10 import IMAGE_SUFFIXES, read_image
+from vlm_eff.errors import ConfigError
+from vlm_eff.generation import Runner
+from vlm_eff.jobs.common import image_size, run_dir
+from vlm_eff.models import ImageEncoder, load_model, load_preprocess, model_config
+from vlm_eff.reduction import build, build_vlm, trace
+from vlm_eff.results import write_atomic
+from vlm_eff.token_maps import Panel, cell_groups, compose, draw, one_image, pick_steps, title_of
+from vlm_eff.towers import family_for
+from vlm_eff.vlms import LAYOUTS, is_vlm
+from vlm_eff.wandb_logging import finish, make_logger
+
+
+def image_paths(image) -> list[Path]:
+    """`image=`: a file, a folder (its images, sorted) or a list of them -> the image files (one-line errors)."""
+    if image is None or image == "":
+        raise ConfigError("image= is missing: give an image file, a folder of images or a list, e.g. "
+                          "image=cat.png or image=[a.png,b.png]")
+    paths = []
+    for item in (list(image) if isinstance(image, (list, ListConfig)) else [image]):
+        path = Path(str(item)).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ConfigError(f"image={path} is a folder without images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths += found
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise ConfigError(f"image={path} does not exist")
+    return paths
+
+
+def check_knobs(cfg: DictConfig) -> None:
+    for key in ("panels", "panel_px"):
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key}={value!r} must be an integer >= 1")
+
+
+def to_uint8(pixels: torch.Tensor, mean, std) -> np.ndarray:
+    """Normalised pixels [3, S, S] -> the image the model saw, uint8 [S, S, 3]."""
+    mean = torch.as_tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32).view(3, 1, 1)
+    image = (pixels.float() * std + mean).clamp(0, 1) * 255
+    return image.round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+class Traced(NamedTuple):
+    """What one traced forward gave: the steps, each image as the model saw it, the patch grid's side, the
+    CLS slots (1 where a VLM hands CLS to its LLM as the first visual token) and the weights' kind."""
+
+    steps: list[trace.TraceStep]
+    seen: list[np.ndarray]
+    side: int
+    with_cls: int
+    weights: str
+
+
+def encoder_steps(cfg: DictConfig, config, images: list[np.ndarray]) -> Traced:
+    """A dual encoder: the traced steps of one forward of every image."""
+    size = image_size(cfg, config.vision_config)
+    strategy = build(cfg.pruning, config.vision_config, family_for(config.model_type).has_cls, cfg.seed, size)
+    loaded = load_model(cfg.model)
+    model = loaded.model.float().eval()
+    preprocess = load_preprocess(cfg.model, size)
+    pixels = torch.stack([preprocess(image) for image in images])  # [B, 3, S, S]
+    encoder = ImageEncoder(model, size)
+    strategy.apply(model)
+    with torch.inference_mode(), trace.tracing() as steps:
+        encoder(pixels)
+    seen = [to_uint8(p, preprocess.mean.flatten(), preprocess.std.flatten()) for p in pixels]
+    return Traced(steps, seen, size // config.vision_config.patch_size, 0, loaded.weights)
+
+
+def vlm_steps(cfg: DictConfig, config, images: list[np.ndarray]) -> Traced:
+    """A LLaVA-layout VLM: the traced steps of one request per image (the first token only)."""
+    layout = LAYOUTS[config.model_type]
+    if layout.name != "llava":
+        raise ConfigError(f"token maps draw one patch grid per image: model={cfg.model.name} ({layout.name}) "
+                          "splits images into crops or merges patches; allowed: dual encoders and LLaVA-layout VLMs")
+    strategy = build_vlm(cfg.pruning, layout, config, cfg.seed)
+    loaded = load_model(cfg.model)
+    model = loaded.model.float().eval()
+    vision = config.vision_config
+    with_cls = int(layout.tower_family(config).has_cls and config.vision_feature_select_strategy == "full")
+    processor = _processor(cfg) if loaded.weights == "pretrained" else None
+    if processor is not None:
+        prompt = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": cfg.question}]}],
+            add_generation_prompt=True)
+        inputs = processor(images=[Image.fromarray(i) for i in images], text=[prompt] * len(images),
+                           return_tensors="pt", padding=True)
+        rows = [ids[mask.bool()] for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+        pixels = inputs["pixel_values"]
+        mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
+    else:  # random weights without a processor: the tower's size, CLIP's normalisation, a synthetic prompt
+        preprocess = load_preprocess(cfg.model, vision.image_size)
+        pixels = torch.stack([preprocess(image) for image in images])
+        rows = [layout.synthetic_prompt(config, torch.Generator().manual_seed(cfg.seed))] * len(images)
+        mean, std = preprocess.mean.flatten(), preprocess.std.flatten()
+    strategy.apply_to_vlm(model, layout)
+    with trace.tracing() as steps:
+        Runner(model, cfg.pruning.get("positions", "compact"), strategy, layout).generate(
+            rows, {"pixel_values": pixels}, max_new_tokens=1)
+    seen = [to_uint8(p, mean, std) for p in pixels]
+    return Traced(steps, seen, vision.image_size // vision.patch_size, with_cls, loaded.weights)
+
+
+def _processor(cfg: DictConfig):
+    """The VLM's own processor where it has one (model.path / hub id / model.tokenizer), else None."""
+    from vlm_eff.jobs.requests import load_processor
+
+    try:
+        return load_processor(cfg.model)
+    except ConfigError:
+        return None
+
+
+def panels_of(steps, b: int, seen: np.ndarray, side: int, with_cls: int, most: int, panel_px: int) -> list[Panel]:
+    """Image `b`'s panels: the input, then at most `most` of its recorded steps, each about `panel_px` wide."""
+    n, scale = side * side, max(1, panel_px // seen.shape[0])
+    panels = [Panel(f"input: {n} patches", np.full(n, -1), draw(seen, np.full(n, -1), side, scale))]
+    for index in pick_steps(len(steps), most):
+        step = steps[index]
+        sources = step.sources[b]  # [T, N or S]
+        if step.space == "slots":
+            sources = sources[:, with_cls:]  # the CLS slot stands for no patch
+        sources, summary, has_cls = one_image(sources, step.summary[b])
+        cells = cell_groups(sources, summary)
+        noun = "visual tokens" if step.space == "slots" else "tokens"
+        panels.append(Panel(title_of(step.where, sources, summary, has_cls, noun), cells,
+                            draw(seen, cells, side, scale)))
+    return panels
+
+
+def visualize(cfg: DictConfig) -> dict:
+    """Write `<out>/<image stem>.png` for every image; returns {image path: its panels}."""
+    check_knobs(cfg)
+    paths = image_paths(cfg.image)
+    config = model_config(cfg.model)
+    images = [read_image(path) for path in paths]
+    torch.manual_seed(cfg.seed)
+    traced = (vlm_steps if is_vlm(config.model_type) else encoder_steps)(cfg, config, images)
+    out_dir = Path(cfg.out) if cfg.out else run_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    heading = f"{cfg.model.name}, pruning={cfg.pruning.name}" + ("  [RANDOM WEIGHTS]" if traced.weights == "random"
+                                                                  else "")
+    maps, written = {}, []
+    for b, path in enumerate(paths):
+        panels = panels_of(traced.steps, b, traced.seen[b], traced.side, traced.with_cls, cfg.panels, cfg.panel_px)
+        target = out_dir / f"{path.stem}.png"
+        if target in written:
+            target = out_dir / f"{path.stem}_{b}.png"
+        _save_png(compose(panels, f"{heading}: {path.name}"), target)
+        written.append(target)
+        maps[str(path)] = panels
+    logger = make_logger(cfg, out_dir)
+    if logger is not None:
+        import wandb
+
+        logger.experiment.log({"token_maps": [wandb.Image(str(p), caption=p.stem) for p in written]})
+    write_atomic(out_dir / "token_maps.json", json.dumps(
+        {str(p): [{"title": panel.title, "merged_groups": panel.merged_groups} for panel in maps[str(src)]]
+         for p, src in zip(written, paths)}, indent=2) + "\n")
+    wandb_dir = finish(logger)
+    print(f"vlm-eff visualize: {len(written)} token map(s) in {out_dir}" + (f"\n  W&B  {wandb_dir}" if wandb_dir
+                                                                               else ""), flush=True)
+    return {"out_dir": out_dir, "files": written, "maps": maps}
+
+
+def _save_png(image: Image.Image, target: Path) -> None:
+    """Write a PNG atomically (a temporary file beside it, then a rename)."""
+    tmp = target.with_suffix(".png.tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(target)
