@@ -23,6 +23,7 @@ from vlm_eff.reduction import apply_config, build
 PROFILE = ("profile.py", "model=clip_tiny", "runs=1")
 EVALUATE = ("evaluate.py", "model=tiny_clip_cifar10", "data.root={archive}")
 VQA = ("evaluate.py", "model=llava_tiny", "protocol=vqa", "data=vqa", "data.root={images}")
+VISUALIZE = ("-m", "vlm_eff.visualize", "model=tiny_clip_cifar10")
 TRAIN = ("train.py", "model=tiny_clip_cifar10", "data.root={archive}", "data.train_size=64", "data.val_size=64")
 
 CASES = {  # id: (command, the text the error line must hold)
@@ -109,6 +110,34 @@ CASES = {  # id: (command, the text the error line must hold)
     "visionzip on Qwen2-VL": (("profile.py", "model=qwen2_vl_tiny", "pruning=visionzip"),
                               "allowed here: none, divprune, fastv, pyramiddrop"),
     "train size beyond the split": (TRAIN[:3] + ("data.train_size=0",), "data.train_size=0 must be in 1..45000"),
+    "zero learning rate": (TRAIN + ("optimizer.lr=0",), "optimizer.lr=0 must be a number > 0"),
+    "negative weight decay": (TRAIN + ("optimizer.weight_decay=-0.1",), "optimizer.weight_decay=-0.1 must be a number >= 0"),
+    "one beta": (TRAIN + ("optimizer.betas=[0.9]",), "optimizer.betas=[0.9] must be two numbers in [0, 1)"),
+    "beta of one": (TRAIN + ("optimizer.betas=[0.9,1.0]",), "optimizer.betas=[0.9, 1.0] must be two numbers in [0, 1)"),
+    "warm-up longer than the run": (TRAIN + ("scheduler.warmup_fraction=1.5",),
+                                    "scheduler.warmup_fraction=1.5 must be a number in [0, 1)"),
+    "negative gradient clip": (TRAIN + ("trainer.gradient_clip_val=-1",),
+                               "trainer.gradient_clip_val=-1 must be a number >= 0 or null"),
+    "zero log interval": (TRAIN + ("trainer.log_every_n_steps=0",), "trainer.log_every_n_steps=0 must be an integer >= 1"),
+    "zero checkpoint interval": (TRAIN + ("checkpoint_every_n_steps=0",),
+                                 "checkpoint_every_n_steps=0 must be an integer >= 1"),
+    "training without end": (TRAIN + ("trainer.max_epochs=-1",),
+                             "trainer.max_epochs=-1 with no trainer.max_steps would train forever"),
+    "VLM training steps zero": (("train.py", "experiment=tiny_llava_cifar10", "data.root={archive}",
+                                 "trainer.max_steps=0"), "trainer.max_steps=0 must be an integer >= 1 or -1"),
+    "distill on unlabelled images without data=images": (
+        TRAIN[:2] + ("objective=distill", "data.root={unlabelled}"),
+        "data.root={unlabelled} is a folder of unlabelled images (no <split>/<class>/ folders); add data=images"),
+    "unknown positions": (("profile.py", "model=llava_tiny", "pruning=tome", "pruning.positions=sideways"),
+                          "pruning.positions='sideways' is unknown; allowed: compact, original"),
+    "token maps of a missing image": (VISUALIZE + ("image=/nowhere/cat.png",), "image=/nowhere/cat.png does not exist"),
+    "token maps without an image": (VISUALIZE, "image= is missing"),
+    "token maps of a folder without images": (VISUALIZE + ("image={noweights}",), "is a folder without images"),
+    "zero panels": (VISUALIZE + ("image={images}/test/cat/0.png", "panels=0"), "panels=0 must be an integer >= 1"),
+    "token maps on anyres crops": (("-m", "vlm_eff.visualize", "model=onevision_tiny", "image={images}/test/cat/0.png"),
+                                   "allowed: dual encoders and LLaVA-layout VLMs"),
+    "corrupt image for token maps": (VISUALIZE + ("image={images}/test/dog/broken.png",),
+                                     "cannot read image {images}/test/dog/broken.png"),
 }
 
 
@@ -128,6 +157,9 @@ def bad_inputs(tmp_path_factory, shared_archive, cache_dir):
         for i in range(3):
             Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(files / "images" / "test" / name / f"{i}.png")
     (files / "images" / "test" / "dog" / "broken.png").write_bytes(b"not an image")
+    (files / "unlabelled" / "holiday").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(files / "unlabelled" / "holiday" / f"{i}.jpg")
     question = {"question_id": 1, "image": "test/cat/0.png", "text": "what is it?", "answer": "cat"}
     (files / "questions.jsonl").write_text(json.dumps(question) + "\n" + json.dumps(
         {**question, "question_id": 2, "image": "test/cat/9.png"}) + "\n")
@@ -139,7 +171,7 @@ def bad_inputs(tmp_path_factory, shared_archive, cache_dir):
              "corrupt_archive": files / "corrupt.tar.gz", "images": files / "images",
              "captions": files / "captions.csv", "truncated": files / "truncated.ckpt",
              "truncated_model": files / "truncated_model", "questions": files / "questions.jsonl",
-             "bad_questions": files / "bad_questions.jsonl"}
+             "bad_questions": files / "bad_questions.jsonl", "unlabelled": files / "unlabelled"}
 
     def run(case: str):
         command, expected = CASES[case]
@@ -157,8 +189,8 @@ def bad_inputs(tmp_path_factory, shared_archive, cache_dir):
 
 def test_the_table_covers_every_entry_point():
     scripts = [command[0] for command, _ in CASES.values()]
-    assert len(CASES) >= 25 and {s: scripts.count(s) >= 5 for s in ("profile.py", "evaluate.py", "train.py")} == {
-        "profile.py": True, "evaluate.py": True, "train.py": True}
+    counts = {s: scripts.count(s) >= 5 for s in ("profile.py", "evaluate.py", "train.py", "-m")}  # -m: visualize
+    assert len(CASES) >= 25 and counts == {"profile.py": True, "evaluate.py": True, "train.py": True, "-m": True}
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -115,7 +115,9 @@ def run(job_path: str, cfg: DictConfig) -> dict | None:
     quiet_third_party()
     module, function = job_path.split(":")
     job = getattr(importlib.import_module(module), function)  # torch etc. load after the cheap checks
+    from vlm_eff.knobs import check_knobs
     try:
+        check_knobs(cfg)  # every numeric knob, before any data or model loads
         return job(cfg)
     except Exception as error:
         message = job_error(error)
