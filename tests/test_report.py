@@ -148,6 +148,24 @@ def test_report_of_an_evaluate_sweep_adds_accuracy_and_the_pareto_figure(tmp_pat
         with Image.open(sweep_dir / name) as image:
             assert image.format == "PNG"
 
+    # --token-maps: each job's maps of the first test image of 2 classes, linked from report.md
+    report_main([str(sweep_dir), "--token-maps", "2"])
+    maps = sorted(p.relative_to(sweep_dir).as_posix() for p in (sweep_dir / "token_maps").glob("[0-9]/*.png"))
+    assert maps == ["token_maps/0/airplane.png", "token_maps/0/automobile.png",
+                    "token_maps/1/airplane.png", "token_maps/1/automobile.png"]
+    table = (sweep_dir / "report.md").read_text()
+    assert all(f"]({m})" in table for m in maps)
+    with Image.open(sweep_dir / "token_maps" / "1" / "airplane.png") as image:  # cls_preserving at keep 0.5
+        assert image.size[0] > 2 * 256
+
+
+def test_token_maps_of_a_synthetic_sweep_need_images(sweep, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="--token-maps needs --images PATH: the sweep ran on data=synthetic"):
+        report_main([str(sweep), "--no-wandb", "--token-maps", "1"])
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "red.png")
+    report_main([str(sweep), "--no-wandb", "--token-maps", "1", "--images", str(tmp_path / "red.png")])
+    assert sorted(p.parent.name for p in (sweep / "token_maps").glob("*/red.png")) == ["0", "1", "2", "3"]
+
 
 def test_report_table_takes_rows_of_older_versions_beside_new_ones(sweep):
     """A sweep dir filled by several commands may mix rows without the newer columns (compile,

@@ -7,7 +7,9 @@ draws the figures (`latency_vs_keep.png`, `memory_vs_keep.png`; `accuracy_vs_flo
 `recall_vs_flops.png` when they measured retrieval recall; for generative VLM requests
 `ttft_vs_visual_tokens.png`, and `accuracy_vs_ttft.png` / `accuracy_vs_flops.png` when they measured
 vqa exact match), and logs all of it to one summary W&B run in the sweep's group.
-Failed, unfinished or missing jobs are named with their reason and left out.
+Failed, unfinished or missing jobs are named with their reason and left out. `--token-maps N` adds each
+job's token maps of N images (vlm_eff/jobs/visualize.py: `--images`, else the first test image of N
+classes of the CIFAR-10 data the sweep ran on) under `token_maps/<job>/`, linked from report.md and logged.
 """
 
 from __future__ import annotations
@@ -336,23 +338,75 @@ def log_summary_run(rows: list[dict], pngs: list[Path], sweep_dir: Path, setting
                 xs=[[float(r["keep"]) for r in group] for group in lines.values()],
                 ys=[[float(r[column]) for r in group] for group in lines.values()],
                 keys=list(lines), title=title, xname="keep")
-    logged.update({f"report/{png.stem}": wandb.Image(str(png)) for png in pngs})
+    logged.update({f"report/{png.stem}" if png.parent == sweep_dir else f"report/token_maps/{png.parent.name}_{png.stem}":
+                   wandb.Image(str(png)) for png in pngs})
     run.log(logged)
     run_dir = Path(run.dir).parent
     run.finish()
     return str(run_dir)
 
 
-def report(sweep_dir: Path, use_wandb: bool = True) -> str:
+def map_images(job_cfg, n: int, images: Path | None, out_dir: Path) -> list[Path]:
+    """The images token maps are drawn on: `n` files of `images` (a file or folder), else the first test image
+    of each of `n` classes of the CIFAR-10 data the job ran on, written as PNGs into `out_dir`."""
+    from vlm_eff.errors import ConfigError
+    from vlm_eff.jobs.visualize import image_paths
+
+    if images is not None:
+        return image_paths(str(images))[:n]
+    root = job_cfg.get("data", {}).get("root")
+    if not root or job_cfg.data.get("name") not in ("cifar10", "cifar10_vqa"):
+        raise ConfigError(f"--token-maps needs --images PATH: the sweep ran on data={job_cfg.data.get('name')}, "
+                          "not on CIFAR-10 images it could take")
+    import numpy as np
+    from PIL import Image
+
+    from vlm_eff.data.cifar10 import load_split
+
+    pictures, labels, classes = load_split(Path(root).expanduser(), "test", Path(job_cfg.data.cache_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for label in range(min(n, len(classes))):
+        path = out_dir / f"{classes[label]}.png"
+        if not path.is_file():
+            Image.fromarray(pictures[int(np.flatnonzero(labels == label)[0])]).save(path)
+        paths.append(path)
+    return paths
+
+
+def token_maps(sweep_dir: Path, n: int, images: Path | None) -> list[Path]:
+    """Each finished job's token maps of `n` images, drawn with its model and pruning config."""
+    from omegaconf import OmegaConf
+
+    from vlm_eff.jobs.visualize import visualize
+
+    written = []
+    for job_dir in sorted(p for p in sweep_dir.iterdir() if (p / "results.csv").is_file() and (p / ".hydra").is_dir()):
+        job = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
+        paths = map_images(job, n, images, sweep_dir / "token_maps" / "images")
+        cfg = OmegaConf.merge(OmegaConf.load(Path(__file__).parents[1] / "conf" / "visualize.yaml"),
+                              {"model": job.model, "pruning": job.pruning, "paths": job.paths, "seed": job.seed,
+                               "image": [str(p) for p in paths], "out": str(sweep_dir / "token_maps" / job_dir.name),
+                               "logger": None})
+        cfg.pop("defaults", None)
+        written += visualize(cfg)["files"]
+    return written
+
+
+def report(sweep_dir: Path, use_wandb: bool = True, n_maps: int = 0, map_source: Path | None = None) -> str:
     rows, problems = gather(sweep_dir)
     for problem in problems:
         print(f"warning: {problem}: left out of the report", file=sys.stderr)
     if not rows:
         raise SystemExit(f"error: no job results under {sweep_dir}; expected <sweep dir>/<job>/results.csv")
     table = markdown(rows)
+    maps = token_maps(sweep_dir, n_maps, map_source) if n_maps else []
+    if maps:
+        table += "\n## Token maps\n\n" + "\n".join(
+            f"![{p.parent.name}/{p.stem}]({p.relative_to(sweep_dir)})" for p in maps) + "\n"
     write_atomic(sweep_dir / "report.csv", csv_text([{c: r.get(c, "") for c in COLUMNS} for r in rows], header=True))
     write_atomic(sweep_dir / "report.md", table)
-    pngs = figures(rows, sweep_dir)
+    pngs = figures(rows, sweep_dir) + maps
     settings = sweep_logger(sweep_dir) if use_wandb else None
     wandb_dir = log_summary_run(rows, pngs, sweep_dir, settings) if settings else None
     return table + f"\nwritten: {sweep_dir / 'report.md'}, {sweep_dir / 'report.csv'}, " + ", ".join(
@@ -363,10 +417,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vlm_eff.report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun dir, e.g. multirun/2026-11-24/10-00-00")
     parser.add_argument("--no-wandb", action="store_true", help="no summary W&B run")
+    parser.add_argument("--token-maps", type=int, default=0, metavar="N",
+                        help="add each job's token maps of N images (python -m vlm_eff.visualize)")
+    parser.add_argument("--images", type=Path, default=None,
+                        help="the images for --token-maps (a file or folder; default: the sweep's CIFAR-10 test images)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         raise SystemExit(f"error: sweep dir {args.sweep_dir} does not exist")
-    print(report(args.sweep_dir, use_wandb=not args.no_wandb))
+    if args.token_maps < 0:
+        raise SystemExit(f"error: --token-maps={args.token_maps} must be an integer >= 0")
+    from vlm_eff.errors import ConfigError
+
+    try:
+        print(report(args.sweep_dir, use_wandb=not args.no_wandb, n_maps=args.token_maps, map_source=args.images))
+    except ConfigError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":
