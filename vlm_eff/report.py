@@ -15,6 +15,7 @@ classes of the CIFAR-10 data the sweep ran on) under `token_maps/<job>/`, linked
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
 import sys
@@ -34,7 +35,12 @@ def gather(sweep_dir: Path) -> tuple[list[dict], list[str]]:
     rows, problems = [], []
     for job_dir in job_dirs:
         if (job_dir / "results.csv").is_file():
-            rows.extend(read_results(job_dir / "results.csv"))
+            job_rows = read_results(job_dir / "results.csv")
+            if (job_dir / "vqa_metrics.json").is_file():  # exact match per question kind, beside the overall column
+                per_kind = {k: v for k, v in json.loads((job_dir / "vqa_metrics.json").read_text()).items()
+                            if k.startswith("vqa_acc_")}
+                job_rows = [{**row, **per_kind} for row in job_rows]
+            rows.extend(job_rows)
         elif (job_dir / "error.txt").is_file():
             problems.append(f"{job_dir}: failed: {(job_dir / 'error.txt').read_text().strip()}")
         else:
@@ -126,7 +132,8 @@ def request_markdown(rows: list[dict]) -> str:
         "strategy", "site", "keep", "layer", "score", "visual tokens", "GFLOPs vision + prefill", "TTFT ms",
         "vision ms", "prefill ms", "decode ms/token", "KV cache MiB", "TTFT speed-up", "FLOP ratio"]
     vqa = any(r.get("vqa_acc") for r in rows)
-    header += ["exact match %"] * vqa
+    kinds = sorted({k for r in rows for k in r if k.startswith("vqa_acc_")})
+    header += ["exact match %"] * vqa + [f"{k.removeprefix('vqa_acc_')} %" for k in kinds]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     number = lambda value, digits: f"{float(value):.{digits}f}" if value not in ("", None) else ""  # noqa: E731
     for r in sorted(rows, key=lambda r: (models.index(r["model"]), _sort_key(r))):
@@ -140,7 +147,8 @@ def request_markdown(rows: list[dict]) -> str:
             f"{float(r['gflops_vision']):.4g} + {float(r['gflops_prefill']):.4g}", number(r["ttft_ms"], 1),
             number(r["vision_ms"], 1), number(r["prefill_ms"], 1), number(r["decode_ms_per_token"], 2),
             number(r["kv_cache_mib"], 2), speedup, flop_ratio] + [number(100 * float(r["vqa_acc"] or 0), 2)
-                                                                  if r.get("vqa_acc") else ""] * vqa
+                                                                  if r.get("vqa_acc") else ""] * vqa + [
+            number(100 * float(r[k]), 1) if r.get(k) is not None else "" for k in kinds]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines.append("")
     for model, base in bases.items():
@@ -347,23 +355,30 @@ def log_summary_run(rows: list[dict], pngs: list[Path], sweep_dir: Path, setting
 
 
 def map_images(job_cfg, n: int, images: Path | None, out_dir: Path) -> list[Path]:
-    """The images token maps are drawn on: `n` files of `images` (a file or folder), else the first test image
-    of each of `n` classes of the CIFAR-10 data the job ran on, written as PNGs into `out_dir`."""
+    """The images token maps are drawn on: `n` files of `images` (a file or folder), else the first `n` images
+    of the VQA set the job answered, else the first test image of each of `n` classes of the CIFAR-10 data
+    the job ran on (written as PNGs into `out_dir`)."""
     from vlm_eff.errors import ConfigError
     from vlm_eff.jobs.visualize import image_paths
 
     if images is not None:
         return image_paths(str(images))[:n]
-    root = job_cfg.get("data", {}).get("root")
-    if not root or job_cfg.data.get("name") not in ("cifar10", "cifar10_vqa"):
-        raise ConfigError(f"--token-maps needs --images PATH: the sweep ran on data={job_cfg.data.get('name')}, "
+    data = job_cfg.get("data", {})
+    if data.get("name") in ("vqa", "cifar10_vqa") and data.get("root"):
+        from vlm_eff.data.vqa import read_questions
+        from vlm_eff.jobs.requests import question_files
+
+        root, questions = question_files(data)
+        return list(dict.fromkeys(Path(q.path) for q in read_questions(questions, root)))[:n]
+    if data.get("name") != "cifar10" or not data.get("root"):
+        raise ConfigError(f"--token-maps needs --images PATH: the sweep ran on data={data.get('name')}, "
                           "not on CIFAR-10 images it could take")
     import numpy as np
     from PIL import Image
 
     from vlm_eff.data.cifar10 import load_split
 
-    pictures, labels, classes = load_split(Path(root).expanduser(), "test", Path(job_cfg.data.cache_dir))
+    pictures, labels, classes = load_split(Path(data.root).expanduser(), "test", Path(data.cache_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for label in range(min(n, len(classes))):

@@ -95,7 +95,8 @@ def init_tower(tower: nn.Module, dual_encoder_dir: Path) -> None:
     patches = F.interpolate(patches, size=(side, side), mode="bicubic", align_corners=False)
     source[key] = torch.cat([old[:has_cls], patches.reshape(-1, side * side).T])  # [1? + s^2, D]
     source.pop("embeddings.position_ids", None)
-    missing, unexpected = tower.load_state_dict({k: v for k, v in source.items() if not k.startswith("head.")},
+    has_head = any(k.startswith("head.") for k in tower.state_dict())
+    missing, unexpected = tower.load_state_dict({k: v for k, v in source.items() if has_head or not k.startswith("head.")},
                                                 strict=False)
     if unexpected or [k for k in missing if "position_ids" not in k]:
         raise ConfigError(f"model.init_tower={path}: its vision weights do not fit the tower "

@@ -1,9 +1,15 @@
-"""train.py on a generative VLM: visual instruction tuning of the project's small VLMs on CIFAR-10 mosaics
-(vlm_eff/data/cifar10_vqa.py, train split only): the projector and the language model learn to answer
-from the vision tower's features (the tower, started from the project's trained dual encoder, stays
-frozen, as in LLaVA's second stage); the loss is the answer's tokens and </s>. Progress is checkpointed in
-the run dir and rerunning resumes (the mosaic stream restarts from its seed: not bit-exact); the export
-is a `save_pretrained` dir with its processor, which evaluate.py and profile.py load with `model.path`."""
+"""train.py on a generative VLM: the project's small VLMs on CIFAR-10 mosaics (vlm_eff/data/cifar10_vqa.py,
+train split only), in two stages:
+
+1. the tower (started from the project's trained dual encoder, which saw single 32 px images) adapts to
+   64 px mosaics: a linear head (then discarded) reads from every feature-layer patch token the class of
+   its cell and its quadrant, `tower_stage.steps` steps; saved in the run dir, so a rerun skips it;
+2. visual instruction tuning with the tower frozen, as in LLaVA's second stage: the projector and the
+   language model learn to answer; the loss is the answer's tokens and </s>. Checkpointed in the run dir
+   and resumed by a rerun (the mosaic stream restarts from its seed: not bit-exact).
+
+The export is a `save_pretrained` dir with its processor, which evaluate.py and profile.py load with
+`model.path`."""
 
 from __future__ import annotations
 
@@ -11,11 +17,16 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from pytorch_lightning.callbacks import ModelCheckpoint
+from safetensors.torch import load_model as load_model_file
+from safetensors.torch import save_model as save_model_file
+from torch import nn
 from torch.utils.data import DataLoader
 
 from vlm_eff.checkpoint_io import AtomicCheckpointIO
@@ -66,11 +77,59 @@ class InstructionModule(FineTuneModule):
                 "pixel_values": inputs["pixel_values"]}
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        mosaics, texts, answers, _ = batch
+        mosaics, texts, answers, kinds = batch
         inputs = {k: v.to(self.device) for k, v in self.encode(mosaics, texts, answers).items()}
-        loss = self.model(**inputs).loss
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
+        out = self.model(**inputs)
+        self.log("train/loss", out.loss, prog_bar=True)
+        labels = inputs["labels"]  # [B, L]
+        first = (labels != IGNORE).int().argmax(dim=1)  # [B]: each row's first answer token
+        rows = torch.arange(len(labels), device=labels.device)
+        hit = (out.logits[rows, first - 1].argmax(-1) == labels[rows, first]).float()  # [B]
+        for kind in sorted(set(kinds)):  # the answer word's accuracy per question kind (greedy, teacher-forced)
+            mask = torch.tensor([k == kind for k in kinds], device=hit.device)
+            self.log(f"train/acc_{kind}", hit[mask].mean(), batch_size=int(mask.sum()))
+        return out.loss
+
+
+def quadrants(side: int) -> torch.Tensor:
+    """[side * side] the quadrant (0 top left, 1 top right, 2 bottom left, 3 bottom right) of each patch."""
+    rows = torch.arange(side)
+    return ((rows[:, None] >= side // 2) * 2 + (rows[None, :] >= side // 2)).reshape(-1)
+
+
+def adapt_tower(model, layout, processor, stream: TrainingMosaics, stage: DictConfig, seed: int, logger) -> float:
+    """Stage 1: train the tower so that every feature-layer patch token tells its cell's class and its quadrant
+    (a linear head, cross-entropy on both); returns the last 50 steps' cell accuracy of the tokens' vote
+    (the mean of each quadrant's class probabilities)."""
+    tower, family = layout.vision(model), layout.tower_family(model.config)
+    vision = model.config.vision_config
+    depth, quadrant = layout.feature_depth(model.config), quadrants(vision.image_size // vision.patch_size)  # [N]
+    classes = stream.split.classes
+    head = nn.Linear(vision.hidden_size, len(classes) + 4)  # the cell's class, the patch's quadrant
+    vote = F.one_hot(quadrant, 4).float() / (len(quadrant) // 4)  # [N, 4]: the mean over each quadrant
+    optimizer = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=stage.lr, weight_decay=0.05)
+    rng, hits = np.random.default_rng(seed + 1), []
+    tower.train()
+    for step in range(1, stage.steps + 1):
+        for group in optimizer.param_groups:  # linear warm-up, then constant
+            group["lr"] = stage.lr * min(1.0, step / max(1, stage.steps // 10))
+        mosaics, questions = stream.sample(stage.batch_size, rng)
+        pixels = processor.image_processor([Image.fromarray(m) for m in mosaics], return_tensors="pt")["pixel_values"]
+        tokens = family.hidden_states(tower, pixels, depth)[:, int(family.has_cls):]  # [B, N, D]
+        logits = head(tokens)  # [B, N, classes + 4]
+        cells = torch.tensor([[classes.index(c) for c in q["cell_classes"]] for q in questions])  # [B, 4]
+        target = cells[:, quadrant]  # [B, N]: each patch's cell class
+        loss = F.cross_entropy(logits[..., :-4].flatten(0, 1), target.flatten()) + \
+            F.cross_entropy(logits[..., -4:].flatten(0, 1), quadrant.repeat(len(cells)))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        votes = torch.einsum("bnc,nq->bqc", logits[..., :-4].softmax(-1), vote)  # [B, 4, classes]
+        hits.append((votes.argmax(-1) == cells).float().mean().item())
+        if logger is not None and step % 50 == 0:
+            logger.experiment.log({"tower/cell_accuracy": float(np.mean(hits[-50:])), "tower/loss": loss.item(),
+                                   "tower/step": step})
+    return float(np.mean(hits[-50:]))
 
 
 def train_vlm(cfg: DictConfig) -> dict:
@@ -95,16 +154,32 @@ def train_vlm(cfg: DictConfig) -> dict:
                      model.config.vision_feature_select_strategy)
     out_dir = run_dir()
     ckpt_path = resume_from(cfg, out_dir)
-    if ckpt_path is None:
-        init_tower(layout.vision(model), Path(cfg.model.init_tower))
-    layout.vision(model).requires_grad_(False).eval()
     images, labels, classes = load_split(Path(cfg.data.root).expanduser(), "train", Path(cfg.data.cache_dir))
     stream = TrainingMosaics(images, labels, classes, seed=cfg.seed)
+    logger = make_logger(cfg, out_dir)
+    stage = cfg.get("tower_stage") or OmegaConf.create({"steps": 0, "lr": None, "batch_size": None})  # none: no stage 1
+    tower, adapted = layout.vision(model), out_dir / "tower_stage" / "tower.safetensors"
+    tower_accuracy = None
+    if ckpt_path is None and adapted.is_file():
+        load_model_file(tower, adapted)
+    elif ckpt_path is None:
+        init_tower(tower, Path(cfg.model.init_tower))
+        if stage.steps:
+            print(f"vlm-eff train: {cfg.model.name}: stage 1, the tower on mosaic cells, {stage.steps} steps",
+                  flush=True)
+            tower_accuracy = adapt_tower(model, layout, proc, stream, stage, cfg.seed, logger)
+            adapted.parent.mkdir(parents=True, exist_ok=True)
+            save_model_file(tower, str(adapted) + ".tmp")
+            Path(str(adapted) + ".tmp").replace(adapted)  # whole or absent: a rerun redoes the stage
+            write_atomic(adapted.parent / "summary.json", json.dumps({"cell_accuracy_last_50_steps": tower_accuracy,
+                                                                     "steps": stage.steps}) + "\n")
+    if tower_accuracy is None and (adapted.parent / "summary.json").is_file():
+        tower_accuracy = json.loads((adapted.parent / "summary.json").read_text())["cell_accuracy_last_50_steps"]
+    tower.requires_grad_(False).eval()
     loader = DataLoader(stream, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
     module = InstructionModule(model, proc, instantiate(cfg.optimizer), instantiate(cfg.scheduler))
     trainable, total = count_parameters(model)
 
-    logger = make_logger(cfg, out_dir)
     checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
                                   every_n_train_steps=cfg.checkpoint_every_n_steps)
     trainer = instantiate(cfg.trainer, accelerator=device.type, logger=logger or False, callbacks=[checkpoints],
@@ -123,7 +198,9 @@ def train_vlm(cfg: DictConfig) -> dict:
         proc.save_pretrained(export_dir)
         summary = {"steps": trainer.global_step, "batch_size": cfg.data.batch_size, "seed": cfg.seed,
                    "optimizer": {"lr": cfg.optimizer.lr, "weight_decay": cfg.optimizer.weight_decay},
-                   "init_tower": str(cfg.model.init_tower), "tower": "frozen", "visual_tokens_in_training": "all",
+                   "init_tower": str(cfg.model.init_tower),
+                   "tower_stage": {**OmegaConf.to_container(stage), "cell_accuracy": tower_accuracy},
+                   "tower": "frozen in stage 2", "visual_tokens_in_training": "all",
                    "last_train_loss": loss, "wall_time_s_this_run": round(seconds, 1)}
         write_atomic(export_dir / "training_summary.json", json.dumps(summary, indent=2) + "\n")
     wandb_dir = finish(logger)
