@@ -4,6 +4,7 @@ with the mosaic test set built from the CIFAR-10 test split (data=cifar10_vqa)."
 
 import json
 
+import pytest
 import torch
 from conftest import ROOT, run_script
 from safetensors.torch import load_file
@@ -12,10 +13,12 @@ from transformers import AutoModel, LlavaForConditionalGeneration
 from vlm_eff.results import read_results
 
 
-def test_train_export_and_evaluate_the_small_llava(tmp_path, shared_archive, cache_dir):
+@pytest.mark.parametrize("model, dual_encoder, has_cls", [("tiny_llava_cifar10", "tiny_clip_cifar10", True),
+                                                        ("tiny_llava_siglip_cifar10", "tiny_siglip_cifar10", False)])
+def test_train_export_and_evaluate_the_small_llava(tmp_path, shared_archive, cache_dir, model, dual_encoder, has_cls):
     export = tmp_path / "export"
     env = {"VLM_EFF_CACHE": str(cache_dir)}
-    result = run_script("train.py", "experiment=tiny_llava_cifar10", f"data.root={shared_archive}",
+    result = run_script("train.py", f"experiment={model}", f"data.root={shared_archive}",
                         "trainer.max_steps=3", "data.batch_size=4", "checkpoint_every_n_steps=2", "logger=none",
                         "tower_stage.steps=2", "tower_stage.batch_size=4",
                         f"export_dir={export}", f"hydra.run.dir={tmp_path / 'run'}", env=env, timeout=600)
@@ -23,18 +26,18 @@ def test_train_export_and_evaluate_the_small_llava(tmp_path, shared_archive, cac
     assert "3 steps" in result.stdout and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     summary = json.loads((export / "training_summary.json").read_text())
     assert summary["steps"] == 3 and summary["tower"] == "frozen in stage 2" and summary["tower_stage"]["steps"] == 2
-    # the tower: the trained small CLIP's (position embeddings interpolated from 8 x 8 to 16 x 16), moved by
-    # the 2 steps of stage 1 (Adam: about lr per weight per step), then frozen through stage 2
+    # the tower: the trained small CLIP's or SigLIP's (position embeddings interpolated from 8 x 8 to 16 x 16),
+    # moved by the 2 steps of stage 1 (Adam: about lr per weight per step), then frozen through stage 2
     tower = LlavaForConditionalGeneration.from_pretrained(export).model.vision_tower
-    clip = AutoModel.from_pretrained(ROOT / "checkpoints" / "tiny_clip_cifar10").vision_model
+    clip = AutoModel.from_pretrained(ROOT / "checkpoints" / dual_encoder).vision_model
     stage1 = load_file(tmp_path / "run" / "tower_stage" / "tower.safetensors")
     layer = "encoder.layers.0.self_attn.q_proj.weight"
     assert torch.equal(tower.state_dict()[layer], stage1[layer].to(torch.float16))
     start = clip.state_dict()[layer].float()  # the small CLIP is stored in fp16
     assert not torch.equal(stage1[layer], start) and torch.allclose(stage1[layer], start, atol=2e-3)
-    assert tower.embeddings.position_embedding.weight.shape == (1 + 16 * 16, 192)
+    assert tower.embeddings.position_embedding.weight.shape == (has_cls + 16 * 16, 192)
 
-    result = run_script("evaluate.py", "protocol=vqa", "model=tiny_llava_cifar10", f"model.path={export}",
+    result = run_script("evaluate.py", "protocol=vqa", f"model={model}", f"model.path={export}",
                         "data=cifar10_vqa", f"data.root={shared_archive}", "data.subset=12", "data.batch_size=6",
                         "protocol.max_new_tokens=3", "pruning=divprune", "pruning.keep=0.25", "logger=none",
                         f"paths.work_dir={tmp_path}", env=env, timeout=600)
