@@ -136,6 +136,11 @@ CASES = {  # id: (command, the text the error line must hold)
     "zero panels": (VISUALIZE + ("image={images}/test/cat/0.png", "panels=0"), "panels=0 must be an integer >= 1"),
     "token maps on anyres crops": (("-m", "vlm_eff.visualize", "model=onevision_tiny", "image={images}/test/cat/0.png"),
                                    "allowed: dual encoders and LLaVA-layout VLMs"),
+    "misspelled knob": (TRAIN + ("trainer.max_step=3",),
+                        "trainer.max_step is not a setting of train (check its spelling; a new key is +trainer.max_step=...)"),
+    "comma list without -m": (VISUALIZE + ("image=a.png,b.png",),
+                              "Ambiguous value for argument 'image=a.png,b.png'; a list is key=[a,b], a sweep over "
+                              "values needs -m"),
     "corrupt image for token maps": (VISUALIZE + ("image={images}/test/dog/broken.png",),
                                      "cannot read image {images}/test/dog/broken.png"),
 }

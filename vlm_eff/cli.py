@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -43,6 +44,28 @@ def check_group_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
         for choice in value.split(","):
             if choice not in allowed:
                 fail(f"unknown {key} {choice!r}; allowed: {', '.join(allowed)}")
+
+
+def check_keys(argv: list[str], config_name: str, conf_dir: Path = CONF_DIR) -> None:
+    """Exit with one line when the overrides do not compose (a misspelled key, a value Hydra cannot parse);
+    Hydra's own message spans several lines. Sweeps (`-m`) are composed job by job by Hydra itself."""
+    if any(arg in ("-m", "--multirun") for arg in argv):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+
+    overrides = [arg for arg in argv if "=" in arg and not arg.lstrip("+~").startswith("hydra")]
+    try:
+        with initialize_config_dir(str(conf_dir), version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except (ConfigCompositionException, OverrideParseException) as error:
+        text = str(error)
+        missing = re.search(r"Could not override '([^']+)'", text)
+        if missing:
+            fail(f"{missing.group(1)} is not a setting of {config_name} (check its spelling; a new key is "
+                 f"+{missing.group(1)}=...)")
+        hint = "; a list is key=[a,b], a sweep over values needs -m" if "Ambiguous value" in text else ""
+        fail(text.strip().splitlines()[0] + hint)
 
 
 def check_writable(folder: str) -> None:
@@ -137,6 +160,7 @@ def hydra_main(config_name: str, job_path: str) -> None:
     os.environ.setdefault("VLM_EFF_ROOT", str(ROOT))
     sys.argv[1:] = imply_groups(sys.argv[1:])
     check_group_choices(sys.argv[1:])
+    check_keys(sys.argv[1:], config_name)
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def main(cfg: DictConfig) -> None:
