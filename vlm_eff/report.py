@@ -393,13 +393,14 @@ def token_maps(sweep_dir: Path, n: int, images: Path | None) -> list[Path]:
     """Each finished job's token maps of `n` images, drawn with its model and pruning config."""
     from omegaconf import OmegaConf
 
+    from vlm_eff.cli import CONF_DIR
     from vlm_eff.jobs.visualize import visualize
 
     written = []
     for job_dir in sorted(p for p in sweep_dir.iterdir() if (p / "results.csv").is_file() and (p / ".hydra").is_dir()):
         job = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
         paths = map_images(job, n, images, sweep_dir / "token_maps" / "images")
-        cfg = OmegaConf.merge(OmegaConf.load(Path(__file__).parents[1] / "conf" / "visualize.yaml"),
+        cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "visualize.yaml"),
                               {"model": job.model, "pruning": job.pruning, "paths": job.paths, "seed": job.seed,
                                "image": [str(p) for p in paths], "out": str(sweep_dir / "token_maps" / job_dir.name),
                                "logger": None})

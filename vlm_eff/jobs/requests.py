@@ -154,24 +154,28 @@ def load_processor(cfg: DictConfig):
                           "processor dir>") from None
 
 
+def processor_requests(processor, images: list, questions: list[str]) -> tuple[list[torch.Tensor], dict, list[str]]:
+    """PIL images and one question each -> through the processor's chat template (one image, then the
+    question): the unpadded prompt rows, the processor's outputs, and the prompts as text."""
+    conversations = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}] for q in questions]
+    prompts = [processor.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
+    inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True)
+    rows = [ids[mask.bool()] for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+    return rows, inputs, prompts
+
+
 class QuestionBatches:
-    """Collates questions into `Requests` through the processor: the chat template with one image and the
-    question, left padding stripped into per-row prompts."""
+    """Collates questions into `Requests` through the processor (`processor_requests`), left padding stripped
+    into per-row prompts."""
 
     def __init__(self, processor, layout, config):
         self.processor, self.layout, self.config = processor, layout, config
 
-    def prompt(self, question: Question) -> str:
-        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question.text}]}]
-        return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
-
     def __call__(self, questions: list[Question]) -> Requests:
         from PIL import Image
 
-        prompts = [self.prompt(q) for q in questions]
         images = [Image.fromarray(read_image(q.path)) for q in questions]
-        inputs = self.processor(images=images, text=prompts, return_tensors="pt", padding=True)
-        rows = [ids[mask.bool()] for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+        rows, inputs, prompts = processor_requests(self.processor, images, [q.text for q in questions])
         return Requests(rows, self.layout.image_inputs(inputs), questions, prompts)
 
 

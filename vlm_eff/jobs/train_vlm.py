@@ -34,6 +34,7 @@ from vlm_eff.data.cifar10 import load_split
 from vlm_eff.data.cifar10_vqa import TrainingMosaics
 from vlm_eff.errors import ConfigError
 from vlm_eff.jobs.common import check_counts, run_dir
+from vlm_eff.jobs.requests import processor_requests
 from vlm_eff.lora import count_parameters
 from vlm_eff.models import load_model
 from vlm_eff.modules import FineTuneModule
@@ -58,14 +59,10 @@ class InstructionModule(FineTuneModule):
         prompt as the processor builds it (one placeholder per visual token), the answer's ids and </s>,
         right-padded; labels only on the answer and </s>."""
         tokenizer = self.processor.tokenizer
-        prompts = [self.processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}],
-            add_generation_prompt=True) for text in texts]
-        images = [Image.fromarray(m.cpu().numpy()) for m in mosaics]
-        inputs = self.processor(images=images, text=prompts, return_tensors="pt", padding=True)
+        prompt_rows, inputs, _ = processor_requests(self.processor, [Image.fromarray(m.cpu().numpy()) for m in mosaics],
+                                                    list(texts))
         rows, labels = [], []
-        for ids, mask, answer in zip(inputs["input_ids"], inputs["attention_mask"], answers):
-            prompt = ids[mask.bool()]  # [L]
+        for prompt, answer in zip(prompt_rows, answers):  # prompt [L]
             target = torch.tensor(tokenizer(" " + answer)["input_ids"] + [tokenizer.eos_token_id])
             rows.append(torch.cat([prompt, target]))
             labels.append(torch.cat([torch.full_like(prompt, IGNORE), target]))

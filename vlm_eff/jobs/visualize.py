@@ -22,6 +22,8 @@ from vlm_eff.data.cifar10 import IMAGE_SUFFIXES, read_image
 from vlm_eff.errors import ConfigError
 from vlm_eff.generation import Runner
 from vlm_eff.jobs.common import image_size, run_dir
+from vlm_eff.jobs.requests import load_processor, processor_requests
+from vlm_eff.knobs import check_knobs
 from vlm_eff.models import ImageEncoder, load_model, load_preprocess, model_config
 from vlm_eff.reduction import build, build_vlm, trace
 from vlm_eff.results import write_atomic
@@ -49,13 +51,6 @@ def image_paths(image) -> list[Path]:
         else:
             raise ConfigError(f"image={path} does not exist")
     return paths
-
-
-def check_knobs(cfg: DictConfig) -> None:
-    for key in ("panels", "panel_px"):
-        value = cfg[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key}={value!r} must be an integer >= 1")
 
 
 def to_uint8(pixels: torch.Tensor, mean, std) -> np.ndarray:
@@ -106,12 +101,8 @@ def vlm_steps(cfg: DictConfig, config, images: list[np.ndarray]) -> Traced:
     with_cls = int(layout.tower_family(config).has_cls and config.vision_feature_select_strategy == "full")
     processor = _processor(cfg) if loaded.weights == "pretrained" else None
     if processor is not None:
-        prompt = processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": cfg.question}]}],
-            add_generation_prompt=True)
-        inputs = processor(images=[Image.fromarray(i) for i in images], text=[prompt] * len(images),
-                           return_tensors="pt", padding=True)
-        rows = [ids[mask.bool()] for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+        rows, inputs, _ = processor_requests(processor, [Image.fromarray(i) for i in images],
+                                             [cfg.question] * len(images))
         pixels = inputs["pixel_values"]
         mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
     else:  # random weights without a processor: the tower's size, CLIP's normalisation, a synthetic prompt
@@ -129,8 +120,6 @@ def vlm_steps(cfg: DictConfig, config, images: list[np.ndarray]) -> Traced:
 
 def _processor(cfg: DictConfig):
     """The VLM's own processor where it has one (model.path / hub id / model.tokenizer), else None."""
-    from vlm_eff.jobs.requests import load_processor
-
     try:
         return load_processor(cfg.model)
     except ConfigError:
@@ -156,7 +145,7 @@ def panels_of(steps, b: int, seen: np.ndarray, side: int, with_cls: int, most: i
 
 def visualize(cfg: DictConfig) -> dict:
     """Write `<out>/<image stem>.png` for every image; returns {image path: its panels}."""
-    check_knobs(cfg)
+    check_knobs(cfg)  # also run by the entry script; here for callers of this function
     paths = image_paths(cfg.image)
     config = model_config(cfg.model)
     images = [read_image(path) for path in paths]
