@@ -171,6 +171,10 @@ def test_training_stream_uses_only_train_images(cifar_train, cifar_test):
     quadrants = [quadrant(m, q) for m in mosaics for q in range(4)]
     assert digests(quadrants) <= digests(images[np.unique([i for q in questions for i in q["cells"]])])
     assert not digests(quadrants) & test_images
+    weighted = TrainingMosaics(images, labels, classes, seed=0, mix={"position": 1, "presence": 2, "count": 0})
+    _, asked = weighted.sample(300, np.random.default_rng(0))
+    assert Counter(q["kind"] for q in asked) == {"position": 100, "presence": 200}
+    assert Counter(q["answer"] for q in asked if q["kind"] == "presence") == {"yes": 100, "no": 100}
     # the iterable stream: (mosaic, text, answer, kind), seeded, never a test image
     items = [item for item, _ in zip(TrainingMosaics(images, labels, classes, seed=7, chunk=50), range(120))]
     repeat = [item for item, _ in zip(TrainingMosaics(images, labels, classes, seed=7, chunk=50), range(120))]

@@ -4,13 +4,19 @@ with the mosaic test set built from the CIFAR-10 test split (data=cifar10_vqa)."
 
 import json
 
+import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import ROOT, model_config, run_script
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from transformers import AutoModel, LlavaForConditionalGeneration
 
+from vlm_eff.data.cifar10_vqa import QUADRANTS, TrainingMosaics
+from vlm_eff.jobs.train_vlm import subject, teach_lookup
+from vlm_eff.models import random_model
 from vlm_eff.results import read_results
+from vlm_eff.tiny_vlm import processor, word_tokenizer
 
 
 @pytest.mark.parametrize("model, dual_encoder, has_cls", [("tiny_llava_cifar10", "tiny_clip_cifar10", True),
@@ -20,12 +26,14 @@ def test_train_export_and_evaluate_the_small_llava(tmp_path, shared_archive, cac
     env = {"VLM_EFF_CACHE": str(cache_dir)}
     result = run_script("train.py", f"experiment={model}", f"data.root={shared_archive}",
                         "trainer.max_steps=3", "data.batch_size=4", "checkpoint_every_n_steps=2", "logger=none",
-                        "tower_stage.steps=2", "tower_stage.batch_size=4",
+                        "tower_stage.steps=2", "tower_stage.batch_size=4", "language_stage.steps=3",
+                        "language_stage.batch_size=8",
                         f"export_dir={export}", f"hydra.run.dir={tmp_path / 'run'}", env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "3 steps" in result.stdout and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     summary = json.loads((export / "training_summary.json").read_text())
-    assert summary["steps"] == 3 and summary["tower"] == "frozen in stage 2" and summary["tower_stage"]["steps"] == 2
+    assert summary["steps"] == 3 and summary["tower"] == "frozen in stage 3" and summary["tower_stage"]["steps"] == 2
+    assert summary["language_stage"]["steps"] == 3 and 0 <= summary["language_stage"]["accuracy"] <= 1
     # the tower: the trained small CLIP's or SigLIP's (position embeddings interpolated from 8 x 8 to 16 x 16),
     # moved by the 2 steps of stage 1 (Adam: about lr per weight per step), then frozen through stage 2
     tower = LlavaForConditionalGeneration.from_pretrained(export).model.vision_tower
@@ -49,3 +57,24 @@ def test_train_export_and_evaluate_the_small_llava(tmp_path, shared_archive, cac
     assert row["site"] == "boundary" and row["vqa_acc"] != "" and int(row["n_images"]) == 12
     kinds = json.loads((run / "vqa_metrics.json").read_text())
     assert {"vqa_acc_position", "vqa_acc_presence", "vqa_acc_count"} <= set(kinds)
+
+
+
+def test_the_language_stage_teaches_the_lookup_past_the_chat_words(cifar_test):
+    """Stage 2 on a fresh small Llama: within 150 text-only steps the answer to "USER: {question} ASSISTANT:" is
+    the question's subject, for every kind (scripts/binding_probe.py: without it, reading a quadrant stalls)."""
+    torch.manual_seed(0)
+    model = random_model(model_config("tiny_llava_cifar10"))
+    proc = processor(word_tokenizer(), ROOT / "checkpoints" / "tiny_clip_cifar10", 64, 4, "default")
+    stream = TrainingMosaics(cifar_test["images"], cifar_test["labels"], cifar_test["classes"], seed=0)
+    _, questions = stream.sample(30, np.random.default_rng(0))
+    for question in questions:
+        quadrant = [q for q in QUADRANTS if q in question["text"]]
+        expected = {"position": quadrant[0] if quadrant else None, "count": "animals",
+                    "presence": question["text"].split()[-1].rstrip("?")}[question["kind"]]
+        assert subject(question) == expected
+    tower = {k: v.clone() for k, v in model.model.vision_tower.state_dict().items()}
+    stage = OmegaConf.create({"steps": 150, "lr": 1e-3, "batch_size": 32})
+    accuracy = teach_lookup(model, proc, stream, stage, seed=0, logger=None)
+    assert accuracy > 0.9  # the last 50 steps: whole answers (subject and </s>) right
+    assert all(torch.equal(tower[k], v) for k, v in model.model.vision_tower.state_dict().items())

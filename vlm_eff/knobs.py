@@ -61,6 +61,9 @@ KNOBS = {  # dotted key -> what is allowed
     "tower_stage.steps": Range(0, integer=True),
     "tower_stage.lr": Range(0, low_open=True),
     "tower_stage.batch_size": Range(1, integer=True),
+    "language_stage.steps": Range(0, integer=True),
+    "language_stage.lr": Range(0, low_open=True),
+    "language_stage.batch_size": Range(1, integer=True),
     "gpu_sample_interval_s": Range(0),
     "gen_tokens": Range(1, integer=True),
     "protocol.max_new_tokens": Range(1, integer=True),
@@ -91,10 +94,23 @@ def check_knobs(cfg: DictConfig) -> None:
     if betas is not None and (not isinstance(betas, (list, ListConfig)) or len(betas) != 2
                               or any(b not in Range(0, 1, high_open=True) for b in betas)):
         raise ConfigError(f"optimizer.betas={_plain(betas)!r} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+    mix = OmegaConf.select(cfg, "data.train_mix")
+    if mix is not None:
+        check_mix(_plain(mix))
     if OmegaConf.select(cfg, "trainer.max_epochs") == -1 and OmegaConf.select(cfg, "trainer.max_steps",
                                                                               default=-1) == -1:
         raise ConfigError("trainer.max_epochs=-1 with no trainer.max_steps would train forever; set one of them")
     check_combinations(cfg)
+
+
+def check_mix(mix) -> None:
+    """data.train_mix: each question kind of the mosaic set with a relative frequency (integers >= 0)."""
+    from vlm_eff.data.cifar10_vqa import KINDS
+
+    if not isinstance(mix, dict) or set(mix) != set(KINDS) or not sum(mix.values()) or \
+            any(v not in Range(0, integer=True) for v in mix.values()):
+        raise ConfigError(f"data.train_mix={mix!r} must give each of {', '.join(KINDS)} an integer >= 0 (not all 0), "
+                          "e.g. {position: 1, presence: 2, count: 1}")
 
 
 def check_combinations(cfg: DictConfig) -> None:
@@ -118,4 +134,4 @@ def _unlabelled_folder(root: Path) -> bool:
 
 
 def _plain(value):
-    return OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+    return OmegaConf.to_container(value) if isinstance(value, (ListConfig, DictConfig)) else value

@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 
 from vlm_eff.errors import ConfigError
+from vlm_eff.knobs import check_mix
 
 log = logging.getLogger(__name__)
 
@@ -324,21 +325,25 @@ class TrainingMosaics(torch.utils.data.IterableDataset):
     """Training examples from a split that is not evaluated on (the CIFAR-10 *train* split): mosaics with
     a question each, drawn like `build_set`'s (answers balanced per kind within each draw) but from
     independent random images. `sample(n, generator)` gives a batch; iterating gives an endless seeded
-    stream of (mosaic uint8 [2S, 2S, 3], question text, answer, kind), each DataLoader worker its own."""
+    stream of (mosaic uint8 [2S, 2S, 3], question text, answer, kind), each DataLoader worker its own.
+    `mix` gives each kind's relative frequency (integers; default 1 each)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, classes: Sequence[str], seed: int = 0,
-                 chunk: int = 300):
+                 chunk: int = 300, mix: dict[str, int] | None = None):
         super().__init__()
         self.split = _Split(images, labels, classes)
         self.seed, self.chunk = seed, chunk
         self.generator = np.random.default_rng(seed)
+        mix = dict.fromkeys(KINDS, 1) if mix is None else dict(mix)
+        check_mix(mix)
+        self.kinds = tuple(kind for kind in KINDS for _ in range(mix[kind]))  # (position, presence, presence, count)
 
     def sample(self, n: int, generator: np.random.Generator | None = None) -> tuple[np.ndarray, list[dict]]:
         """`n` mosaics uint8 [n, 2S, 2S, 3] and their questions (text, answer, kind, cells, cell_classes),
-        kinds equally frequent (within one) in random order; drawn from `generator` (default: this
-        dataset's own, seeded from `seed`)."""
+        kinds in the proportions of `mix` (within one per share) in random order; drawn from `generator`
+        (default: this dataset's own, seeded from `seed`)."""
         rng = self.generator if generator is None else generator
-        kinds = balanced(rng, n, KINDS)
+        kinds = balanced(rng, n, self.kinds)
         return _generate(self.split, kinds, rng, _random_picker(self.split))
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, str, str, str]]:

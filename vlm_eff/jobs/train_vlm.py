@@ -1,15 +1,19 @@
 """train.py on a generative VLM: the project's small VLMs on CIFAR-10 mosaics (vlm_eff/data/cifar10_vqa.py,
-train split only), in two stages:
+train split only), in three stages:
 
 1. the tower (started from the project's trained dual encoder, which saw single 32 px images) adapts to
    64 px mosaics: a linear head (then discarded) reads from every feature-layer patch token the class of
    its cell and its quadrant, `tower_stage.steps` steps; saved in the run dir, so a rerun skips it;
-2. visual instruction tuning with the tower frozen, as in LLaVA's second stage: the projector and the
+2. the language model alone, on text (`language_stage.steps`): the answer to "USER: {question} ASSISTANT:" is
+   the question's subject (its quadrant, its class, "animals"). A language model trained from scratch learns
+   too slowly to carry the question's words to the answer's position through the chat words after them
+   (scripts/binding_probe.py); a pretrained one, as LLaVA starts from, already can. Seconds; not saved;
+3. visual instruction tuning with the tower frozen, as in LLaVA's second stage: the projector and the
    language model learn to answer; the loss is the answer's tokens and </s>. Checkpointed in the run dir
    and resumed by a rerun (the mosaic stream restarts from its seed: not bit-exact).
 
-The export is a `save_pretrained` dir with its processor, which evaluate.py and profile.py load with
-`model.path`."""
+A rerun that resumes stage 3 skips stage 2. The export is a `save_pretrained` dir with its processor, which
+evaluate.py and profile.py load with `model.path`."""
 
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from vlm_eff.checkpoint_io import AtomicCheckpointIO
 from vlm_eff.data.cifar10 import load_split
-from vlm_eff.data.cifar10_vqa import TrainingMosaics
+from vlm_eff.data.cifar10_vqa import QUADRANTS, TrainingMosaics
 from vlm_eff.errors import ConfigError
 from vlm_eff.jobs.common import check_counts, run_dir
 from vlm_eff.jobs.requests import processor_requests
@@ -47,6 +51,21 @@ from vlm_eff.wandb_logging import finish, make_logger
 IGNORE = -100  # label of a token the loss skips
 
 
+def with_answers(tokenizer, prompt_rows: list[torch.Tensor], answers) -> dict:
+    """Prompt ids [L_i] and one answer each -> input_ids, attention_mask and labels [B, L]: each prompt, the
+    answer's ids and </s>, right-padded; labels only on the answer and </s>."""
+    rows, labels = [], []
+    for prompt, answer in zip(prompt_rows, answers):  # prompt [L_i]
+        target = torch.tensor(tokenizer(" " + answer)["input_ids"] + [tokenizer.eos_token_id])
+        rows.append(torch.cat([prompt, target]))
+        labels.append(torch.cat([torch.full_like(prompt, IGNORE), target]))
+    L = max(len(r) for r in rows)
+    pad = lambda r, value: torch.cat([r, r.new_full((L - len(r),), value)])  # noqa: E731  right padding
+    return {"input_ids": torch.stack([pad(r, tokenizer.pad_token_id) for r in rows]),
+            "attention_mask": torch.stack([pad(torch.ones_like(r), 0) for r in rows]),
+            "labels": torch.stack([pad(r, IGNORE) for r in labels])}
+
+
 class InstructionModule(FineTuneModule):
     """Next-token loss on the answer (and </s>) of "USER: <image>\\n{question} ASSISTANT: {answer}</s>"."""
 
@@ -58,20 +77,9 @@ class InstructionModule(FineTuneModule):
         """Mosaics uint8 [B, H, W, 3] and their questions and answers -> the model's inputs with labels: the
         prompt as the processor builds it (one placeholder per visual token), the answer's ids and </s>,
         right-padded; labels only on the answer and </s>."""
-        tokenizer = self.processor.tokenizer
         prompt_rows, inputs, _ = processor_requests(self.processor, [Image.fromarray(m.cpu().numpy()) for m in mosaics],
                                                     list(texts))
-        rows, labels = [], []
-        for prompt, answer in zip(prompt_rows, answers):  # prompt [L]
-            target = torch.tensor(tokenizer(" " + answer)["input_ids"] + [tokenizer.eos_token_id])
-            rows.append(torch.cat([prompt, target]))
-            labels.append(torch.cat([torch.full_like(prompt, IGNORE), target]))
-        L = max(len(r) for r in rows)
-        pad = lambda r, value: torch.cat([r, r.new_full((L - len(r),), value)])  # noqa: E731  right padding
-        return {"input_ids": torch.stack([pad(r, tokenizer.pad_token_id) for r in rows]),
-                "attention_mask": torch.stack([pad(torch.ones_like(r), 0) for r in rows]),
-                "labels": torch.stack([pad(r, IGNORE) for r in labels]),
-                "pixel_values": inputs["pixel_values"]}
+        return {**with_answers(self.processor.tokenizer, prompt_rows, answers), "pixel_values": inputs["pixel_values"]}
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         mosaics, texts, answers, kinds = batch
@@ -129,6 +137,45 @@ def adapt_tower(model, layout, processor, stream: TrainingMosaics, stage: DictCo
     return float(np.mean(hits[-50:]))
 
 
+def subject(question: dict) -> str:
+    """What a mosaic question asks about: the quadrant ("top left"), the class ("cat") or "animals"."""
+    if question["kind"] == "position":
+        return next(q for q in QUADRANTS if q in question["text"])
+    if question["kind"] == "presence":
+        return question["text"].rstrip("?").split()[-1]
+    return "animals"
+
+
+def teach_lookup(model, processor, stream: TrainingMosaics, stage: DictConfig, seed: int, logger) -> float:
+    """Stage 2: the language model alone (the tower is frozen, the projector unused) learns, on text, to answer
+    "USER: {question} ASSISTANT:" with the question's `subject`; returns the last 50 steps' accuracy (whole
+    answers, subject and </s>)."""
+    tokenizer = processor.tokenizer
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=stage.lr, weight_decay=0.0)
+    rng, hits = np.random.default_rng(seed + 2), []
+    for step in range(1, stage.steps + 1):
+        for group in optimizer.param_groups:  # linear warm-up, then constant
+            group["lr"] = stage.lr * min(1.0, step / max(1, stage.steps // 10))
+        _, questions = stream.sample(stage.batch_size, rng)
+        conversations = [[{"role": "user", "content": [{"type": "text", "text": q["text"]}]}] for q in questions]
+        prompts = [processor.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
+        prompt_rows = [torch.tensor(tokenizer(prompt)["input_ids"]) for prompt in prompts]  # [L_i]
+        inputs = with_answers(tokenizer, prompt_rows, [subject(q) for q in questions])  # [B, L] each
+        out = model(**inputs)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        predicted = out.logits[:, :-1].argmax(-1)  # [B, L-1]: the prediction of each next token
+        target = inputs["labels"][:, 1:]
+        hits.append(((predicted == target) | (target == IGNORE)).all(1).float().mean().item())
+        if logger is not None and step % 50 == 0:
+            logger.experiment.log({"language/accuracy": float(np.mean(hits[-50:])), "language/loss": out.loss.item(),
+                                   "language/step": step})
+    return float(np.mean(hits[-50:]))
+
+
 def train_vlm(cfg: DictConfig) -> dict:
     """Train the small VLM `cfg.model` describes on mosaics from the CIFAR-10 train split at data.root."""
     check_counts(cfg, "data.batch_size", "trainer.max_steps", "data.num_workers")
@@ -152,7 +199,8 @@ def train_vlm(cfg: DictConfig) -> dict:
     out_dir = run_dir()
     ckpt_path = resume_from(cfg, out_dir)
     images, labels, classes = load_split(Path(cfg.data.root).expanduser(), "train", Path(cfg.data.cache_dir))
-    stream = TrainingMosaics(images, labels, classes, seed=cfg.seed)
+    stream = TrainingMosaics(images, labels, classes, seed=cfg.seed,
+                             mix=OmegaConf.to_container(cfg.data.train_mix) if cfg.data.get("train_mix") else None)
     logger = make_logger(cfg, out_dir)
     stage = cfg.get("tower_stage") or OmegaConf.create({"steps": 0, "lr": None, "batch_size": None})  # none: no stage 1
     tower, adapted = layout.vision(model), out_dir / "tower_stage" / "tower.safetensors"
@@ -173,6 +221,12 @@ def train_vlm(cfg: DictConfig) -> dict:
     if tower_accuracy is None and (adapted.parent / "summary.json").is_file():
         tower_accuracy = json.loads((adapted.parent / "summary.json").read_text())["cell_accuracy_last_50_steps"]
     tower.requires_grad_(False).eval()
+    language = cfg.get("language_stage") or OmegaConf.create({"steps": 0})
+    lookup_accuracy = None
+    if ckpt_path is None and language.steps:
+        print(f"vlm-eff train: {cfg.model.name}: stage 2, the language model on text, {language.steps} steps",
+              flush=True)
+        lookup_accuracy = teach_lookup(model, proc, stream, language, cfg.seed, logger)
     loader = DataLoader(stream, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
     module = InstructionModule(model, proc, instantiate(cfg.optimizer), instantiate(cfg.scheduler))
     trainable, total = count_parameters(model)
@@ -197,7 +251,8 @@ def train_vlm(cfg: DictConfig) -> dict:
                    "optimizer": {"lr": cfg.optimizer.lr, "weight_decay": cfg.optimizer.weight_decay},
                    "init_tower": str(cfg.model.init_tower),
                    "tower_stage": {**OmegaConf.to_container(stage), "cell_accuracy": tower_accuracy},
-                   "tower": "frozen in stage 2", "visual_tokens_in_training": "all",
+                   "language_stage": {**OmegaConf.to_container(language), "accuracy": lookup_accuracy},
+                   "tower": "frozen in stage 3", "visual_tokens_in_training": "all",
                    "last_train_loss": loss, "wall_time_s_this_run": round(seconds, 1)}
         write_atomic(export_dir / "training_summary.json", json.dumps(summary, indent=2) + "\n")
     wandb_dir = finish(logger)
