@@ -125,10 +125,10 @@ CASES = {  # id: (command, the text the error line must hold)
                              "trainer.max_epochs=-1 with no trainer.max_steps would train forever"),
     "VLM training steps zero": (("train.py", "experiment=tiny_llava_cifar10", "data.root={archive}",
                                  "trainer.max_steps=0"), "trainer.max_steps=0 must be an integer >= 1 or -1"),
-    "VLM training mix without a kind": (("train.py", "experiment=tiny_llava_cifar10", "data.root={archive}",
-                                         "data.train_mix={position:1,presence:2}"),
-                                        "data.train_mix={'position': 1, 'presence': 2} must give each of position, "
-                                        "presence, count an integer >= 0"),
+    "negative share in the VLM training mix": (("train.py", "experiment=tiny_llava_cifar10", "data.root={archive}",
+                                                "data.train_mix.presence=-1"),  # {{ }}: one brace after format()
+                                               "data.train_mix={{'position': 1, 'presence': -1, 'count': 1}} must give "
+                                               "each of position, presence, count an integer >= 0"),
     "distill on unlabelled images without data=images": (
         TRAIN[:2] + ("objective=distill", "data.root={unlabelled}"),
         "data.root={unlabelled} is a folder of unlabelled images (no <split>/<class>/ folders); add data=images"),
