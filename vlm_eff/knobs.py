@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vlm_eff.data.cifar10 import IMAGE_SUFFIXES
+from vlm_eff.data.cifar10_vqa import check_mix
 from vlm_eff.errors import ConfigError
 from vlm_eff.runtime import DEVICES, DTYPES
 
@@ -101,16 +102,6 @@ def check_knobs(cfg: DictConfig) -> None:
                                                                               default=-1) == -1:
         raise ConfigError("trainer.max_epochs=-1 with no trainer.max_steps would train forever; set one of them")
     check_combinations(cfg)
-
-
-def check_mix(mix) -> None:
-    """data.train_mix: each question kind of the mosaic set with a relative frequency (integers >= 0)."""
-    from vlm_eff.data.cifar10_vqa import KINDS
-
-    if not isinstance(mix, dict) or set(mix) != set(KINDS) or not sum(mix.values()) or \
-            any(v not in Range(0, integer=True) for v in mix.values()):
-        raise ConfigError(f"data.train_mix={mix!r} must give each of {', '.join(KINDS)} an integer >= 0 (not all 0), "
-                          "e.g. {position: 1, presence: 2, count: 1}")
 
 
 def check_combinations(cfg: DictConfig) -> None:

@@ -39,7 +39,6 @@ import torch
 from PIL import Image
 
 from vlm_eff.errors import ConfigError
-from vlm_eff.knobs import check_mix
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +67,14 @@ Picker = Callable[[np.random.Generator, int, int], np.ndarray]
 
 def article(name: str) -> str:
     return "an" if name[0] in "aeiou" else "a"
+
+
+def check_mix(mix) -> None:
+    """`data.train_mix`: every kind of `KINDS` with a relative frequency, integers >= 0, not all 0."""
+    shares = list(mix.values()) if isinstance(mix, dict) and set(mix) == set(KINDS) else []
+    if not shares or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in shares) or not sum(shares):
+        raise ConfigError(f"data.train_mix={mix!r} must give each of {', '.join(KINDS)} an integer >= 0 (not all 0), "
+                          "e.g. {position: 1, presence: 2, count: 1}")
 
 
 def balanced(rng: np.random.Generator, n: int, values: Sequence) -> list:
