@@ -76,6 +76,10 @@ def main() -> None:
     parser.add_argument("--untied", action="store_true", help="separate input and output embeddings")
     parser.add_argument("--tail", type=int, default=0,
                         help="chat tokens after the question and the image (LLaVA's \" ASSISTANT:\" is 3)")
+    parser.add_argument("--text-steps", type=int, default=0,
+                        help="text-only steps (after --copy-steps) on the whole task with a 2 x 2 image of class words")
+    parser.add_argument("--align", action="store_true",
+                        help="also train each visual token, read through the output embedding, to name its class")
     parser.add_argument("--copy-steps", type=int, default=0,
                         help="text-only steps first: the answer is the question's subject word (no image)")
     parser.add_argument("--side", type=int, default=8, help="visual tokens per image = side * side")
@@ -96,7 +100,6 @@ def main() -> None:
     projector = nn.Sequential(nn.Linear(width, 256), nn.GELU(), nn.Linear(256, 256))
     parameters = [*lm.parameters(), *projector.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.0)
-    quadrant = quadrant_of(args.side)
     embed = lm.get_input_embeddings()
     history, hits, started = [], [], time.perf_counter()
     for step in range(1, args.copy_steps + 1):  # the language model learns to fetch the subject word
@@ -110,33 +113,40 @@ def main() -> None:
         optimizer.zero_grad()
     if args.copy_steps:
         print(json.dumps({"copy_steps": args.copy_steps, "copy_loss": round(loss.item(), 4)}), flush=True)
-    for step in range(1, args.steps + 1):
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * min(1.0, step / 50)  # linear warm-up
-        batch = draw(args.batch, args.kinds, generator)
-        cell_of_token = batch["cells"][:, quadrant]  # [B, N]
-        if args.text:
-            image = embed(CLASS0 + cell_of_token)  # [B, N, 256]
-        else:
-            image = projector(class_vectors[cell_of_token] + position_vectors)  # [B, N, 256]
-        bos, question = embed(torch.full((args.batch, 1), BOS)), embed(batch["question"])  # [B, 1 | 2, 256]
-        parts = [bos, image, question] if args.order == "image-first" else [bos, question, image]
-        parts.append(embed(torch.full((args.batch, args.tail), CHAT)))  # the answer comes after these
-        logits = lm(inputs_embeds=torch.cat(parts, 1)).logits[:, -1]  # [B, vocab]: the answer's
-        loss = F.cross_entropy(logits, batch["answer"])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        hits.append((batch["kind"], (logits.argmax(-1) == batch["answer"]).float()))
-        if step % 50 == 0:
-            kind, hit = torch.cat([k for k, _ in hits]), torch.cat([h for _, h in hits])
-            row = {"step": step, "loss": round(loss.item(), 4), "seconds": round(time.perf_counter() - started, 1),
-                   **{f"acc_{name}": round(hit[kind == i].mean().item(), 3) for i, name in enumerate(KINDS)
-                      if name in args.kinds}}
-            history.append(row)
-            hits = []
-            print(json.dumps(row), flush=True)
+    phases = [(True, 2, args.text_steps), (args.text, args.side, args.steps)]  # (text?, side, steps)
+    for text, side, steps in phases:
+        quadrant = quadrant_of(side)
+        for step in range(1, steps + 1):
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr * min(1.0, step / 50)  # linear warm-up
+            batch = draw(args.batch, args.kinds, generator)
+            cell_of_token = batch["cells"][:, quadrant]  # [B, N]
+            if text:
+                image = embed(CLASS0 + cell_of_token)  # [B, N, 256]
+            else:
+                image = projector(class_vectors[cell_of_token] + position_vectors)  # [B, N, 256]
+            bos, question = embed(torch.full((args.batch, 1), BOS)), embed(batch["question"])  # [B, 1 | 2, 256]
+            parts = [bos, image, question] if args.order == "image-first" else [bos, question, image]
+            parts.append(embed(torch.full((args.batch, args.tail), CHAT)))  # the answer comes after these
+            logits = lm(inputs_embeds=torch.cat(parts, 1)).logits[:, -1]  # [B, vocab]: the answer's
+            loss = F.cross_entropy(logits, batch["answer"])
+            if args.align and not text:  # every visual token names its cell's class through the output embedding
+                words = F.linear(image, lm.lm_head.weight.detach())  # [B, N, vocab]: the words move not
+                loss = loss + F.cross_entropy(words.flatten(0, 1), (CLASS0 + cell_of_token).flatten())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+            hits.append((batch["kind"], (logits.argmax(-1) == batch["answer"]).float()))
+            if step % 50 == 0:
+                kind, hit = torch.cat([k for k, _ in hits]), torch.cat([h for _, h in hits])
+                row = {"phase": "text" if text else "image", "step": step, "loss": round(loss.item(), 4),
+                       "seconds": round(time.perf_counter() - started, 1),
+                       **{f"acc_{name}": round(hit[kind == i].mean().item(), 3) for i, name in enumerate(KINDS)
+                          if name in args.kinds}}
+                history.append(row)
+                hits = []
+                print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out, json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "history": history},
                                       indent=1) + "\n")

@@ -175,12 +175,24 @@ def test_training_stream_uses_only_train_images(cifar_train, cifar_test):
     _, asked = weighted.sample(300, np.random.default_rng(0))
     assert Counter(q["kind"] for q in asked) == {"position": 100, "presence": 200}
     assert Counter(q["answer"] for q in asked if q["kind"] == "presence") == {"yes": 100, "no": 100}
-    # the iterable stream: (mosaic, text, answer, kind), seeded, never a test image
+    only = stream.with_mix({"position": 0, "presence": 1, "count": 0})  # the same split and seed, presence alone
+    _, asked = only.sample(40, np.random.default_rng(0))
+    assert {q["kind"] for q in asked} == {"presence"} and stream.kinds == tuple(KINDS)
+    # the iterable stream: (mosaic, text, answer, kind, cell classes), seeded, never a test image
     items = [item for item, _ in zip(TrainingMosaics(images, labels, classes, seed=7, chunk=50), range(120))]
     repeat = [item for item, _ in zip(TrainingMosaics(images, labels, classes, seed=7, chunk=50), range(120))]
-    assert all(np.array_equal(a[0], b[0]) and a[1:] == b[1:] for a, b in zip(items, repeat))
-    assert all(m.shape == (64, 64, 3) and kind in KINDS and isinstance(text, str) for m, text, _, kind in items)
+    assert all(np.array_equal(a[0], b[0]) and a[1:4] == b[1:4] and np.array_equal(a[4], b[4])
+               for a, b in zip(items, repeat))
+    assert all(m.shape == (64, 64, 3) and kind in KINDS and isinstance(text, str) for m, text, _, kind, _ in items)
     assert not digests(quadrant(m, q) for m, *_ in items for q in range(4)) & test_images
+    for _, text, answer, kind, cells in items:  # the cells' classes are the ones the answers tell
+        names = [classes[c] for c in cells]
+        if kind == "position":
+            assert names[next(i for i, q in enumerate(QUADRANTS) if q in text)] == answer
+        elif kind == "presence":
+            assert (text.rstrip("?").split()[-1] in names) == (answer == "yes")
+        else:
+            assert sum(name in ANIMALS for name in names) == int(answer)
 
 
 def test_cli_writes_a_set_and_prints_the_counts(shared_archive, cache_dir, tmp_path):

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, LlavaForConditionalGeneration
 
 from vlm_eff.data.cifar10_vqa import QUADRANTS, TrainingMosaics
-from vlm_eff.jobs.train_vlm import subject, teach_lookup
+from vlm_eff.jobs.train_vlm import InstructionModule, ask_with_words, subject, teach_language
 from vlm_eff.models import random_model
 from vlm_eff.results import read_results
 from vlm_eff.tiny_vlm import processor, word_tokenizer
@@ -26,14 +26,15 @@ def test_train_export_and_evaluate_the_small_llava(tmp_path, shared_archive, cac
     env = {"VLM_EFF_CACHE": str(cache_dir)}
     result = run_script("train.py", f"experiment={model}", f"data.root={shared_archive}",
                         "trainer.max_steps=3", "data.batch_size=4", "checkpoint_every_n_steps=2", "logger=none",
-                        "tower_stage.steps=2", "tower_stage.batch_size=4", "language_stage.steps=3",
+                        "tower_stage.steps=2", "tower_stage.batch_size=4", "language_stage.steps=3", "language_stage.task_steps=2",
                         "language_stage.batch_size=8",
                         f"export_dir={export}", f"hydra.run.dir={tmp_path / 'run'}", env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "3 steps" in result.stdout and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     summary = json.loads((export / "training_summary.json").read_text())
     assert summary["steps"] == 3 and summary["tower"] == "frozen in stage 3" and summary["tower_stage"]["steps"] == 2
-    assert summary["language_stage"]["steps"] == 3 and 0 <= summary["language_stage"]["accuracy"] <= 1
+    assert summary["language_stage"]["steps"] == 3 and summary["language_stage"]["task_steps"] == 2
+    assert set(summary["language_stage"]["accuracy"]) == {"subject", "task"} and summary["align_weight"] == 1.0
     # the tower: the trained small CLIP's or SigLIP's (position embeddings interpolated from 8 x 8 to 16 x 16),
     # moved by the 2 steps of stage 1 (Adam: about lr per weight per step), then frozen through stage 2
     tower = LlavaForConditionalGeneration.from_pretrained(export).model.vision_tower
@@ -74,7 +75,45 @@ def test_the_language_stage_teaches_the_lookup_past_the_chat_words(cifar_test):
                     "presence": question["text"].split()[-1].rstrip("?")}[question["kind"]]
         assert subject(question) == expected
     tower = {k: v.clone() for k, v in model.model.vision_tower.state_dict().items()}
-    stage = OmegaConf.create({"steps": 150, "lr": 1e-3, "batch_size": 32})
-    accuracy = teach_lookup(model, proc, stream, stage, seed=0, logger=None)
-    assert accuracy > 0.9  # the last 50 steps: whole answers (subject and </s>) right
+    user, answer = ask_with_words(questions[0])  # the second part: the image as its cells' class words
+    assert user == " ".join(questions[0]["cell_classes"]) + "\n" + questions[0]["text"]
+    assert answer == questions[0]["answer"]
+    stage = OmegaConf.create({"steps": 150, "task_steps": 0, "lr": 1e-3, "batch_size": 32})
+    accuracy = teach_language(model, proc, stream, stage, seed=0, logger=None)
+    assert set(accuracy) == {"subject"} and set(accuracy["subject"]) == {"position", "presence", "count"}
+    assert min(accuracy["subject"].values()) > 0.9  # the last 50 steps: whole answers (subject and </s>) right
     assert all(torch.equal(tower[k], v) for k, v in model.model.vision_tower.state_dict().items())
+
+
+def test_alignment_moves_the_projector_to_the_class_words_not_the_words(cifar_test):
+    """Stage 3's `align_weight`: every visual token (the projector's output read through the tied output
+    embedding) is trained to name its cell's class; the gradient reaches the projector, never the embeddings
+    (the language model's words stay where stage 2 put them)."""
+    torch.manual_seed(0)
+    model = random_model(model_config("tiny_llava_cifar10"))
+    proc = processor(word_tokenizer(), ROOT / "checkpoints" / "tiny_clip_cifar10", 64, 4, "default")
+    stream = TrainingMosaics(cifar_test["images"], cifar_test["labels"], cifar_test["classes"], seed=0)
+    batch = next(iter(torch.utils.data.DataLoader(stream, batch_size=4)))
+    assert batch[4].shape == (4, 4)  # the cells' class indices
+    grads = {}
+    for weight in (0.0, 1.0):
+        model.zero_grad()
+        module = InstructionModule(model, proc, list(cifar_test["classes"]), align_weight=weight)
+        module.training_step(batch, 0).backward()
+        grads[weight] = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    embed = "model.language_model.embed_tokens.weight"
+    assert torch.equal(grads[0.0][embed], grads[1.0][embed])
+    projector = "model.multi_modal_projector.linear_2.weight"
+    assert (grads[1.0][projector] - grads[0.0][projector]).abs().max() > 1e-4
+    # on their own, a few steps of the alignment loss make the visual tokens name their cells' classes
+    module = InstructionModule(model, proc, list(cifar_test["classes"]), align_weight=1.0)
+    optimizer = torch.optim.Adam(model.model.multi_modal_projector.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        optimizer.zero_grad()
+        loss = module.training_step(batch, 0)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5
+

@@ -24,6 +24,7 @@ training examples from the *train* split, so training never sees a test image. E
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -332,7 +333,8 @@ class TrainingMosaics(torch.utils.data.IterableDataset):
     """Training examples from a split that is not evaluated on (the CIFAR-10 *train* split): mosaics with
     a question each, drawn like `build_set`'s (answers balanced per kind within each draw) but from
     independent random images. `sample(n, generator)` gives a batch; iterating gives an endless seeded
-    stream of (mosaic uint8 [2S, 2S, 3], question text, answer, kind), each DataLoader worker its own.
+    stream of (mosaic uint8 [2S, 2S, 3], question text, answer, kind, the four cells' class indices int64 [4]),
+    each DataLoader worker its own.
     `mix` gives each kind's relative frequency (integers; default 1 each)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, classes: Sequence[str], seed: int = 0,
@@ -345,6 +347,14 @@ class TrainingMosaics(torch.utils.data.IterableDataset):
         check_mix(mix)
         self.kinds = tuple(kind for kind in KINDS for _ in range(mix[kind]))  # (position, presence, presence, count)
 
+    def with_mix(self, mix: dict[str, int]) -> TrainingMosaics:
+        """The same stream (split, seed) with another `mix`."""
+        check_mix(mix)
+        stream = copy.copy(self)
+        stream.generator = np.random.default_rng(self.seed)
+        stream.kinds = tuple(kind for kind in KINDS for _ in range(mix[kind]))
+        return stream
+
     def sample(self, n: int, generator: np.random.Generator | None = None) -> tuple[np.ndarray, list[dict]]:
         """`n` mosaics uint8 [n, 2S, 2S, 3] and their questions (text, answer, kind, cells, cell_classes),
         kinds in the proportions of `mix` (within one per share) in random order; drawn from `generator`
@@ -353,10 +363,11 @@ class TrainingMosaics(torch.utils.data.IterableDataset):
         kinds = balanced(rng, n, self.kinds)
         return _generate(self.split, kinds, rng, _random_picker(self.split))
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, str, str, str]]:
+    def __iter__(self) -> Iterator[tuple[np.ndarray, str, str, str, np.ndarray]]:
         worker = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.seed, worker.id if worker else 0])
         while True:
             mosaics, questions = self.sample(self.chunk, rng)
             for image, question in zip(mosaics, questions):
-                yield image, question["text"], question["answer"], question["kind"]
+                cells = np.array([self.split.classes.index(c) for c in question["cell_classes"]])  # [4]
+                yield image, question["text"], question["answer"], question["kind"], cells

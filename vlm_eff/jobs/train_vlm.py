@@ -4,13 +4,17 @@ train split only), in three stages:
 1. the tower (started from the project's trained dual encoder, which saw single 32 px images) adapts to
    64 px mosaics: a linear head (then discarded) reads from every feature-layer patch token the class of
    its cell and its quadrant, `tower_stage.steps` steps; saved in the run dir, so a rerun skips it;
-2. the language model alone, on text (`language_stage.steps`): the answer to "USER: {question} ASSISTANT:" is
-   the question's subject (its quadrant, its class, "animals"). A language model trained from scratch learns
-   too slowly to carry the question's words to the answer's position through the chat words after them
-   (scripts/binding_probe.py); a pretrained one, as LLaVA starts from, already can. Seconds; not saved;
+2. the language model alone, on text: first (`language_stage.steps`) the answer to "USER: {question}
+   ASSISTANT:" is the question's subject (its quadrant, its class, "animals"), then (`language_stage.task_steps`)
+   the real answer, with the image given as its four cells' class words ("USER: cat ship dog frog\n{question}
+   ASSISTANT:"), presence questions alone (`language_stage.presence_steps`), then every kind (`task_steps`). A language model trained from scratch learns too slowly to carry the question's words to the
+   answer's position through the chat words after them, and to compare the class asked with the image
+   (scripts/binding_probe.py); a pretrained one, as LLaVA starts from, already can. A minute; not saved;
 3. visual instruction tuning with the tower frozen, as in LLaVA's second stage: the projector and the
-   language model learn to answer; the loss is the answer's tokens and </s>. Checkpointed in the run dir
-   and resumed by a rerun (the mosaic stream restarts from its seed: not bit-exact).
+   language model learn to answer; the loss is the answer's tokens and </s>, plus (`align_weight`) every
+   visual token, read through the language model's (tied) output embedding, naming its cell's class: the
+   projector learns to hand over what stage 2's words were. Checkpointed in the run dir and resumed by a
+   rerun (the mosaic stream restarts from its seed: not bit-exact).
 
 A rerun that resumes stage 3 skips stage 2. The export is a `save_pretrained` dir with its processor, which
 evaluate.py and profile.py load with `model.path`."""
@@ -35,7 +39,7 @@ from torch.utils.data import DataLoader
 
 from vlm_eff.checkpoint_io import AtomicCheckpointIO
 from vlm_eff.data.cifar10 import load_split
-from vlm_eff.data.cifar10_vqa import QUADRANTS, TrainingMosaics
+from vlm_eff.data.cifar10_vqa import KINDS, QUADRANTS, TrainingMosaics
 from vlm_eff.errors import ConfigError
 from vlm_eff.jobs.common import check_counts, run_dir
 from vlm_eff.jobs.requests import processor_requests
@@ -67,11 +71,16 @@ def with_answers(tokenizer, prompt_rows: list[torch.Tensor], answers) -> dict:
 
 
 class InstructionModule(FineTuneModule):
-    """Next-token loss on the answer (and </s>) of "USER: <image>\\n{question} ASSISTANT: {answer}</s>"."""
+    """Next-token loss on the answer (and </s>) of "USER: <image>\\n{question} ASSISTANT: {answer}</s>", plus
+    `align_weight` x the cross-entropy of every visual token (the projector's output, through the output
+    embedding) against its cell's class word."""
 
-    def __init__(self, model, processor, optimizer=None, scheduler=None):
+    def __init__(self, model, processor, classes: list[str], optimizer=None, scheduler=None, align_weight: float = 0.0):
         super().__init__(optimizer, scheduler)
-        self.model, self.processor = model, processor
+        self.model, self.processor, self.align_weight = model, processor, align_weight
+        vision = model.config.vision_config
+        self.register_buffer("quadrant", quadrants(vision.image_size // vision.patch_size), persistent=False)  # [N]
+        self.register_buffer("class_ids", class_word_ids(processor.tokenizer, classes), persistent=False)  # [C]
 
     def encode(self, mosaics: torch.Tensor, texts, answers) -> dict:
         """Mosaics uint8 [B, H, W, 3] and their questions and answers -> the model's inputs with labels: the
@@ -82,10 +91,25 @@ class InstructionModule(FineTuneModule):
         return {**with_answers(self.processor.tokenizer, prompt_rows, answers), "pixel_values": inputs["pixel_values"]}
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        mosaics, texts, answers, kinds = batch
+        mosaics, texts, answers, kinds, cells = batch  # cells [B, 4]: class indices, top left .. bottom right
         inputs = {k: v.to(self.device) for k, v in self.encode(mosaics, texts, answers).items()}
-        out = self.model(**inputs)
-        self.log("train/loss", out.loss, prog_bar=True)
+        handed_over = []  # the projector's output [B, N, D_llm]
+        hook = self.model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: handed_over.append(o))
+        try:
+            out = self.model(**inputs)
+        finally:
+            hook.remove()
+        loss = out.loss
+        if self.align_weight:
+            words = self.model.lm_head.weight.detach()  # the projector moves to the words, not the words to it
+            class_words = F.linear(handed_over[0], words)  # [B, N, vocab]
+            target = self.class_ids[cells[:, self.quadrant]]  # [B, N]: each token's cell's class word
+            align = F.cross_entropy(class_words.flatten(0, 1), target.flatten())
+            loss = loss + self.align_weight * align
+            self.log("train/align_loss", align)
+            self.log("train/align_accuracy", (class_words.argmax(-1) == target).float().mean())
+        self.log("train/answer_loss", out.loss)
+        self.log("train/loss", loss, prog_bar=True)
         labels = inputs["labels"]  # [B, L]
         first = (labels != IGNORE).int().argmax(dim=1)  # [B]: each row's first answer token
         rows = torch.arange(len(labels), device=labels.device)
@@ -93,7 +117,15 @@ class InstructionModule(FineTuneModule):
         for kind in sorted(set(kinds)):  # the answer word's accuracy per question kind (greedy, teacher-forced)
             mask = torch.tensor([k == kind for k in kinds], device=hit.device)
             self.log(f"train/acc_{kind}", hit[mask].mean(), batch_size=int(mask.sum()))
-        return out.loss
+        return loss
+
+
+def class_word_ids(tokenizer, classes: list[str]) -> torch.Tensor:
+    """[C] the token id of every class name (each one word of the small VLMs' vocabulary)."""
+    ids = [tokenizer(" " + name)["input_ids"] for name in classes]
+    if any(len(i) != 1 or i[0] == tokenizer.unk_token_id for i in ids):
+        raise ConfigError(f"the tokenizer does not have every class name {list(classes)} as one word")
+    return torch.tensor([i[0] for i in ids])
 
 
 def quadrants(side: int) -> torch.Tensor:
@@ -146,22 +178,34 @@ def subject(question: dict) -> str:
     return "animals"
 
 
-def teach_lookup(model, processor, stream: TrainingMosaics, stage: DictConfig, seed: int, logger) -> float:
-    """Stage 2: the language model alone (the tower is frozen, the projector unused) learns, on text, to answer
-    "USER: {question} ASSISTANT:" with the question's `subject`; returns the last 50 steps' accuracy (whole
-    answers, subject and </s>)."""
+def ask_subject(question: dict) -> tuple[str, str]:
+    """The user's turn and the answer of stage 2's first part: the question alone, answered with its subject."""
+    return question["text"], subject(question)
+
+
+def ask_with_words(question: dict) -> tuple[str, str]:
+    """The user's turn and the answer of stage 2's second part: the image given as its cells' class words."""
+    return " ".join(question["cell_classes"]) + "\n" + question["text"], question["answer"]
+
+
+def teach_on_text(model, processor, stream: TrainingMosaics, turn, steps: int, stage: DictConfig,
+                  rng: np.random.Generator, logger, name: str) -> dict[str, float]:
+    """Train the language model alone (the tower and projector unused) on "USER: {user} ASSISTANT: {answer}</s>"
+    with (user, answer) = `turn(question)` of questions from the stream; returns the last 50 steps' accuracy
+    per question kind (whole answers, </s> included), logged to W&B as language/{name}_accuracy."""
     tokenizer = processor.tokenizer
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=stage.lr, weight_decay=0.0)
-    rng, hits = np.random.default_rng(seed + 2), []
-    for step in range(1, stage.steps + 1):
+    hits: list[tuple[list[str], torch.Tensor]] = []
+    for step in range(1, steps + 1):
         for group in optimizer.param_groups:  # linear warm-up, then constant
-            group["lr"] = stage.lr * min(1.0, step / max(1, stage.steps // 10))
+            group["lr"] = stage.lr * min(1.0, step / max(1, steps // 10))
         _, questions = stream.sample(stage.batch_size, rng)
-        conversations = [[{"role": "user", "content": [{"type": "text", "text": q["text"]}]}] for q in questions]
+        users, answers = zip(*map(turn, questions))
+        conversations = [[{"role": "user", "content": [{"type": "text", "text": user}]}] for user in users]
         prompts = [processor.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
         prompt_rows = [torch.tensor(tokenizer(prompt)["input_ids"]) for prompt in prompts]  # [L_i]
-        inputs = with_answers(tokenizer, prompt_rows, [subject(q) for q in questions])  # [B, L] each
+        inputs = with_answers(tokenizer, prompt_rows, answers)  # [B, L] each
         out = model(**inputs)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -169,11 +213,29 @@ def teach_lookup(model, processor, stream: TrainingMosaics, stage: DictConfig, s
         optimizer.zero_grad()
         predicted = out.logits[:, :-1].argmax(-1)  # [B, L-1]: the prediction of each next token
         target = inputs["labels"][:, 1:]
-        hits.append(((predicted == target) | (target == IGNORE)).all(1).float().mean().item())
+        hits.append(([q["kind"] for q in questions], ((predicted == target) | (target == IGNORE)).all(1).float()))
+        hits = hits[-50:]
         if logger is not None and step % 50 == 0:
-            logger.experiment.log({"language/accuracy": float(np.mean(hits[-50:])), "language/loss": out.loss.item(),
-                                   "language/step": step})
-    return float(np.mean(hits[-50:]))
+            logger.experiment.log({f"language/{name}_accuracy": torch.cat([h for _, h in hits]).mean().item(),
+                                   f"language/{name}_loss": out.loss.item(), "language/step": step})
+    kinds = np.array([k for ks, _ in hits for k in ks])
+    right = torch.cat([h for _, h in hits]).numpy() if hits else np.zeros(0)
+    return {str(kind): float(right[kinds == kind].mean()) for kind in sorted(set(kinds))}
+
+
+def teach_language(model, processor, stream: TrainingMosaics, stage: DictConfig, seed: int, logger) -> dict:
+    """Stage 2: `stage.steps` steps answering each question with its subject (`ask_subject`), then
+    `stage.presence_steps` steps answering presence questions alone with the image as words (`ask_with_words`:
+    mixed with the other kinds from the start, comparing the class asked with the image is not learned in
+    thousands of steps, scripts/binding_probe.py), then `stage.task_steps` steps of every kind so; returns each
+    part's last 50 steps' accuracy per question kind."""
+    rng = np.random.default_rng(seed + 2)
+    presence = stream.with_mix({kind: int(kind == "presence") for kind in KINDS})
+    parts = [("subject", stream, ask_subject, stage.steps),
+             ("presence", presence, ask_with_words, stage.get("presence_steps", 0)),
+             ("task", stream, ask_with_words, stage.get("task_steps", 0))]
+    return {name: teach_on_text(model, processor, source, turn, steps, stage, rng, logger, name)
+            for name, source, turn, steps in parts if steps}
 
 
 def train_vlm(cfg: DictConfig) -> dict:
@@ -222,13 +284,15 @@ def train_vlm(cfg: DictConfig) -> dict:
         tower_accuracy = json.loads((adapted.parent / "summary.json").read_text())["cell_accuracy_last_50_steps"]
     tower.requires_grad_(False).eval()
     language = cfg.get("language_stage") or OmegaConf.create({"steps": 0})
-    lookup_accuracy = None
-    if ckpt_path is None and language.steps:
-        print(f"vlm-eff train: {cfg.model.name}: stage 2, the language model on text, {language.steps} steps",
-              flush=True)
-        lookup_accuracy = teach_lookup(model, proc, stream, language, cfg.seed, logger)
+    language_accuracy = None
+    text_steps = [language.get(key, 0) for key in ("steps", "presence_steps", "task_steps")]
+    if ckpt_path is None and any(text_steps):
+        print(f"vlm-eff train: {cfg.model.name}: stage 2, the language model on text, "
+              f"{' + '.join(map(str, text_steps))} steps", flush=True)
+        language_accuracy = teach_language(model, proc, stream, language, cfg.seed, logger)
     loader = DataLoader(stream, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
-    module = InstructionModule(model, proc, instantiate(cfg.optimizer), instantiate(cfg.scheduler))
+    module = InstructionModule(model, proc, list(stream.split.classes), instantiate(cfg.optimizer),
+                               instantiate(cfg.scheduler), align_weight=cfg.get("align_weight", 0.0))
     trainable, total = count_parameters(model)
 
     checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
@@ -251,7 +315,8 @@ def train_vlm(cfg: DictConfig) -> dict:
                    "optimizer": {"lr": cfg.optimizer.lr, "weight_decay": cfg.optimizer.weight_decay},
                    "init_tower": str(cfg.model.init_tower),
                    "tower_stage": {**OmegaConf.to_container(stage), "cell_accuracy": tower_accuracy},
-                   "language_stage": {**OmegaConf.to_container(language), "accuracy": lookup_accuracy},
+                   "language_stage": {**OmegaConf.to_container(language), "accuracy": language_accuracy},
+                   "align_weight": cfg.get("align_weight", 0.0),
                    "tower": "frozen in stage 3", "visual_tokens_in_training": "all",
                    "last_train_loss": loss, "wall_time_s_this_run": round(seconds, 1)}
         write_atomic(export_dir / "training_summary.json", json.dumps(summary, indent=2) + "\n")
