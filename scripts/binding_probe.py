@@ -12,6 +12,11 @@ animals; 20 %). The loss is the first answer token's; the accuracy of every 50 s
         --out outputs/binding/image-first-tail3.json
     python scripts/binding_probe.py --order image-first --tail 3 --copy-steps 300 --steps 300 \
         --out outputs/binding/image-first-tail3-copy.json
+    python scripts/binding_probe.py --kinds presence --tail 0 --steps 300 --out outputs/binding/presence-tail0.json
+    python scripts/binding_probe.py --kinds presence --text --side 2 --tail 3 --copy-steps 300 --steps 1500 \
+        --out outputs/binding/presence-words-tail3.json
+    python scripts/binding_probe.py --kinds presence --tail 3 --copy-steps 300 --text-steps 1500 --align \
+        --steps 400 --out outputs/binding/presence-words-then-image.json
 (docs/RESULTS.md section 11; about 5 minutes each on one core)
 """
 

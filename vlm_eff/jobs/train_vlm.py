@@ -290,6 +290,9 @@ def train_vlm(cfg: DictConfig) -> dict:
         print(f"vlm-eff train: {cfg.model.name}: stage 2, the language model on text, "
               f"{' + '.join(map(str, text_steps))} steps", flush=True)
         language_accuracy = teach_language(model, proc, stream, language, cfg.seed, logger)
+        write_atomic(out_dir / "language_stage.json", json.dumps(language_accuracy) + "\n")  # for a resumed run
+    elif ckpt_path is not None and (out_dir / "language_stage.json").is_file():
+        language_accuracy = json.loads((out_dir / "language_stage.json").read_text())
     loader = DataLoader(stream, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
     module = InstructionModule(model, proc, list(stream.split.classes), instantiate(cfg.optimizer),
                                instantiate(cfg.scheduler), align_weight=cfg.get("align_weight", 0.0))
@@ -313,12 +316,13 @@ def train_vlm(cfg: DictConfig) -> dict:
         proc.save_pretrained(export_dir)
         summary = {"steps": trainer.global_step, "batch_size": cfg.data.batch_size, "seed": cfg.seed,
                    "optimizer": {"lr": cfg.optimizer.lr, "weight_decay": cfg.optimizer.weight_decay},
-                   "init_tower": str(cfg.model.init_tower),
+                   "init_tower": Path(cfg.model.init_tower).name,
                    "tower_stage": {**OmegaConf.to_container(stage), "cell_accuracy": tower_accuracy},
                    "language_stage": {**OmegaConf.to_container(language), "accuracy": language_accuracy},
                    "align_weight": cfg.get("align_weight", 0.0),
                    "tower": "frozen in stage 3", "visual_tokens_in_training": "all",
-                   "last_train_loss": loss, "wall_time_s_this_run": round(seconds, 1)}
+                   "last_train_loss": None if np.isnan(loss) else loss,  # None: resumed with no step left
+                   "wall_time_s_this_run": round(seconds, 1)}
         write_atomic(export_dir / "training_summary.json", json.dumps(summary, indent=2) + "\n")
     wandb_dir = finish(logger)
     print(f"\nvlm-eff train: {cfg.model.name}: {trainer.global_step} steps, last loss {loss:.4f}, "
