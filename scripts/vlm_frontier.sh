@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The VLM frontier on one of the project's trained small VLMs (docs/RESULTS.md section 11): every strategy of
+# The VLM frontier on one of the project's trained small VLMs (docs/RESULTS.md section 12): every strategy of
 # every site at 50 / 25 / 12.5 % of the 256 visual tokens (128 / 64 / 32), exact match overall and per question
 # kind on the CIFAR-10 mosaic test set (data.subset=N for a seeded subset), GFLOPs (vision + prefill) and TTFT on this machine; one sweep dir, one
 # report (accuracy vs TTFT and vs GFLOPs with Pareto fronts) with the token maps of two test mosaics.

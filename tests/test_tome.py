@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from vlm_eff.errors import ConfigError
 from vlm_eff.flops import flops_per_image
 from vlm_eff.models import ImageEncoder, random_model
-from vlm_eff.reduction import apply_config, build, remove_all
+from vlm_eff.reduction import apply_config, build, merges_for_tokens, remove_all
 from vlm_eff.reduction.dropping import apply_patch, remove_patch
 from vlm_eff.reduction.merging import (
     apply_tome,
@@ -209,3 +209,23 @@ def test_layers_that_merge_nothing_still_attend_in_proportion_to_size(clip):
         outputs[prop_attn] = features(clip, x)
         remove_tome(clip)
     assert not torch.allclose(outputs[True], outputs[False], atol=1e-5)
+
+
+@pytest.mark.parametrize("n_patches, kept, n_layers, has_cls", [
+    (256, 32, 5, True), (256, 32, 5, False), (256, 64, 5, True), (256, 128, 5, True), (64, 32, 4, True),
+    (256, 8, 5, False)])
+def test_merges_for_tokens_reaches_any_budget_halving_allows(n_patches, kept, n_layers, has_cls):
+    """A keep budget is met whenever halving every layer could meet it (12.5 % of 256 tokens in the 5 layers
+    of the small VLMs' towers: spreading the merges evenly would stop at 38), as evenly as the later layers
+    allow, and never more than half of a layer's tokens."""
+    counts = merges_for_tokens(n_patches, kept, n_layers, has_cls)
+    assert len(counts) == n_layers and sum(counts) == n_patches - kept
+    tokens = n_patches + has_cls
+    for r in counts:
+        assert 0 <= r <= (tokens - has_cls) // 2
+        tokens -= r
+    if kept * 2 >= n_patches:  # a mild budget: the even spread, earlier layers first
+        assert max(counts) - min(counts) <= 1 and counts == sorted(counts, reverse=True)
+    with pytest.raises(ConfigError, match=f"can keep at least {n_patches >> n_layers} of {n_patches} tokens"):
+        merges_for_tokens(n_patches, (n_patches >> n_layers) - 1, n_layers, has_cls)
+

@@ -5,11 +5,12 @@ train split only), in three stages:
    64 px mosaics: a linear head (then discarded) reads from every feature-layer patch token the class of
    its cell and its quadrant, `tower_stage.steps` steps; saved in the run dir, so a rerun skips it;
 2. the language model alone, on text: first (`language_stage.steps`) the answer to "USER: {question}
-   ASSISTANT:" is the question's subject (its quadrant, its class, "animals"), then (`language_stage.task_steps`)
-   the real answer, with the image given as its four cells' class words ("USER: cat ship dog frog\n{question}
-   ASSISTANT:"), presence questions alone (`language_stage.presence_steps`), then every kind (`task_steps`). A language model trained from scratch learns too slowly to carry the question's words to the
-   answer's position through the chat words after them, and to compare the class asked with the image
-   (scripts/binding_probe.py); a pretrained one, as LLaVA starts from, already can. A minute; not saved;
+   ASSISTANT:" is the question's subject (its quadrant, its class, "animals"); then the real answer, with the
+   image given as its four cells' class words ("USER: cat ship dog frog\\n{question} ASSISTANT:"), presence
+   questions alone (`language_stage.presence_steps`), then every kind (`language_stage.task_steps`). A
+   language model trained from scratch learns too slowly to carry the question's words to the answer's
+   position through the chat words after them, and to compare the class asked with the image
+   (scripts/binding_probe.py); a pretrained one, as LLaVA starts from, already can. Minutes; not saved;
 3. visual instruction tuning with the tower frozen, as in LLaVA's second stage: the projector and the
    language model learn to answer; the loss is the answer's tokens and </s>, plus (`align_weight`) every
    visual token, read through the language model's (tied) output embedding, naming its cell's class: the

@@ -185,16 +185,26 @@ def build_vlm(cfg: DictConfig, layout, config, seed: int = 0) -> Strategy:
 
 
 def merges_for_tokens(n_patches: int, kept: int, n_layers: int, has_cls: bool) -> list[int]:
-    """Merges per layer (as even as the tokens allow, earlier layers first) that leave `kept` of
-    `n_patches` patch tokens after `n_layers` layers; a one-line error when halving every layer is not enough."""
+    """Merges per layer (as even as the tokens allow, earlier layers first, more in earlier layers only where
+    the later ones could not finish) that leave `kept` of `n_patches` patch tokens after `n_layers` layers;
+    a one-line error when halving every layer is not enough."""
+    def most(tokens: int, layers: int) -> int:  # the merges of `layers` layers that each halve
+        total = 0
+        for _ in range(layers):
+            r = merges(tokens, tokens, has_cls)
+            total, tokens = total + r, tokens - r
+        return total
+
     counts, tokens, left = [], int(has_cls) + n_patches, n_patches - kept
+    if left > most(tokens, n_layers):
+        raise ConfigError(f"merging can keep at least {n_patches - most(tokens, n_layers)} of {n_patches} tokens "
+                          f"in {n_layers} layers (each halves at most); asked for {kept}: raise pruning.keep")
     for index in range(n_layers):
         r = min(-(-left // (n_layers - index)), merges(left, tokens, has_cls))
+        while left - r > most(tokens - r, n_layers - index - 1):  # the later layers could not finish
+            r += 1
         counts.append(r)
         tokens, left = tokens - r, left - r
-    if left:
-        raise ConfigError(f"merging can keep at least {n_patches - sum(counts)} of {n_patches} tokens in "
-                          f"{n_layers} layers (each halves at most); asked for {kept}: raise pruning.keep")
     return counts
 
 
