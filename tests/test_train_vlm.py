@@ -26,7 +26,8 @@ def test_train_export_and_evaluate_the_small_llava(tmp_path, shared_archive, cac
     env = {"VLM_EFF_CACHE": str(cache_dir)}
     result = run_script("train.py", f"experiment={model}", f"data.root={shared_archive}",
                         "trainer.max_steps=3", "data.batch_size=4", "checkpoint_every_n_steps=2", "logger=none",
-                        "tower_stage.steps=2", "tower_stage.batch_size=4", "language_stage.steps=3", "language_stage.task_steps=2",
+                        "tower_stage.steps=2", "tower_stage.batch_size=4", "language_stage.steps=3",
+                        "language_stage.presence_steps=2", "language_stage.task_steps=2",
                         "language_stage.batch_size=8",
                         f"export_dir={export}", f"hydra.run.dir={tmp_path / 'run'}", env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -34,7 +35,8 @@ def test_train_export_and_evaluate_the_small_llava(tmp_path, shared_archive, cac
     summary = json.loads((export / "training_summary.json").read_text())
     assert summary["steps"] == 3 and summary["tower"] == "frozen in stage 3" and summary["tower_stage"]["steps"] == 2
     assert summary["language_stage"]["steps"] == 3 and summary["language_stage"]["task_steps"] == 2
-    assert set(summary["language_stage"]["accuracy"]) == {"subject", "task"} and summary["align_weight"] == 1.0
+    assert set(summary["language_stage"]["accuracy"]) == {"subject", "presence", "task"}
+    assert summary["language_stage"]["accuracy"]["presence"].keys() == {"presence"} and summary["align_weight"] == 1.0
     # the tower: the trained small CLIP's or SigLIP's (position embeddings interpolated from 8 x 8 to 16 x 16),
     # moved by the 2 steps of stage 1 (Adam: about lr per weight per step), then frozen through stage 2
     tower = LlavaForConditionalGeneration.from_pretrained(export).model.vision_tower
