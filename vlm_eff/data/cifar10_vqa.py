@@ -343,16 +343,19 @@ class TrainingMosaics(torch.utils.data.IterableDataset):
         self.split = _Split(images, labels, classes)
         self.seed, self.chunk = seed, chunk
         self.generator = np.random.default_rng(seed)
-        mix = dict.fromkeys(KINDS, 1) if mix is None else dict(mix)
+        self.kinds = self._drawn(dict.fromkeys(KINDS, 1) if mix is None else dict(mix))
+
+    @staticmethod
+    def _drawn(mix: dict[str, int]) -> tuple[str, ...]:
+        """The kinds one draw cycles through, each as often as its share: (position, presence, presence, count)."""
         check_mix(mix)
-        self.kinds = tuple(kind for kind in KINDS for _ in range(mix[kind]))  # (position, presence, presence, count)
+        return tuple(kind for kind in KINDS for _ in range(mix[kind]))
 
     def with_mix(self, mix: dict[str, int]) -> TrainingMosaics:
         """The same stream (split, seed) with another `mix`."""
-        check_mix(mix)
         stream = copy.copy(self)
         stream.generator = np.random.default_rng(self.seed)
-        stream.kinds = tuple(kind for kind in KINDS for _ in range(mix[kind]))
+        stream.kinds = self._drawn(dict(mix))
         return stream
 
     def sample(self, n: int, generator: np.random.Generator | None = None) -> tuple[np.ndarray, list[dict]]:
@@ -369,5 +372,5 @@ class TrainingMosaics(torch.utils.data.IterableDataset):
         while True:
             mosaics, questions = self.sample(self.chunk, rng)
             for image, question in zip(mosaics, questions):
-                cells = np.array([self.split.classes.index(c) for c in question["cell_classes"]])  # [4]
+                cells = np.array([self.split.index[c] for c in question["cell_classes"]])  # [4]
                 yield image, question["text"], question["answer"], question["kind"], cells
