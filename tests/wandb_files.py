@@ -1,11 +1,17 @@
 """Read back an offline W&B run from its `.wandb` file (LevelDB log format of protobuf Records):
-what was really logged, not what a mock was told."""
+what was really logged, not what a mock was told.
+
+`run.finish()` returns before W&B's service process has written the whole file, so a run read in the
+process that logged it is read again until its closing `exit` record is there."""
 
 from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
+
+from google.protobuf.message import DecodeError
 
 from wandb.proto import wandb_internal_pb2
 
@@ -25,6 +31,8 @@ def records(path: Path):
         _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0 and length == 0:
             break
+        if pos + 7 + length > len(data):
+            return  # a record still being written
         payload = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         chunks = payload if kind in (FULL, FIRST) else chunks + payload
@@ -34,11 +42,25 @@ def records(path: Path):
             yield record
 
 
+def finished_records(path: Path, timeout_s: float = 60.0) -> list:
+    """Every record of a run file once its `exit` record is written (W&B writes it after `finish()` returns)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            written = list(records(path))
+        except DecodeError:  # the writer is mid-record
+            written = []
+        if written and written[-1].WhichOneof("record_type") == "exit":
+            return written
+        assert time.monotonic() < deadline, f"{path}: no exit record after {timeout_s} s: the run never finished"
+        time.sleep(0.1)
+
+
 def read_run(run_dir: Path) -> dict:
     """{'group', 'tags', 'config': {...}, 'history': [{...}], 'summary': {...}} of one offline run dir."""
     (path,) = Path(run_dir).glob("*.wandb")
     run = {"group": None, "tags": [], "config": {}, "history": [], "summary": {}}
-    for record in records(path):
+    for record in finished_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run["group"], run["tags"] = record.run.run_group, list(record.run.tags)
