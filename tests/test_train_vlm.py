@@ -9,14 +9,15 @@ import pytest
 import torch
 from conftest import ROOT, model_config, run_script
 from omegaconf import OmegaConf
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_model
 from transformers import AutoModel, LlavaForConditionalGeneration
 
 from vlm_eff.data.cifar10_vqa import QUADRANTS, TrainingMosaics
-from vlm_eff.jobs.train_vlm import InstructionModule, ask_with_words, subject, teach_language
+from vlm_eff.jobs.train_vlm import (InstructionModule, ask_with_word_grid, ask_with_words, quadrants, subject,
+                                    teach_language)
 from vlm_eff.models import random_model
 from vlm_eff.results import read_results
-from vlm_eff.tiny_vlm import processor, word_tokenizer
+from vlm_eff.tiny_vlm import init_tower, processor, word_tokenizer
 
 
 @pytest.mark.parametrize("model, dual_encoder, has_cls", [("tiny_llava_cifar10", "tiny_clip_cifar10", True),
@@ -28,14 +29,14 @@ def test_train_export_and_evaluate_the_small_llava(tmp_path, shared_archive, cac
                         "trainer.max_steps=3", "data.batch_size=4", "checkpoint_every_n_steps=2", "logger=none",
                         "tower_stage.steps=2", "tower_stage.batch_size=4", "language_stage.steps=3",
                         "language_stage.presence_steps=2", "language_stage.task_steps=2",
-                        "language_stage.batch_size=8",
+                        "++language_stage.grid_steps=2", "language_stage.batch_size=8",
                         f"export_dir={export}", f"hydra.run.dir={tmp_path / 'run'}", env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "3 steps" in result.stdout and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     summary = json.loads((export / "training_summary.json").read_text())
     assert summary["steps"] == 3 and summary["tower"] == "frozen in stage 3" and summary["tower_stage"]["steps"] == 2
     assert summary["language_stage"]["steps"] == 3 and summary["language_stage"]["task_steps"] == 2
-    assert set(summary["language_stage"]["accuracy"]) == {"subject", "presence", "task"}
+    assert set(summary["language_stage"]["accuracy"]) == {"subject", "presence", "task", "grid"}
     assert summary["language_stage"]["accuracy"]["presence"].keys() == {"presence"} and summary["align_weight"] == 1.0
     # the tower: the trained small CLIP's or SigLIP's (position embeddings interpolated from 8 x 8 to 16 x 16),
     # moved by the 2 steps of stage 1 (Adam: about lr per weight per step), then frozen through stage 2
@@ -62,6 +63,29 @@ def test_train_export_and_evaluate_the_small_llava(tmp_path, shared_archive, cac
     assert {"vqa_acc_position", "vqa_acc_presence", "vqa_acc_count"} <= set(kinds)
 
 
+def test_stage_one_given_more_steps_goes_on_from_the_saved_tower(tmp_path, shared_archive, cache_dir):
+    """A run dir whose tower had 2 steps of stage 1, rerun with tower_stage.steps=3: one more step, from it."""
+    saved = tmp_path / "run" / "tower_stage"
+    saved.mkdir(parents=True)
+    tower = random_model(model_config("tiny_llava_cifar10")).model.vision_tower
+    init_tower(tower, ROOT / "checkpoints" / "tiny_clip_cifar10")
+    save_model(tower, str(saved / "tower.safetensors"))
+    (saved / "summary.json").write_text(json.dumps({"cell_accuracy_last_50_steps": 0.1, "steps": 2}))
+    before = load_file(saved / "tower.safetensors")
+    result = run_script("train.py", "experiment=tiny_llava_cifar10", f"data.root={shared_archive}",
+                        "trainer.max_steps=1", "data.batch_size=2", "logger=none", "export_dir=null",
+                        "tower_stage.steps=3", "tower_stage.batch_size=2", "language_stage.steps=1",
+                        "language_stage.presence_steps=0", "language_stage.task_steps=0", "language_stage.grid_steps=0",
+                        f"hydra.run.dir={tmp_path / 'run'}", env={"VLM_EFF_CACHE": str(cache_dir)}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "stage 1, the tower on mosaic cells, steps 3-3" in result.stdout
+    summary = json.loads((saved / "summary.json").read_text())
+    assert summary["steps"] == 3 and 0 <= summary["cell_accuracy_last_50_steps"] <= 1
+    after = load_file(saved / "tower.safetensors")
+    layer = "encoder.layers.0.self_attn.q_proj.weight"
+    step = (after[layer] - before[layer]).abs()
+    assert 0 < step.max() < 3.1e-4  # one Adam step moves a weight by about lr (3e-4), never much more
+
 
 def test_the_language_stage_teaches_the_lookup_past_the_chat_words(cifar_test):
     """Stage 2 on a fresh small Llama: within 150 text-only steps the answer to "USER: {question} ASSISTANT:" is
@@ -80,8 +104,17 @@ def test_the_language_stage_teaches_the_lookup_past_the_chat_words(cifar_test):
     user, answer = ask_with_words(questions[0])  # the second part: the image as its cells' class words
     assert user == " ".join(questions[0]["cell_classes"]) + "\n" + questions[0]["text"]
     assert answer == questions[0]["answer"]
+    grid, answer = ask_with_word_grid(questions[0], quadrants(16))  # the last: one word per visual token
+    words = grid.split("\n")[0].split()  # 16 x 16, row by row: rows 0-7 hold the top cells, 8-15 the bottom
+    assert len(words) == 256 and answer == questions[0]["answer"] and grid.endswith("\n" + questions[0]["text"])
+    top_left, top_right, bottom_left, bottom_right = questions[0]["cell_classes"]
+    assert words[:8] == [top_left] * 8 and words[8:16] == [top_right] * 8
+    assert words[128:136] == [bottom_left] * 8 and words[-1] == bottom_right
+    ids = proc.tokenizer(grid)["input_ids"]  # one token per visual token, as many as the tower hands over
+    assert len(ids) == len(proc.tokenizer(questions[0]["text"])["input_ids"]) + 256
+    assert proc.tokenizer.unk_token_id not in ids
     stage = OmegaConf.create({"steps": 150, "task_steps": 0, "lr": 1e-3, "batch_size": 32})
-    accuracy = teach_language(model, proc, stream, stage, seed=0, logger=None)
+    accuracy = teach_language(model, proc, stream, stage, seed=0, logger=None, quadrant=quadrants(16))
     assert set(accuracy) == {"subject"} and set(accuracy["subject"]) == {"position", "presence", "count"}
     assert min(accuracy["subject"].values()) > 0.9  # the last 50 steps: whole answers (subject and </s>) right
     assert all(torch.equal(tower[k], v) for k, v in model.model.vision_tower.state_dict().items())

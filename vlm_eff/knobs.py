@@ -67,6 +67,7 @@ KNOBS = {  # dotted key -> what is allowed
     "language_stage.batch_size": Range(1, integer=True),
     "language_stage.presence_steps": Range(0, integer=True),
     "language_stage.task_steps": Range(0, integer=True),
+    "language_stage.grid_steps": Range(0, integer=True),
     "align_weight": Range(0),
     "gpu_sample_interval_s": Range(0),
     "gen_tokens": Range(1, integer=True),

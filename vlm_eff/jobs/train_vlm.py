@@ -3,11 +3,14 @@ train split only), in three stages:
 
 1. the tower (started from the project's trained dual encoder, which saw single 32 px images) adapts to
    64 px mosaics: a linear head (then discarded) reads from every feature-layer patch token the class of
-   its cell and its quadrant, `tower_stage.steps` steps; saved in the run dir, so a rerun skips it;
+   its cell and its quadrant, `tower_stage.steps` steps; saved in the run dir, so a rerun skips it (or,
+   given more steps, goes on from it);
 2. the language model alone, on text: first (`language_stage.steps`) the answer to "USER: {question}
    ASSISTANT:" is the question's subject (its quadrant, its class, "animals"); then the real answer, with the
    image given as its four cells' class words ("USER: cat ship dog frog\\n{question} ASSISTANT:"), presence
-   questions alone (`language_stage.presence_steps`), then every kind (`language_stage.task_steps`). A
+   questions alone (`language_stage.presence_steps`), then every kind (`language_stage.task_steps`), then
+   every kind with the image as one class word per visual token, in their order (`language_stage.grid_steps`:
+   where a quadrant's tokens lie, learned on words as the aligned visual tokens will hand it over). A
    language model trained from scratch learns too slowly to carry the question's words to the answer's
    position through the chat words after them, and to compare the class asked with the image
    (scripts/binding_probe.py); a pretrained one, as LLaVA starts from, already can. Minutes; not saved;
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -135,10 +139,12 @@ def quadrants(side: int) -> torch.Tensor:
     return ((rows[:, None] >= side // 2) * 2 + (rows[None, :] >= side // 2)).reshape(-1)
 
 
-def adapt_tower(model, layout, processor, stream: TrainingMosaics, stage: DictConfig, seed: int, logger) -> float:
+def adapt_tower(model, layout, processor, stream: TrainingMosaics, stage: DictConfig, seed: int, logger,
+                start: int = 0) -> float:
     """Stage 1: train the tower so that every feature-layer patch token tells its cell's class and its quadrant
-    (a linear head, cross-entropy on both); returns the last 50 steps' cell accuracy of the tokens' vote
-    (the mean of each quadrant's class probabilities)."""
+    (a linear head, cross-entropy on both), steps `start` + 1 .. `stage.steps` (from `start` > 0: a tower
+    trained that far, with a fresh head and optimizer, on other mosaics); returns the last 50 steps' cell
+    accuracy of the tokens' vote (the mean of each quadrant's class probabilities)."""
     tower, family = layout.vision(model), layout.tower_family(model.config)
     vision = model.config.vision_config
     depth, quadrant = layout.feature_depth(model.config), quadrants(vision.image_size // vision.patch_size)  # [N]
@@ -146,9 +152,9 @@ def adapt_tower(model, layout, processor, stream: TrainingMosaics, stage: DictCo
     head = nn.Linear(vision.hidden_size, len(classes) + 4)  # the cell's class, the patch's quadrant
     vote = F.one_hot(quadrant, 4).float() / (len(quadrant) // 4)  # [N, 4]: the mean over each quadrant
     optimizer = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=stage.lr, weight_decay=0.05)
-    rng, hits = np.random.default_rng(seed + 1), []
+    rng, hits = np.random.default_rng([seed + 1, start] if start else seed + 1), []
     tower.train()
-    for step in range(1, stage.steps + 1):
+    for step in range(start + 1, stage.steps + 1):
         for group in optimizer.param_groups:  # linear warm-up, then constant
             group["lr"] = stage.lr * min(1.0, step / max(1, stage.steps // 10))
         mosaics, questions = stream.sample(stage.batch_size, rng)
@@ -189,6 +195,13 @@ def ask_with_words(question: dict) -> tuple[str, str]:
     return " ".join(question["cell_classes"]) + "\n" + question["text"], question["answer"]
 
 
+def ask_with_word_grid(question: dict, quadrant: torch.Tensor) -> tuple[str, str]:
+    """The user's turn and the answer of stage 2's last part: the image given as one class word per visual
+    token, in the tokens' order (`quadrant` [N]: each token's cell), as stage 3's aligned visual tokens will be."""
+    words = " ".join(question["cell_classes"][q] for q in quadrant.tolist())
+    return words + "\n" + question["text"], question["answer"]
+
+
 def teach_on_text(model, processor, stream: TrainingMosaics, turn, steps: int, stage: DictConfig,
                   rng: np.random.Generator, logger, name: str) -> dict[str, float]:
     """Train the language model alone (the tower and projector unused) on "USER: {user} ASSISTANT: {answer}</s>"
@@ -224,17 +237,20 @@ def teach_on_text(model, processor, stream: TrainingMosaics, turn, steps: int, s
     return {str(kind): float(right[kinds == kind].mean()) for kind in sorted(set(kinds))}
 
 
-def teach_language(model, processor, stream: TrainingMosaics, stage: DictConfig, seed: int, logger) -> dict:
+def teach_language(model, processor, stream: TrainingMosaics, stage: DictConfig, seed: int, logger,
+                   quadrant: torch.Tensor) -> dict:
     """Stage 2: `stage.steps` steps answering each question with its subject (`ask_subject`), then
-    `stage.presence_steps` steps answering presence questions alone with the image as words (`ask_with_words`:
-    mixed with the other kinds from the start, comparing the class asked with the image is not learned in
-    thousands of steps, scripts/binding_probe.py), then `stage.task_steps` steps of every kind so; returns each
-    part's last 50 steps' accuracy per question kind."""
+    `stage.presence_steps` steps answering presence questions alone with the image as its cells' words
+    (`ask_with_words`: mixed with the other kinds from the start, comparing the class asked with the image is
+    not learned in thousands of steps, scripts/binding_probe.py), then `stage.task_steps` steps of every kind
+    so, then `stage.grid_steps` steps of every kind with one word per visual token (`ask_with_word_grid`,
+    `quadrant` [N]: each token's cell); returns each part's last 50 steps' accuracy per question kind."""
     rng = np.random.default_rng(seed + 2)
     presence = stream.with_mix({kind: int(kind == "presence") for kind in KINDS})
     parts = [("subject", stream, ask_subject, stage.steps),
              ("presence", presence, ask_with_words, stage.get("presence_steps", 0)),
-             ("task", stream, ask_with_words, stage.get("task_steps", 0))]
+             ("task", stream, ask_with_words, stage.get("task_steps", 0)),
+             ("grid", stream, partial(ask_with_word_grid, quadrant=quadrant), stage.get("grid_steps", 0))]
     return {name: teach_on_text(model, processor, source, turn, steps, stage, rng, logger, name)
             for name, source, turn, steps in parts if steps}
 
@@ -267,30 +283,32 @@ def train_vlm(cfg: DictConfig) -> dict:
     logger = make_logger(cfg, out_dir)
     stage = cfg.get("tower_stage") or OmegaConf.create({"steps": 0, "lr": None, "batch_size": None})  # none: no stage 1
     tower, adapted = layout.vision(model), out_dir / "tower_stage" / "tower.safetensors"
-    tower_accuracy = None
-    if ckpt_path is None and adapted.is_file():
+    tower_accuracy, done = None, 0  # done: stage-1 steps the saved tower has had
+    if adapted.is_file():
         load_model_file(tower, adapted)
-    elif ckpt_path is None:
+        done = json.loads((adapted.parent / "summary.json").read_text())["steps"]
+    else:
         init_tower(tower, Path(cfg.model.init_tower))
-        if stage.steps:
-            print(f"vlm-eff train: {cfg.model.name}: stage 1, the tower on mosaic cells, {stage.steps} steps",
-                  flush=True)
-            tower_accuracy = adapt_tower(model, layout, proc, stream, stage, cfg.seed, logger)
-            adapted.parent.mkdir(parents=True, exist_ok=True)
-            save_model_file(tower, str(adapted) + ".tmp")
-            Path(str(adapted) + ".tmp").replace(adapted)  # whole or absent: a rerun redoes the stage
-            write_atomic(adapted.parent / "summary.json", json.dumps({"cell_accuracy_last_50_steps": tower_accuracy,
-                                                                     "steps": stage.steps}) + "\n")
+    if ckpt_path is None and stage.steps > done:
+        print(f"vlm-eff train: {cfg.model.name}: stage 1, the tower on mosaic cells, steps {done + 1}-{stage.steps}",
+              flush=True)
+        tower_accuracy = adapt_tower(model, layout, proc, stream, stage, cfg.seed, logger, start=done)
+        adapted.parent.mkdir(parents=True, exist_ok=True)
+        save_model_file(tower, str(adapted) + ".tmp")
+        Path(str(adapted) + ".tmp").replace(adapted)  # whole or absent: a rerun redoes the stage
+        write_atomic(adapted.parent / "summary.json", json.dumps({"cell_accuracy_last_50_steps": tower_accuracy,
+                                                                 "steps": stage.steps}) + "\n")
     if tower_accuracy is None and (adapted.parent / "summary.json").is_file():
         tower_accuracy = json.loads((adapted.parent / "summary.json").read_text())["cell_accuracy_last_50_steps"]
     tower.requires_grad_(False).eval()
     language = cfg.get("language_stage") or OmegaConf.create({"steps": 0})
     language_accuracy = None
-    text_steps = [language.get(key, 0) for key in ("steps", "presence_steps", "task_steps")]
+    text_steps = [language.get(key, 0) for key in ("steps", "presence_steps", "task_steps", "grid_steps")]
     if ckpt_path is None and any(text_steps):
         print(f"vlm-eff train: {cfg.model.name}: stage 2, the language model on text, "
               f"{' + '.join(map(str, text_steps))} steps", flush=True)
-        language_accuracy = teach_language(model, proc, stream, language, cfg.seed, logger)
+        language_accuracy = teach_language(model, proc, stream, language, cfg.seed, logger,
+                                           quadrants(vision.image_size // vision.patch_size))
         write_atomic(out_dir / "language_stage.json", json.dumps(language_accuracy) + "\n")  # for a resumed run
     elif ckpt_path is not None and (out_dir / "language_stage.json").is_file():
         language_accuracy = json.loads((out_dir / "language_stage.json").read_text())
