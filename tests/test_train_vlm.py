@@ -29,15 +29,17 @@ def test_train_export_and_evaluate_the_small_llava(tmp_path, shared_archive, cac
                         "trainer.max_steps=3", "data.batch_size=4", "checkpoint_every_n_steps=2", "logger=none",
                         "tower_stage.steps=2", "tower_stage.batch_size=4", "language_stage.steps=3",
                         "language_stage.presence_steps=2", "language_stage.task_steps=2",
-                        "++language_stage.grid_steps=2", "language_stage.batch_size=8",
+                        "++language_stage.position_steps=2", "++language_stage.grid_steps=2",
+                        "language_stage.batch_size=8",
                         f"export_dir={export}", f"hydra.run.dir={tmp_path / 'run'}", env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "3 steps" in result.stdout and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     summary = json.loads((export / "training_summary.json").read_text())
     assert summary["steps"] == 3 and summary["tower"] == "frozen in stage 3" and summary["tower_stage"]["steps"] == 2
     assert summary["language_stage"]["steps"] == 3 and summary["language_stage"]["task_steps"] == 2
-    assert set(summary["language_stage"]["accuracy"]) == {"subject", "presence", "task", "grid"}
-    assert summary["language_stage"]["accuracy"]["presence"].keys() == {"presence"} and summary["align_weight"] == 1.0
+    accuracy = summary["language_stage"]["accuracy"]
+    assert set(accuracy) == {"subject", "presence", "position", "task", "grid"} and summary["align_weight"] == 1.0
+    assert accuracy["presence"].keys() == {"presence"} and accuracy["position"].keys() == {"position"}
     # the tower: the trained small CLIP's or SigLIP's (position embeddings interpolated from 8 x 8 to 16 x 16),
     # moved by the 2 steps of stage 1 (Adam: about lr per weight per step), then frozen through stage 2
     tower = LlavaForConditionalGeneration.from_pretrained(export).model.vision_tower
@@ -75,7 +77,8 @@ def test_stage_one_given_more_steps_goes_on_from_the_saved_tower(tmp_path, share
     result = run_script("train.py", "experiment=tiny_llava_cifar10", f"data.root={shared_archive}",
                         "trainer.max_steps=1", "data.batch_size=2", "logger=none", "export_dir=null",
                         "tower_stage.steps=3", "tower_stage.batch_size=2", "language_stage.steps=1",
-                        "language_stage.presence_steps=0", "language_stage.task_steps=0", "language_stage.grid_steps=0",
+                        "language_stage.presence_steps=0", "language_stage.position_steps=0",
+                        "language_stage.task_steps=0", "language_stage.grid_steps=0",
                         f"hydra.run.dir={tmp_path / 'run'}", env={"VLM_EFF_CACHE": str(cache_dir)}, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "stage 1, the tower on mosaic cells, steps 3-3" in result.stdout

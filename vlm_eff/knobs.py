@@ -66,6 +66,7 @@ KNOBS = {  # dotted key -> what is allowed
     "language_stage.lr": Range(0, low_open=True),
     "language_stage.batch_size": Range(1, integer=True),
     "language_stage.presence_steps": Range(0, integer=True),
+    "language_stage.position_steps": Range(0, integer=True),
     "language_stage.task_steps": Range(0, integer=True),
     "language_stage.grid_steps": Range(0, integer=True),
     "align_weight": Range(0),

@@ -8,7 +8,8 @@ train split only), in three stages:
 2. the language model alone, on text: first (`language_stage.steps`) the answer to "USER: {question}
    ASSISTANT:" is the question's subject (its quadrant, its class, "animals"); then the real answer, with the
    image given as its four cells' class words ("USER: cat ship dog frog\\n{question} ASSISTANT:"), presence
-   questions alone (`language_stage.presence_steps`), then every kind (`language_stage.task_steps`), then
+   questions alone (`language_stage.presence_steps`), position questions alone (`language_stage.position_steps`),
+   then every kind (`language_stage.task_steps`), then
    every kind with the image as one class word per visual token, in their order (`language_stage.grid_steps`:
    where a quadrant's tokens lie, learned on words as the aligned visual tokens will hand it over). A
    language model trained from scratch learns too slowly to carry the question's words to the answer's
@@ -242,13 +243,15 @@ def teach_language(model, processor, stream: TrainingMosaics, stage: DictConfig,
     """Stage 2: `stage.steps` steps answering each question with its subject (`ask_subject`), then
     `stage.presence_steps` steps answering presence questions alone with the image as its cells' words
     (`ask_with_words`: mixed with the other kinds from the start, comparing the class asked with the image is
-    not learned in thousands of steps, scripts/binding_probe.py), then `stage.task_steps` steps of every kind
-    so, then `stage.grid_steps` steps of every kind with one word per visual token (`ask_with_word_grid`,
+    not learned in thousands of steps, scripts/binding_probe.py), `stage.position_steps` steps of position
+    questions alone so (after presence, they stay near a third right among the other kinds), then
+    `stage.task_steps` steps of every kind so, then `stage.grid_steps` steps of every kind with one word per visual token (`ask_with_word_grid`,
     `quadrant` [N]: each token's cell); returns each part's last 50 steps' accuracy per question kind."""
     rng = np.random.default_rng(seed + 2)
-    presence = stream.with_mix({kind: int(kind == "presence") for kind in KINDS})
+    alone = {kind: stream.with_mix({other: int(other == kind) for other in KINDS}) for kind in KINDS}
     parts = [("subject", stream, ask_subject, stage.steps),
-             ("presence", presence, ask_with_words, stage.get("presence_steps", 0)),
+             ("presence", alone["presence"], ask_with_words, stage.get("presence_steps", 0)),
+             ("position", alone["position"], ask_with_words, stage.get("position_steps", 0)),
              ("task", stream, ask_with_words, stage.get("task_steps", 0)),
              ("grid", stream, partial(ask_with_word_grid, quadrant=quadrant), stage.get("grid_steps", 0))]
     return {name: teach_on_text(model, processor, source, turn, steps, stage, rng, logger, name)
@@ -303,7 +306,8 @@ def train_vlm(cfg: DictConfig) -> dict:
     tower.requires_grad_(False).eval()
     language = cfg.get("language_stage") or OmegaConf.create({"steps": 0})
     language_accuracy = None
-    text_steps = [language.get(key, 0) for key in ("steps", "presence_steps", "task_steps", "grid_steps")]
+    text_steps = [language.get(key, 0) for key in ("steps", "presence_steps", "position_steps", "task_steps",
+                                                   "grid_steps")]
     if ckpt_path is None and any(text_steps):
         print(f"vlm-eff train: {cfg.model.name}: stage 2, the language model on text, "
               f"{' + '.join(map(str, text_steps))} steps", flush=True)
