@@ -9,9 +9,9 @@ train split only), in three stages:
    ASSISTANT:" is the question's subject (its quadrant, its class, "animals"); then the real answer, with the
    image given as its four cells' class words ("USER: cat ship dog frog\\n{question} ASSISTANT:"), presence
    questions alone (`language_stage.presence_steps`), position questions alone (`language_stage.position_steps`),
-   then every kind (`language_stage.task_steps`), then
-   every kind with the image as one class word per visual token, in their order (`language_stage.grid_steps`:
-   where a quadrant's tokens lie, learned on words as the aligned visual tokens will hand it over). A
+   then every kind (`language_stage.task_steps`), then every kind with the image as one class word per visual
+   token, in their order (`language_stage.grid_steps`: where a quadrant's tokens lie, learned on words as the
+   aligned visual tokens will hand it over). A
    language model trained from scratch learns too slowly to carry the question's words to the answer's
    position through the chat words after them, and to compare the class asked with the image
    (scripts/binding_probe.py); a pretrained one, as LLaVA starts from, already can. Minutes; not saved;
@@ -245,8 +245,9 @@ def teach_language(model, processor, stream: TrainingMosaics, stage: DictConfig,
     (`ask_with_words`: mixed with the other kinds from the start, comparing the class asked with the image is
     not learned in thousands of steps, scripts/binding_probe.py), `stage.position_steps` steps of position
     questions alone so (after presence, they stay near a third right among the other kinds), then
-    `stage.task_steps` steps of every kind so, then `stage.grid_steps` steps of every kind with one word per visual token (`ask_with_word_grid`,
-    `quadrant` [N]: each token's cell); returns each part's last 50 steps' accuracy per question kind."""
+    `stage.task_steps` steps of every kind so, then `stage.grid_steps` steps of every kind with one word per
+    visual token (`ask_with_word_grid`, `quadrant` [N]: each token's cell); returns each part's last 50 steps'
+    accuracy per question kind."""
     rng = np.random.default_rng(seed + 2)
     alone = {kind: stream.with_mix({other: int(other == kind) for other in KINDS}) for kind in KINDS}
     parts = [("subject", stream, ask_subject, stage.steps),
