@@ -288,10 +288,10 @@ def train_vlm(cfg: DictConfig) -> dict:
     stage = cfg.get("tower_stage") or OmegaConf.create({"steps": 0, "lr": None, "batch_size": None})  # none: no stage 1
     tower, adapted = layout.vision(model), out_dir / "tower_stage" / "tower.safetensors"
     tower_accuracy, done = None, 0  # done: stage-1 steps the saved tower has had
-    if adapted.is_file():
+    if ckpt_path is None and adapted.is_file():  # a resumed stage 3 takes the tower from its checkpoint
         load_model_file(tower, adapted)
         done = json.loads((adapted.parent / "summary.json").read_text())["steps"]
-    else:
+    elif ckpt_path is None:
         init_tower(tower, Path(cfg.model.init_tower))
     if ckpt_path is None and stage.steps > done:
         print(f"vlm-eff train: {cfg.model.name}: stage 1, the tower on mosaic cells, steps {done + 1}-{stage.steps}",
