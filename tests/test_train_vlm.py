@@ -155,3 +155,32 @@ def test_alignment_moves_the_projector_to_the_class_words_not_the_words(cifar_te
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5
 
+
+def test_a_fresh_stage_three_reads_stage_two_taught_with_the_same_settings(tmp_path, shared_archive, cache_dir):
+    """Stage 2 is saved in the run dir with its settings: a fresh stage 3 with the same ones reads it; other
+    settings teach it again."""
+    run, taught = tmp_path / "run", tmp_path / "run" / "language_stage"
+
+    def train(*overrides: str):
+        result = run_script("train.py", "experiment=tiny_llava_cifar10", f"data.root={shared_archive}",
+                            "trainer.max_steps=1", "data.batch_size=2", "logger=none", "export_dir=null",
+                            "tower_stage.steps=0", "language_stage.steps=2", "language_stage.presence_steps=0",
+                            "language_stage.position_steps=0", "language_stage.task_steps=0",
+                            "language_stage.batch_size=2", f"hydra.run.dir={run}", *overrides,
+                            env={"VLM_EFF_CACHE": str(cache_dir)}, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (run / "checkpoints" / "last.ckpt").unlink()  # the next run starts stage 3 afresh
+        return result.stdout
+
+    assert "stage 2, the language model on text, 2 + 0 + 0 + 0 + 1 steps" in train("language_stage.grid_steps=1")
+    first = load_file(taught / "language_model.safetensors")
+    summary = json.loads((taught / "summary.json").read_text())
+    assert summary["recipe"]["language_stage"]["grid_steps"] == 1 and set(summary["accuracy"]) == {"subject", "grid"}
+    assert f"stage 2 read from {taught}" in train("language_stage.grid_steps=1")
+    unchanged = load_file(taught / "language_model.safetensors")
+    assert all(torch.equal(first[name], weight) for name, weight in unchanged.items())
+    assert "stage 2, the language model on text, 2 + 0 + 0 + 0 + 2 steps" in train("language_stage.grid_steps=2")
+    again = load_file(taught / "language_model.safetensors")
+    assert json.loads((taught / "summary.json").read_text())["recipe"]["language_stage"]["grid_steps"] == 2
+    assert not torch.equal(first["language_model.layers.0.mlp.up_proj.weight"],
+                           again["language_model.layers.0.mlp.up_proj.weight"])

@@ -14,7 +14,8 @@ train split only), in three stages:
    aligned visual tokens will hand it over). A
    language model trained from scratch learns too slowly to carry the question's words to the answer's
    position through the chat words after them, and to compare the class asked with the image
-   (scripts/binding_probe.py); a pretrained one, as LLaVA starts from, already can. Minutes; not saved;
+   (scripts/binding_probe.py); a pretrained one, as LLaVA starts from, already can. Saved in the run dir
+   with its settings, so a fresh stage 3 with the same settings skips it;
 3. visual instruction tuning with the tower frozen, as in LLaVA's second stage: the projector and the
    language model learn to answer; the loss is the answer's tokens and </s>, plus (`align_weight`) every
    visual token, read through the language model's (tied) output embedding, naming its cell's class: the
@@ -306,17 +307,27 @@ def train_vlm(cfg: DictConfig) -> dict:
         tower_accuracy = json.loads((adapted.parent / "summary.json").read_text())["cell_accuracy_last_50_steps"]
     tower.requires_grad_(False).eval()
     language = cfg.get("language_stage") or OmegaConf.create({"steps": 0})
-    language_accuracy = None
     text_steps = [language.get(key, 0) for key in ("steps", "presence_steps", "position_steps", "task_steps",
                                                    "grid_steps")]
-    if ckpt_path is None and any(text_steps):
+    taught = out_dir / "language_stage"  # the language model after stage 2, and what it was taught with
+    recipe = {"language_stage": OmegaConf.to_container(language), "seed": cfg.seed,
+              "train_mix": OmegaConf.to_container(cfg.data.train_mix) if cfg.data.get("train_mix") else None}
+    saved = json.loads((taught / "summary.json").read_text()) if (taught / "summary.json").is_file() else {}
+    language_accuracy = saved.get("accuracy")
+    stage_two = nn.ModuleDict({"language_model": layout.language_model(model), "lm_head": layout.lm_head(model)})
+    if ckpt_path is None and any(text_steps) and saved.get("recipe") == recipe:
+        load_model_file(stage_two, taught / "language_model.safetensors")
+        print(f"vlm-eff train: {cfg.model.name}: stage 2 read from {taught} (taught with the same settings)",
+              flush=True)
+    elif ckpt_path is None and any(text_steps):
         print(f"vlm-eff train: {cfg.model.name}: stage 2, the language model on text, "
               f"{' + '.join(map(str, text_steps))} steps", flush=True)
         language_accuracy = teach_language(model, proc, stream, language, cfg.seed, logger,
                                            quadrants(vision.image_size // vision.patch_size))
-        write_atomic(out_dir / "language_stage.json", json.dumps(language_accuracy) + "\n")  # for a resumed run
-    elif ckpt_path is not None and (out_dir / "language_stage.json").is_file():
-        language_accuracy = json.loads((out_dir / "language_stage.json").read_text())
+        taught.mkdir(exist_ok=True)
+        save_model_file(stage_two, str(taught / "language_model.safetensors.tmp"))
+        (taught / "language_model.safetensors.tmp").replace(taught / "language_model.safetensors")
+        write_atomic(taught / "summary.json", json.dumps({"recipe": recipe, "accuracy": language_accuracy}) + "\n")
     loader = DataLoader(stream, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
     module = InstructionModule(model, proc, list(stream.split.classes), instantiate(cfg.optimizer),
                                instantiate(cfg.scheduler), align_weight=cfg.get("align_weight", 0.0))
