@@ -14,7 +14,7 @@ from transformers import AutoModel, LlavaForConditionalGeneration
 
 from vlm_eff.data.cifar10_vqa import QUADRANTS, TrainingMosaics
 from vlm_eff.jobs.train_vlm import (InstructionModule, ask_with_word_grid, ask_with_words, quadrants, subject,
-                                    teach_language)
+                                    teach_language, tower_schedule)
 from vlm_eff.models import random_model
 from vlm_eff.results import read_results
 from vlm_eff.tiny_vlm import init_tower, processor, word_tokenizer
@@ -154,6 +154,13 @@ def test_alignment_moves_the_projector_to_the_class_words_not_the_words(cifar_te
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5
+
+
+def test_the_tower_stage_warms_up_holds_then_decays_to_zero():
+    factors = np.array([tower_schedule(step, 1000) for step in range(1, 1001)])
+    assert np.all(np.diff(factors[:100]) > 0) and factors[99] == 1.0  # warm-up over the first tenth
+    assert np.all(factors[100:800] == 1.0)
+    assert np.all(np.diff(factors[800:]) < 0) and 0 < factors[-1] <= 1 / 200  # the last step: 1/200 of the rate
 
 
 def test_a_fresh_stage_three_reads_stage_two_taught_with_the_same_settings(tmp_path, shared_archive, cache_dir):

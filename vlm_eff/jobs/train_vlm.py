@@ -141,12 +141,18 @@ def quadrants(side: int) -> torch.Tensor:
     return ((rows[:, None] >= side // 2) * 2 + (rows[None, :] >= side // 2)).reshape(-1)
 
 
+def tower_schedule(step: int, steps: int) -> float:
+    """Stage 1's learning-rate factor at `step` of `steps`: a linear warm-up over the first tenth, constant, then
+    a linear decay to zero over the last fifth (a tower given more steps decays at the end of its new total)."""
+    return min(1.0, step / max(1, steps // 10), (steps - step + 1) / max(1, steps // 5))
+
+
 def adapt_tower(model, layout, processor, stream: TrainingMosaics, stage: DictConfig, seed: int, logger,
                 start: int = 0) -> float:
     """Stage 1: train the tower so that every feature-layer patch token tells its cell's class and its quadrant
-    (a linear head, cross-entropy on both), steps `start` + 1 .. `stage.steps` (from `start` > 0: a tower
-    trained that far, with a fresh head and optimizer, on other mosaics); returns the last 50 steps' cell
-    accuracy of the tokens' vote (the mean of each quadrant's class probabilities)."""
+    (a linear head, cross-entropy on both), steps `start` + 1 .. `stage.steps` at `tower_schedule` (from
+    `start` > 0: a tower trained that far, with a fresh head and optimizer, on other mosaics); returns the last
+    50 steps' cell accuracy of the tokens' vote (the mean of each quadrant's class probabilities)."""
     tower, family = layout.vision(model), layout.tower_family(model.config)
     vision = model.config.vision_config
     depth, quadrant = layout.feature_depth(model.config), quadrants(vision.image_size // vision.patch_size)  # [N]
@@ -157,8 +163,8 @@ def adapt_tower(model, layout, processor, stream: TrainingMosaics, stage: DictCo
     rng, hits = np.random.default_rng([seed + 1, start] if start else seed + 1), []
     tower.train()
     for step in range(start + 1, stage.steps + 1):
-        for group in optimizer.param_groups:  # linear warm-up, then constant
-            group["lr"] = stage.lr * min(1.0, step / max(1, stage.steps // 10))
+        for group in optimizer.param_groups:
+            group["lr"] = stage.lr * tower_schedule(step, stage.steps)
         mosaics, questions = stream.sample(stage.batch_size, rng)
         pixels = processor.image_processor([Image.fromarray(m) for m in mosaics], return_tensors="pt")["pixel_values"]
         tokens = family.hidden_states(tower, pixels, depth)[:, int(family.has_cls):]  # [B, N, D]
