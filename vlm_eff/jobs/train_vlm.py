@@ -316,8 +316,11 @@ def train_vlm(cfg: DictConfig) -> dict:
     text_steps = [language.get(key, 0) for key in ("steps", "presence_steps", "position_steps", "task_steps",
                                                    "grid_steps")]
     taught = out_dir / "language_stage"  # the language model after stage 2, and what it was taught with
-    recipe = {"language_stage": OmegaConf.to_container(language), "seed": cfg.seed,
-              "train_mix": OmegaConf.to_container(cfg.data.train_mix) if cfg.data.get("train_mix") else None}
+    text_config = model.config.text_config.to_diff_dict()
+    text_config.pop("transformers_version", None)
+    recipe = json.loads(json.dumps({  # as read back from JSON
+        "language_stage": OmegaConf.to_container(language), "seed": cfg.seed, "text_config": text_config,
+        "train_mix": OmegaConf.to_container(cfg.data.train_mix) if cfg.data.get("train_mix") else None}))
     saved = json.loads((taught / "summary.json").read_text()) if (taught / "summary.json").is_file() else {}
     language_accuracy = saved.get("accuracy")
     stage_two = nn.ModuleDict({"language_model": layout.language_model(model), "lm_head": layout.lm_head(model)})
