@@ -71,7 +71,10 @@ def with_answers(tokenizer, prompt_rows: list[torch.Tensor], answers) -> dict:
         rows.append(torch.cat([prompt, target]))
         labels.append(torch.cat([torch.full_like(prompt, IGNORE), target]))
     L = max(len(r) for r in rows)
-    pad = lambda r, value: torch.cat([r, r.new_full((L - len(r),), value)])  # noqa: E731  right padding
+
+    def pad(r: torch.Tensor, value: int) -> torch.Tensor:  # right padding to L
+        return torch.cat([r, r.new_full((L - len(r),), value)])
+
     return {"input_ids": torch.stack([pad(r, tokenizer.pad_token_id) for r in rows]),
             "attention_mask": torch.stack([pad(torch.ones_like(r), 0) for r in rows]),
             "labels": torch.stack([pad(r, IGNORE) for r in labels])}
@@ -266,6 +269,72 @@ def teach_language(model, processor, stream: TrainingMosaics, stage: DictConfig,
             for name, source, turn, steps in parts if steps}
 
 
+def save_atomic(module: nn.Module, path: Path) -> None:
+    """`module`'s weights to the safetensors file `path`, whole or not at all."""
+    save_model_file(module, str(path) + ".tmp")
+    Path(str(path) + ".tmp").replace(path)
+
+
+def tower_stage(cfg: DictConfig, model, processor, stream: TrainingMosaics, logger, saved: Path,
+                resumed: bool) -> float | None:
+    """Stage 1 (`adapt_tower`) with its run-dir copy in `saved`: the tower as saved there, trained on to
+    `cfg.tower_stage.steps` if it had fewer; from the dual encoder where nothing is saved. Leaves the tower
+    frozen; returns its cell accuracy (None: no stage 1 was run)."""
+    layout = layout_of(model)
+    stage = cfg.get("tower_stage") or OmegaConf.create({"steps": 0})
+    tower, weights, summary = layout.vision(model), saved / "tower.safetensors", saved / "summary.json"
+    done = 0  # stage-1 steps the saved tower has had
+    if not resumed and weights.is_file():
+        load_model_file(tower, weights)
+        done = json.loads(summary.read_text())["steps"]
+    elif not resumed:
+        init_tower(tower, Path(cfg.model.init_tower))
+    if not resumed and stage.steps > done:
+        print(f"vlm-eff train: {cfg.model.name}: stage 1, the tower on mosaic cells, steps {done + 1}-{stage.steps}",
+              flush=True)
+        accuracy = adapt_tower(model, layout, processor, stream, stage, cfg.seed, logger, start=done)
+        saved.mkdir(parents=True, exist_ok=True)
+        save_atomic(tower, weights)  # a run stopped before this redoes the stage
+        write_atomic(summary, json.dumps({"cell_accuracy_last_50_steps": accuracy, "steps": stage.steps}) + "\n")
+    tower.requires_grad_(False).eval()
+    return json.loads(summary.read_text())["cell_accuracy_last_50_steps"] if summary.is_file() else None
+
+
+def language_stage(cfg: DictConfig, model, processor, stream: TrainingMosaics, logger, saved: Path,
+                   resumed: bool) -> dict | None:
+    """Stage 2 (`teach_language`) with its run-dir copy in `saved`: the language model as saved there when it
+    was taught with the same settings (the stage's, the seed, the mix, the language model's config), else
+    taught and saved. Returns each part's accuracy (None: no stage 2 was run)."""
+    layout = layout_of(model)
+    language = cfg.get("language_stage") or OmegaConf.create({"steps": 0})
+    text_steps = [language.get(key, 0) for key in ("steps", "presence_steps", "position_steps", "task_steps",
+                                                   "grid_steps")]
+    text_config = model.config.text_config.to_diff_dict()
+    text_config.pop("transformers_version", None)
+    recipe = json.loads(json.dumps({  # as read back from JSON
+        "language_stage": OmegaConf.to_container(language), "seed": cfg.seed, "text_config": text_config,
+        "train_mix": OmegaConf.to_container(cfg.data.train_mix) if cfg.data.get("train_mix") else None}))
+    weights, summary = saved / "language_model.safetensors", saved / "summary.json"
+    taught = json.loads(summary.read_text()) if summary.is_file() else {}
+    language_model = nn.ModuleDict({"language_model": layout.language_model(model), "lm_head": layout.lm_head(model)})
+    if resumed or not any(text_steps):
+        return taught.get("accuracy")
+    if taught.get("recipe") == recipe:
+        load_model_file(language_model, weights)
+        print(f"vlm-eff train: {cfg.model.name}: stage 2 read from {saved} (taught with the same settings)",
+              flush=True)
+        return taught["accuracy"]
+    print(f"vlm-eff train: {cfg.model.name}: stage 2, the language model on text, "
+          f"{' + '.join(map(str, text_steps))} steps", flush=True)
+    vision = model.config.vision_config
+    accuracy = teach_language(model, processor, stream, language, cfg.seed, logger,
+                              quadrants(vision.image_size // vision.patch_size))
+    saved.mkdir(parents=True, exist_ok=True)
+    save_atomic(language_model, weights)
+    write_atomic(summary, json.dumps({"recipe": recipe, "accuracy": accuracy}) + "\n")
+    return accuracy
+
+
 def train_vlm(cfg: DictConfig) -> dict:
     """Train the small VLM `cfg.model` describes on mosaics from the CIFAR-10 train split at data.root."""
     check_counts(cfg, "data.batch_size", "trainer.max_steps", "data.num_workers")
@@ -282,7 +351,6 @@ def train_vlm(cfg: DictConfig) -> dict:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = load_model(cfg.model).model.float()
-    layout = layout_of(model)
     vision = model.config.vision_config
     proc = processor(word_tokenizer(), Path(cfg.model.init_tower), vision.image_size, vision.patch_size,
                      model.config.vision_feature_select_strategy)
@@ -292,51 +360,9 @@ def train_vlm(cfg: DictConfig) -> dict:
     stream = TrainingMosaics(images, labels, classes, seed=cfg.seed,
                              mix=OmegaConf.to_container(cfg.data.train_mix) if cfg.data.get("train_mix") else None)
     logger = make_logger(cfg, out_dir)
-    stage = cfg.get("tower_stage") or OmegaConf.create({"steps": 0, "lr": None, "batch_size": None})  # none: no stage 1
-    tower, adapted = layout.vision(model), out_dir / "tower_stage" / "tower.safetensors"
-    tower_accuracy, done = None, 0  # done: stage-1 steps the saved tower has had
-    if ckpt_path is None and adapted.is_file():  # a resumed stage 3 takes the tower from its checkpoint
-        load_model_file(tower, adapted)
-        done = json.loads((adapted.parent / "summary.json").read_text())["steps"]
-    elif ckpt_path is None:
-        init_tower(tower, Path(cfg.model.init_tower))
-    if ckpt_path is None and stage.steps > done:
-        print(f"vlm-eff train: {cfg.model.name}: stage 1, the tower on mosaic cells, steps {done + 1}-{stage.steps}",
-              flush=True)
-        tower_accuracy = adapt_tower(model, layout, proc, stream, stage, cfg.seed, logger, start=done)
-        adapted.parent.mkdir(parents=True, exist_ok=True)
-        save_model_file(tower, str(adapted) + ".tmp")
-        Path(str(adapted) + ".tmp").replace(adapted)  # whole or absent: a rerun redoes the stage
-        write_atomic(adapted.parent / "summary.json", json.dumps({"cell_accuracy_last_50_steps": tower_accuracy,
-                                                                 "steps": stage.steps}) + "\n")
-    if tower_accuracy is None and (adapted.parent / "summary.json").is_file():
-        tower_accuracy = json.loads((adapted.parent / "summary.json").read_text())["cell_accuracy_last_50_steps"]
-    tower.requires_grad_(False).eval()
-    language = cfg.get("language_stage") or OmegaConf.create({"steps": 0})
-    text_steps = [language.get(key, 0) for key in ("steps", "presence_steps", "position_steps", "task_steps",
-                                                   "grid_steps")]
-    taught = out_dir / "language_stage"  # the language model after stage 2, and what it was taught with
-    text_config = model.config.text_config.to_diff_dict()
-    text_config.pop("transformers_version", None)
-    recipe = json.loads(json.dumps({  # as read back from JSON
-        "language_stage": OmegaConf.to_container(language), "seed": cfg.seed, "text_config": text_config,
-        "train_mix": OmegaConf.to_container(cfg.data.train_mix) if cfg.data.get("train_mix") else None}))
-    saved = json.loads((taught / "summary.json").read_text()) if (taught / "summary.json").is_file() else {}
-    language_accuracy = saved.get("accuracy")
-    stage_two = nn.ModuleDict({"language_model": layout.language_model(model), "lm_head": layout.lm_head(model)})
-    if ckpt_path is None and any(text_steps) and saved.get("recipe") == recipe:
-        load_model_file(stage_two, taught / "language_model.safetensors")
-        print(f"vlm-eff train: {cfg.model.name}: stage 2 read from {taught} (taught with the same settings)",
-              flush=True)
-    elif ckpt_path is None and any(text_steps):
-        print(f"vlm-eff train: {cfg.model.name}: stage 2, the language model on text, "
-              f"{' + '.join(map(str, text_steps))} steps", flush=True)
-        language_accuracy = teach_language(model, proc, stream, language, cfg.seed, logger,
-                                           quadrants(vision.image_size // vision.patch_size))
-        taught.mkdir(exist_ok=True)
-        save_model_file(stage_two, str(taught / "language_model.safetensors.tmp"))
-        (taught / "language_model.safetensors.tmp").replace(taught / "language_model.safetensors")
-        write_atomic(taught / "summary.json", json.dumps({"recipe": recipe, "accuracy": language_accuracy}) + "\n")
+    resumed = ckpt_path is not None  # a resumed stage 3 has the tower and language model in its checkpoint
+    tower_accuracy = tower_stage(cfg, model, proc, stream, logger, out_dir / "tower_stage", resumed)
+    language_accuracy = language_stage(cfg, model, proc, stream, logger, out_dir / "language_stage", resumed)
     loader = DataLoader(stream, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
     module = InstructionModule(model, proc, list(stream.split.classes), instantiate(cfg.optimizer),
                                instantiate(cfg.scheduler), align_weight=cfg.get("align_weight", 0.0))
@@ -361,8 +387,10 @@ def train_vlm(cfg: DictConfig) -> dict:
         summary = {"steps": trainer.global_step, "batch_size": cfg.data.batch_size, "seed": cfg.seed,
                    "optimizer": {"lr": cfg.optimizer.lr, "weight_decay": cfg.optimizer.weight_decay},
                    "init_tower": Path(cfg.model.init_tower).name,
-                   "tower_stage": {**OmegaConf.to_container(stage), "cell_accuracy": tower_accuracy},
-                   "language_stage": {**OmegaConf.to_container(language), "accuracy": language_accuracy},
+                   "tower_stage": {**OmegaConf.to_container(cfg.get("tower_stage") or {}),
+                                   "cell_accuracy": tower_accuracy},
+                   "language_stage": {**OmegaConf.to_container(cfg.get("language_stage") or {}),
+                                      "accuracy": language_accuracy},
                    "align_weight": cfg.get("align_weight", 0.0),
                    "tower": "frozen in stage 3", "visual_tokens_in_training": "all",
                    "last_train_loss": None if np.isnan(loss) else loss,  # None: resumed with no step left
