@@ -13,11 +13,20 @@ from safetensors.torch import load_file, save_model
 from transformers import AutoModel, LlavaForConditionalGeneration
 
 from vlm_eff.data.cifar10_vqa import QUADRANTS, TrainingMosaics
-from vlm_eff.jobs.train_vlm import (InstructionModule, ask_with_word_grid, ask_with_words, quadrants, subject,
-                                    teach_language, tower_schedule)
+from vlm_eff.jobs.train_vlm import (
+    InstructionModule,
+    adapt_tower,
+    ask_with_word_grid,
+    ask_with_words,
+    quadrants,
+    subject,
+    teach_language,
+    tower_schedule,
+)
 from vlm_eff.models import random_model
 from vlm_eff.results import read_results
 from vlm_eff.tiny_vlm import init_tower, processor, word_tokenizer
+from vlm_eff.vlms import layout_of
 
 
 @pytest.mark.parametrize("model, dual_encoder, has_cls", [("tiny_llava_cifar10", "tiny_clip_cifar10", True),
@@ -154,6 +163,19 @@ def test_alignment_moves_the_projector_to_the_class_words_not_the_words(cifar_te
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5
+
+
+def test_stage_one_saves_every_few_steps_and_at_its_last(cifar_test):
+    """A stopped stage 1 goes on from its last save: saved every `save_every` steps and at the last one."""
+    torch.manual_seed(0)
+    model = random_model(model_config("tiny_llava_cifar10")).model
+    proc = processor(word_tokenizer(), ROOT / "checkpoints" / "tiny_clip_cifar10", 64, 4, "default")
+    stream = TrainingMosaics(cifar_test["images"], cifar_test["labels"], cifar_test["classes"], seed=0)
+    saves = []
+    stage = OmegaConf.create({"steps": 5, "lr": 3e-4, "batch_size": 2})
+    accuracy = adapt_tower(model, layout_of(model), proc, stream, stage, seed=0, logger=None, start=0,
+                           save=lambda step, acc: saves.append((step, acc)), save_every=2)
+    assert [step for step, _ in saves] == [2, 4, 5] and saves[-1][1] == accuracy and 0 <= accuracy <= 1
 
 
 def test_the_tower_stage_warms_up_holds_then_decays_to_zero():

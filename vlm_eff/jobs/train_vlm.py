@@ -3,8 +3,8 @@ train split only), in three stages:
 
 1. the tower (started from the project's trained dual encoder, which saw single 32 px images) adapts to
    64 px mosaics: a linear head (then discarded) reads from every feature-layer patch token the class of
-   its cell and its quadrant, `tower_stage.steps` steps; saved in the run dir, so a rerun skips it (or,
-   given more steps, goes on from it);
+   its cell and its quadrant, `tower_stage.steps` steps; saved in the run dir every
+   `checkpoint_every_n_steps`, so a rerun goes on from the last save (or skips the stage);
 2. the language model alone, on text: first (`language_stage.steps`) the answer to "USER: {question}
    ASSISTANT:" is the question's subject (its quadrant, its class, "animals"); then the real answer, with the
    image given as its four cells' class words ("USER: cat ship dog frog\\n{question} ASSISTANT:"), presence
@@ -151,11 +151,12 @@ def tower_schedule(step: int, steps: int) -> float:
 
 
 def adapt_tower(model, layout, processor, stream: TrainingMosaics, stage: DictConfig, seed: int, logger,
-                start: int = 0) -> float:
+                start: int = 0, save=None, save_every: int = 0) -> float:
     """Stage 1: train the tower so that every feature-layer patch token tells its cell's class and its quadrant
     (a linear head, cross-entropy on both), steps `start` + 1 .. `stage.steps` at `tower_schedule` (from
-    `start` > 0: a tower trained that far, with a fresh head and optimizer, on other mosaics); returns the last
-    50 steps' cell accuracy of the tokens' vote (the mean of each quadrant's class probabilities)."""
+    `start` > 0: a tower trained that far, with a fresh head and optimizer, on other mosaics), calling
+    `save(step, accuracy)` every `save_every` steps and at the last; returns the last 50 steps' cell accuracy
+    of the tokens' vote (the mean of each quadrant's class probabilities)."""
     tower, family = layout.vision(model), layout.tower_family(model.config)
     vision = model.config.vision_config
     depth, quadrant = layout.feature_depth(model.config), quadrants(vision.image_size // vision.patch_size)  # [N]
@@ -184,6 +185,8 @@ def adapt_tower(model, layout, processor, stream: TrainingMosaics, stage: DictCo
         if logger is not None and step % 50 == 0:
             logger.experiment.log({"tower/cell_accuracy": float(np.mean(hits[-50:])), "tower/loss": loss.item(),
                                    "tower/step": step})
+        if save is not None and (step == stage.steps or (save_every and step % save_every == 0)):
+            save(step, float(np.mean(hits[-50:])))
     return float(np.mean(hits[-50:]))
 
 
@@ -277,9 +280,9 @@ def save_atomic(module: nn.Module, path: Path) -> None:
 
 def tower_stage(cfg: DictConfig, model, processor, stream: TrainingMosaics, logger, saved: Path,
                 resumed: bool) -> float | None:
-    """Stage 1 (`adapt_tower`) with its run-dir copy in `saved`: the tower as saved there, trained on to
-    `cfg.tower_stage.steps` if it had fewer; from the dual encoder where nothing is saved. Leaves the tower
-    frozen; returns its cell accuracy (None: no stage 1 was run)."""
+    """Stage 1 (`adapt_tower`) with its run-dir copy in `saved` (every `cfg.checkpoint_every_n_steps` steps):
+    the tower as saved there, trained on to `cfg.tower_stage.steps` if it had fewer; from the dual encoder
+    where nothing is saved. Leaves the tower frozen; returns its cell accuracy (None: no stage 1 was run)."""
     layout = layout_of(model)
     stage = cfg.get("tower_stage") or OmegaConf.create({"steps": 0})
     tower, weights, summary = layout.vision(model), saved / "tower.safetensors", saved / "summary.json"
@@ -292,10 +295,14 @@ def tower_stage(cfg: DictConfig, model, processor, stream: TrainingMosaics, logg
     if not resumed and stage.steps > done:
         print(f"vlm-eff train: {cfg.model.name}: stage 1, the tower on mosaic cells, steps {done + 1}-{stage.steps}",
               flush=True)
-        accuracy = adapt_tower(model, layout, processor, stream, stage, cfg.seed, logger, start=done)
         saved.mkdir(parents=True, exist_ok=True)
-        save_atomic(tower, weights)  # a run stopped before this redoes the stage
-        write_atomic(summary, json.dumps({"cell_accuracy_last_50_steps": accuracy, "steps": stage.steps}) + "\n")
+
+        def save(step: int, accuracy: float) -> None:  # a stopped run goes on from the last one saved
+            save_atomic(tower, weights)
+            write_atomic(summary, json.dumps({"cell_accuracy_last_50_steps": accuracy, "steps": step}) + "\n")
+
+        adapt_tower(model, layout, processor, stream, stage, cfg.seed, logger, start=done, save=save,
+                    save_every=cfg.checkpoint_every_n_steps)
     tower.requires_grad_(False).eval()
     return json.loads(summary.read_text())["cell_accuracy_last_50_steps"] if summary.is_file() else None
 
