@@ -389,15 +389,15 @@ def train_vlm(cfg: DictConfig) -> dict:
     loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
     if cfg.export_dir:
         export_dir = Path(cfg.export_dir)
+        settings = {key: OmegaConf.to_container(cfg[key]) if cfg.get(key) else {}
+                    for key in ("tower_stage", "language_stage")}
         model.to(torch.float16).save_pretrained(export_dir)
         proc.save_pretrained(export_dir)
         summary = {"steps": trainer.global_step, "batch_size": cfg.data.batch_size, "seed": cfg.seed,
                    "optimizer": {"lr": cfg.optimizer.lr, "weight_decay": cfg.optimizer.weight_decay},
                    "init_tower": Path(cfg.model.init_tower).name,
-                   "tower_stage": {**OmegaConf.to_container(cfg.get("tower_stage") or {}),
-                                   "cell_accuracy": tower_accuracy},
-                   "language_stage": {**OmegaConf.to_container(cfg.get("language_stage") or {}),
-                                      "accuracy": language_accuracy},
+                   "tower_stage": {**settings["tower_stage"], "cell_accuracy": tower_accuracy},
+                   "language_stage": {**settings["language_stage"], "accuracy": language_accuracy},
                    "align_weight": cfg.get("align_weight", 0.0),
                    "tower": "frozen in stage 3", "visual_tokens_in_training": "all",
                    "last_train_loss": None if np.isnan(loss) else loss,  # None: resumed with no step left
