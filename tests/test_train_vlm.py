@@ -168,7 +168,7 @@ def test_alignment_moves_the_projector_to_the_class_words_not_the_words(cifar_te
 def test_stage_one_saves_every_few_steps_and_at_its_last(cifar_test):
     """A stopped stage 1 goes on from its last save: saved every `save_every` steps and at the last one."""
     torch.manual_seed(0)
-    model = random_model(model_config("tiny_llava_cifar10")).model
+    model = random_model(model_config("tiny_llava_cifar10"))
     proc = processor(word_tokenizer(), ROOT / "checkpoints" / "tiny_clip_cifar10", 64, 4, "default")
     stream = TrainingMosaics(cifar_test["images"], cifar_test["labels"], cifar_test["classes"], seed=0)
     saves = []
