@@ -3,6 +3,7 @@ real CIFAR-10 train mosaics, the export with its processor, and evaluate.py prot
 with the mosaic test set built from the CIFAR-10 test split (data=cifar10_vqa)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,3 +214,29 @@ def test_a_fresh_stage_three_reads_stage_two_taught_with_the_same_settings(tmp_p
     assert json.loads((taught / "summary.json").read_text())["recipe"]["language_stage"]["grid_steps"] == 2
     assert not torch.equal(first["language_model.layers.0.mlp.up_proj.weight"],
                            again["language_model.layers.0.mlp.up_proj.weight"])
+
+
+def test_the_siglip_twin_reads_stage_two_from_the_clip_twins_run(tmp_path, shared_archive, cache_dir):
+    """experiment=tiny_llava_siglip_cifar10 takes stage 2 from `language_stage.read_from` (the CLIP twin's run):
+    read when taught there with the same settings, a one-line error otherwise, never taught again."""
+    clip_run, taught = tmp_path / "clip", tmp_path / "clip" / "language_stage"
+    stage_two = ("tower_stage.steps=0", "language_stage.steps=2", "language_stage.presence_steps=0",
+                 "language_stage.position_steps=0", "language_stage.task_steps=0", "language_stage.grid_steps=0",
+                 "language_stage.batch_size=2")
+
+    def train(experiment: str, run: Path, *overrides: str):
+        return run_script("train.py", f"experiment={experiment}", f"data.root={shared_archive}", "trainer.max_steps=1",
+                          "data.batch_size=2", "logger=none", "export_dir=null", f"hydra.run.dir={run}", *overrides,
+                          env={"VLM_EFF_CACHE": str(cache_dir)}, timeout=600)
+
+    assert train("tiny_llava_cifar10", clip_run, *stage_two).returncode == 0
+    written = (taught / "language_model.safetensors").stat().st_mtime_ns
+    siglip = train("tiny_llava_siglip_cifar10", tmp_path / "siglip", *stage_two, f"language_stage.read_from={taught}")
+    assert siglip.returncode == 0, siglip.stderr[-3000:]
+    assert f"stage 2 read from {taught}" in siglip.stdout and "stage 2, the language model on text" not in siglip.stdout
+    other = train("tiny_llava_siglip_cifar10", tmp_path / "other", *stage_two, "language_stage.steps=3",
+                  f"language_stage.read_from={taught}")
+    assert other.returncode == 2
+    assert f"language_stage.read_from={taught}: no stage 2 there taught with this run's settings" in other.stderr
+    assert (taught / "language_model.safetensors").stat().st_mtime_ns == written
+    assert not (tmp_path / "other" / "language_stage").exists()

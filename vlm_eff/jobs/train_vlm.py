@@ -311,21 +311,29 @@ def language_stage(cfg: DictConfig, model, processor, stream: TrainingMosaics, l
                    resumed: bool) -> dict | None:
     """Stage 2 (`teach_language`) with its run-dir copy in `saved`: the language model as saved there when it
     was taught with the same settings (the stage's, the seed, the mix, the language model's config), else
-    taught and saved. Returns each part's accuracy (None: no stage 2 was run)."""
+    taught and saved. With `language_stage.read_from` (another run's copy, e.g. the twin's that shares the
+    language model) it is read from there, never taught. Returns each part's accuracy (None: no stage 2)."""
     layout = layout_of(model)
-    language = cfg.get("language_stage") or OmegaConf.create({"steps": 0})
+    language = OmegaConf.to_container(cfg.get("language_stage") or OmegaConf.create({"steps": 0}))
+    source = language.pop("read_from", None)
     text_steps = [language.get(key, 0) for key in ("steps", "presence_steps", "position_steps", "task_steps",
                                                    "grid_steps")]
     text_config = model.config.text_config.to_diff_dict()
     text_config.pop("transformers_version", None)
     recipe = json.loads(json.dumps({  # as read back from JSON
-        "language_stage": OmegaConf.to_container(language), "seed": cfg.seed, "text_config": text_config,
+        "language_stage": language, "seed": cfg.seed, "text_config": text_config,
         "train_mix": OmegaConf.to_container(cfg.data.train_mix) if cfg.data.get("train_mix") else None}))
+    if source:
+        saved = Path(source).expanduser()
     weights, summary = saved / "language_model.safetensors", saved / "summary.json"
     taught = json.loads(summary.read_text()) if summary.is_file() else {}
     language_model = nn.ModuleDict({"language_model": layout.language_model(model), "lm_head": layout.lm_head(model)})
     if resumed or not any(text_steps):
         return taught.get("accuracy")
+    if source and taught.get("recipe") != recipe:
+        raise ConfigError(f"language_stage.read_from={source}: no stage 2 there taught with this run's settings "
+                          "(train the run that writes it first, with the same language_stage, seed, data.train_mix "
+                          "and language model)")
     if taught.get("recipe") == recipe:
         load_model_file(language_model, weights)
         print(f"vlm-eff train: {cfg.model.name}: stage 2 read from {saved} (taught with the same settings)",
@@ -334,7 +342,7 @@ def language_stage(cfg: DictConfig, model, processor, stream: TrainingMosaics, l
     print(f"vlm-eff train: {cfg.model.name}: stage 2, the language model on text, "
           f"{' + '.join(map(str, text_steps))} steps", flush=True)
     vision = model.config.vision_config
-    accuracy = teach_language(model, processor, stream, language, cfg.seed, logger,
+    accuracy = teach_language(model, processor, stream, OmegaConf.create(language), cfg.seed, logger,
                               quadrants(vision.image_size // vision.patch_size))
     saved.mkdir(parents=True, exist_ok=True)
     save_atomic(language_model, weights)
