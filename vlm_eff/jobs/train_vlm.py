@@ -314,7 +314,7 @@ def language_stage(cfg: DictConfig, model, processor, stream: TrainingMosaics, l
     taught and saved. With `language_stage.read_from` (another run's copy, e.g. the twin's that shares the
     language model) it is read from there, never taught. Returns each part's accuracy (None: no stage 2)."""
     layout = layout_of(model)
-    language = OmegaConf.to_container(cfg.get("language_stage") or OmegaConf.create({"steps": 0}))
+    language = OmegaConf.to_container(cfg.get("language_stage") or OmegaConf.create({"steps": 0}), resolve=True)
     source = language.pop("read_from", None)
     text_steps = [language.get(key, 0) for key in ("steps", "presence_steps", "position_steps", "task_steps",
                                                    "grid_steps")]
