@@ -21,8 +21,8 @@ from vlm_eff.results import write_atomic
 
 out = Path(sys.argv[1])
 reference = {"command": "bash scripts/vlm_reference.sh", "pruning": "none",
-             "full": json.loads((out / "subset_null" / "vqa_metrics.json").read_text()),
-             "subset_300": json.loads((out / "subset_300" / "vqa_metrics.json").read_text())}
+             "full": json.loads((out / "subset_null" / "metrics.json").read_text()),
+             "subset_300": json.loads((out / "subset_300" / "metrics.json").read_text())}
 write_atomic(Path(sys.argv[2]), json.dumps(reference, indent=2) + "\n")
 print(json.dumps(reference, indent=2))
 PY

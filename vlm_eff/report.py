@@ -36,8 +36,8 @@ def gather(sweep_dir: Path) -> tuple[list[dict], list[str]]:
     for job_dir in job_dirs:
         if (job_dir / "results.csv").is_file():
             job_rows = read_results(job_dir / "results.csv")
-            if (job_dir / "vqa_metrics.json").is_file():  # exact match per question kind, beside the overall column
-                per_kind = {k: v for k, v in json.loads((job_dir / "vqa_metrics.json").read_text()).items()
+            if (job_dir / "metrics.json").is_file():  # exact match per question kind, beside the overall column
+                per_kind = {k: v for k, v in json.loads((job_dir / "metrics.json").read_text()).items()
                             if k.startswith("vqa_acc_")}
                 job_rows = [{**row, **per_kind} for row in job_rows]
             rows.extend(job_rows)
@@ -358,18 +358,21 @@ def map_images(job_cfg, n: int, images: Path | None, out_dir: Path) -> list[Path
     """The images token maps are drawn on: `n` files of `images` (a file or folder), else the first `n` images
     of the VQA set the job answered, else the first test image of each of `n` classes of the CIFAR-10 data
     the job ran on (written as PNGs into `out_dir`)."""
+    from vlm_eff.benchmarks import BENCHMARKS, benchmark
     from vlm_eff.errors import ConfigError
     from vlm_eff.jobs.visualize import image_paths
 
     if images is not None:
         return image_paths(str(images))[:n]
     data = job_cfg.get("data", {})
-    if data.get("name") in ("vqa", "cifar10_vqa") and data.get("root"):
-        from vlm_eff.data.vqa import read_questions
-        from vlm_eff.jobs.requests import question_files
-
-        root, questions = question_files(data)
-        return list(dict.fromkeys(Path(q.path) for q in read_questions(questions, root)))[:n]
+    if data.get("name") in BENCHMARKS and data.get("root"):
+        seen: dict[Path, None] = {}
+        for question in benchmark(data).questions:  # the first n images the questions name
+            if isinstance(question.image, Path):
+                seen[question.image] = None
+            if len(seen) == n:
+                break
+        return list(seen)
     if data.get("name") != "cifar10" or not data.get("root"):
         raise ConfigError(f"--token-maps needs --images PATH: the sweep ran on data={data.get('name')}, "
                           "not on CIFAR-10 images it could take")

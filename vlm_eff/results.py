@@ -25,7 +25,7 @@ COLUMNS = (  # DESIGN.md's columns first, in its order; the later ones after the
     "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "peak_reserved_mib", "gpu_util_pct", "gpu_mem_used_mib",
     "gpu_power_w", "gpu_sm_clock_mhz", "gpu_temp_c", "compile", "reduce_share_pct", "versions",
     "site", "visual_tokens", "vision_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "kv_cache_mib",
-    "gflops_vision", "gflops_prefill", "gflops_per_decode_token", "vqa_acc",
+    "gflops_vision", "gflops_prefill", "gflops_per_decode_token", "vqa_acc", "benchmark", "benchmark_score",
 )  # fmt: skip
 
 

@@ -146,12 +146,25 @@ class Layout:
         return {"pixel_values": torch.randn(batch, 3, side, side, generator=generator)}
 
     def synthetic_prompt(self, config, generator: torch.Generator) -> torch.Tensor:
-        """A fixed-length prompt: text, one image placeholder (the runner expands it), text -> [L]."""
-        before, after = (torch.randint(10, 1000, (n,), generator=generator) for n in PROMPT_TEXT_TOKENS)
+        """A fixed-length prompt for a model without a processor: text ids drawn inside the language model's
+        vocabulary (never a special token's), one image placeholder run (the runner expands it), text -> [L]."""
+        reserved = special_ids(config) | special_ids(config.text_config)
+        text = torch.tensor([i for i in range(config.text_config.vocab_size) if i not in reserved])  # [V']
+        before, after = (text[torch.randint(len(text), (n,), generator=generator)] for n in PROMPT_TEXT_TOKENS)
         return torch.cat([before, self.image_run(config), after])
 
     def image_run(self, config) -> torch.Tensor:
         return torch.tensor([self.image_token_id(config)])
+
+
+def special_ids(config) -> set[int]:
+    """The ids a Hugging Face config reserves (image, video, vision start / end, pad, bos, eos: every
+    `*_token_id`, `*_token_index`, `*_token_ids`)."""
+    ids = set()
+    for key, value in config.to_dict().items():
+        if key.endswith(("_token_id", "_token_index", "_token_ids")) and value is not None:
+            ids |= set(value) if isinstance(value, (list, tuple)) else {value}
+    return ids
 
 
 class OnevisionLayout(Layout):

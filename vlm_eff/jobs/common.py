@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vlm_eff.errors import ConfigError
 from vlm_eff.flops import flops_per_image
 from vlm_eff.models import RANDOM_WEIGHTS_WARNING, ImageEncoder, LoadedModel, load_model, model_config, model_label
+from vlm_eff.profiling import ProfilingCallback
+from vlm_eff.progress import ProgressCallback
 from vlm_eff.reduction import Strategy, build, build_vlm
 from vlm_eff.reduction.dropping import adaptive_budgets
 from vlm_eff.results import base_row, write_results
@@ -137,6 +139,20 @@ def tokens_text(row: dict) -> str:
     """The row's `tokens` in words (adaptive keep: a mean over images)."""
     adaptive = "mass=" in str(row["score"])
     return f"{row['tokens']} tokens at the last layer" + (" (mean per image, adaptive keep)" if adaptive else "")
+
+
+def test_trainer(cfg: DictConfig, device: torch.device, out_dir: Path, logger, unit: str, callbacks: tuple = (),
+                 **options) -> tuple[pl.Trainer, ProfilingCallback]:
+    """The Trainer of a job that runs test batches (of `unit`: images, requests), with the timing callback
+    (returned beside it), the progress line and `callbacks`; `options` go to the Trainer (e.g. strategy and
+    devices for data parallelism)."""
+    profiler = ProfilingCallback(warmup=cfg.warmup, gpu_sample_interval_s=cfg.gpu_sample_interval_s)
+    options = {"devices": 1, **options}
+    trainer = pl.Trainer(accelerator=device.type, logger=logger or False,
+                         callbacks=[profiler, ProgressCallback(cfg.task, unit, cfg.progress_every_s), *callbacks],
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                         default_root_dir=str(out_dir), **options)
+    return trainer, profiler
 
 
 def run_dir() -> Path:

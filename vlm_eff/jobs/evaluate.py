@@ -6,18 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from vlm_eff.errors import ConfigError
-from vlm_eff.data.vqa import read_questions
-from vlm_eff.jobs.common import check_counts, closing_lines, encoder_row, prepare, run_dir, save_row, tokens_text
-from vlm_eff.jobs.requests import evaluate_vqa, question_files
+from vlm_eff.benchmarks import BENCHMARKS, benchmark
+from vlm_eff.jobs.common import (check_counts, closing_lines, encoder_row, prepare, run_dir, save_row, test_trainer,
+                                 tokens_text)
+from vlm_eff.jobs.requests import evaluate_vqa
 from vlm_eff.lora import check_adapter_dir, load_adapter
 from vlm_eff.models import load_preprocess, load_tokenizer, model_config
 from vlm_eff.modules import RetrievalModule, ZeroShotModule
-from vlm_eff.profiling import ProfilingCallback
 from vlm_eff.prompts import load_prompts
 from vlm_eff.results import write_atomic
 from vlm_eff.retrieval import RECALL_AT
@@ -62,10 +61,10 @@ def check_protocol(cfg: DictConfig) -> bool:
     if not vlm and name == "vqa":
         raise ConfigError(f"protocol=vqa needs a generative VLM (llava_*, onevision_*, qwen2*_vl_*); "
                           f"model={cfg.model.name} is a dual encoder: use protocol=zeroshot or retrieval")
-    if name == "vqa" and "questions" not in cfg.data:
-        raise ConfigError(f"protocol=vqa reads questions: use data=vqa data.root=DIR data.questions=FILE (or "
-                          f"data=cifar10_vqa), not data={cfg.data.name}")
-    if name != "vqa" and "questions" in cfg.data:
+    if name == "vqa" and cfg.data.name not in BENCHMARKS:
+        raise ConfigError(f"protocol=vqa asks a benchmark's questions: data={', '.join(BENCHMARKS)} (data=vqa "
+                          f"data.questions=FILE for any question file), not data={cfg.data.name}")
+    if name != "vqa" and cfg.data.name in BENCHMARKS:
         raise ConfigError(f"data={cfg.data.name} holds questions for protocol=vqa, not protocol={name}")
     return vlm
 
@@ -74,9 +73,11 @@ def evaluate(cfg: DictConfig) -> dict:
     """Test the (reduced) model on the test split under `protocol` (zero-shot classification or
     image-text retrieval, timing the image encoder; or, for a generative VLM, vqa); write and log the row."""
     if check_protocol(cfg):
-        check_counts(cfg, "data.batch_size", "warmup", "data.subset", "protocol.max_new_tokens")
-        read_questions(*reversed(question_files(cfg.data)))  # bad questions fail before the model loads
-        return evaluate_vqa(cfg, prepare(cfg))
+        check_counts(cfg, "data.batch_size", "warmup", "data.subset", "data.num_workers", "protocol.max_new_tokens")
+        bench = benchmark(cfg.data)
+        print(f"vlm-eff evaluate: {len(bench.questions)} questions of data={bench.name} in {bench.questions.file}",
+              flush=True)  # read and checked (images too) before the model loads
+        return evaluate_vqa(cfg, prepare(cfg), bench)
     if cfg.protocol.name == "zeroshot":
         if "captions" in cfg.data:
             raise ConfigError("data=captions holds image-caption pairs, not classes: use protocol=retrieval with it")
@@ -101,11 +102,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     out_dir = run_dir()
     logger = make_logger(cfg, out_dir)
-    profiler = ProfilingCallback(warmup=cfg.warmup, gpu_sample_interval_s=cfg.gpu_sample_interval_s)
-    trainer = pl.Trainer(
-        accelerator=device.type, devices=1, logger=logger or False, callbacks=[profiler],
-        enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(out_dir),
-    )  # fmt: skip
+    trainer, profiler = test_trainer(cfg, device, out_dir, logger, "images")
     trainer.test(module, datamodule=data, verbose=False)
 
     row = test_row("evaluate", cfg, module, loaded.weights + ("+lora" if adapter else ""), strategy, device,

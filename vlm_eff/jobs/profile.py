@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
 from vlm_eff.data import SyntheticDataModule
-from vlm_eff.jobs.common import closing_lines, encoder_row, prepare, run_dir, save_row, tokens_text
+from vlm_eff.jobs.common import closing_lines, encoder_row, prepare, run_dir, save_row, test_trainer, tokens_text
 from vlm_eff.jobs.requests import profile_requests
 from vlm_eff.models import ImageEncoder
 from vlm_eff.modules import ImageEncoderModule
-from vlm_eff.profiling import ProfilingCallback, reduction_share
+from vlm_eff.profiling import reduction_share
 from vlm_eff.vlms import is_vlm
 from vlm_eff.wandb_logging import finish, make_logger
 
@@ -34,12 +33,7 @@ def profile(cfg: DictConfig) -> dict:
 
     out_dir = run_dir()
     logger = make_logger(cfg, out_dir)
-    profiler = ProfilingCallback(warmup=cfg.warmup, gpu_sample_interval_s=cfg.gpu_sample_interval_s)
-    trainer = pl.Trainer(
-        accelerator=device.type, devices=1, logger=logger or False, callbacks=[profiler],
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-        default_root_dir=str(out_dir),
-    )  # fmt: skip
+    trainer, profiler = test_trainer(cfg, device, out_dir, logger, "images")
     with torch.inference_mode():
         trainer.test(module, datamodule=data, verbose=False)
 

@@ -1,110 +1,111 @@
 """profile.py and evaluate.py on a generative VLM: whole requests (vision, prefill, time to first token,
-decode, KV cache) timed through the Lightning callback every job uses, and the vqa protocol."""
+decode, KV cache) timed through the Lightning callback every job uses, and the vqa protocol: a benchmark's
+questions streamed through the model's processor, answers appended per batch (a killed run started again
+answers only what is missing), on every process of a data-parallel run (`trainer.devices`, `trainer.num_nodes`),
+gathered in question order and scored with the benchmark's official metric."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from torch.utils.data import DataLoader
 
-from vlm_eff.data.cifar10 import read_image
-from vlm_eff.data.cifar10_vqa import QUESTION_FILE, ensure_test_set
-from vlm_eff.data.vqa import Question, answer_record, read_questions, vqa_accuracy, write_answers
+from vlm_eff.benchmarks import Benchmark, benchmark
+from vlm_eff.benchmarks.answers import AnswerLog, append, unfinished_run
+from vlm_eff.data.questions import QuestionBatches, QuestionDataModule, Requests, processor_requests
 from vlm_eff.errors import ConfigError
 from vlm_eff.generation import Output, Runner
-from vlm_eff.jobs.common import Prepared, closing_lines, run_dir, save_row
+from vlm_eff.jobs.common import Prepared, closing_lines, run_dir, save_row, test_trainer
 from vlm_eff.models import hub_reachable, model_label
-from vlm_eff.profiling import ProfilingCallback
 from vlm_eff.results import base_row, write_atomic
 from vlm_eff.runtime import device_label
 from vlm_eff.vlms import layout_of
 from vlm_eff.wandb_logging import finish, make_logger
 
-
-@dataclass
-class Requests:
-    """A batch of requests: prompts (unpadded token ids, one placeholder run per image) and their images."""
-
-    rows: list[torch.Tensor]
-    images: dict  # the layout's image inputs (processor outputs) for the batch's images, in order
-    questions: list[Question] | None = None
-    prompts: list[str] | None = None
-
-    @property
-    def batch_size(self) -> int:
-        return len(self.rows)
+SYNTHETIC_QUESTION = "Describe the image in detail."  # profiling through a processor: any question will do
 
 
 class RequestModule(pl.LightningModule):
-    """Generates for each test batch of `Requests`; keeps each batch's `Output` for the row and answers."""
+    """Generates for each test batch of `Requests` and keeps its timing (the tensors dropped); with `answer`,
+    returns each batch's answer records (`answer(batch, output)`) for the callbacks."""
 
-    def __init__(self, runner: Runner, max_new_tokens: int, stop_at_eos: bool, pad_id: int = 0):
+    def __init__(self, runner: Runner, max_new_tokens: int, stop_at_eos: bool, pad_id: int = 0, answer=None):
         super().__init__()
         self.runner, self.max_new_tokens, self.stop_at_eos, self.pad_id = runner, max_new_tokens, stop_at_eos, pad_id
+        self.answer = answer
         self.model = runner.model  # registered, so Lightning moves it to the device
-        self.outputs: list[tuple[Requests, Output]] = []
+        self.outputs: list[Output] = []
 
     def transfer_batch_to_device(self, batch: Requests, device, dataloader_idx: int) -> Requests:
         dtype = self.runner.embed.weight.dtype
         images = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in batch.images.items()}
         return Requests([ids.to(device) for ids in batch.rows], images, batch.questions, batch.prompts)
 
-    def test_step(self, batch: Requests, batch_idx: int) -> None:
+    def test_step(self, batch: Requests, batch_idx: int):
         output = self.runner.generate(batch.rows, batch.images, self.max_new_tokens, self.stop_at_eos, self.pad_id)
-        self.outputs.append((batch, output))
+        self.outputs.append(dataclasses.replace(output, tokens=None, first_logits=None))
+        return self.answer(batch, output) if self.answer else None
 
 
-def run_requests(cfg: DictConfig, prepared: Prepared, batches: list[Requests], max_new_tokens: int,
-                 stop_at_eos: bool, pad_id: int = 0) -> tuple[RequestModule, ProfilingCallback, dict, Path, object]:
-    """Apply the strategy, time every batch of requests (the first `warmup` untimed), and build the row's
-    VLM columns: per-phase times (means over the timed batches), KV cache, FLOPs per request; also
-    the run dir and the W&B logger (None with logger=none)."""
-    device, dtype, loaded, _, strategy = prepared
-    model = loaded.model.to(dtype).eval()
-    layout = layout_of(model)
-    strategy.apply_to_vlm(model, layout)
-    runner = Runner(model, cfg.pruning.get("positions", "compact"), strategy)
-    module = RequestModule(runner, max_new_tokens, stop_at_eos, pad_id)
-    out_dir = run_dir()
-    logger = make_logger(cfg, out_dir)
-    profiler = ProfilingCallback(warmup=cfg.warmup, gpu_sample_interval_s=cfg.gpu_sample_interval_s)
-    trainer = pl.Trainer(accelerator=device.type, devices=1, logger=logger or False, callbacks=[profiler],
-                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                         default_root_dir=str(out_dir))
-    loader = DataLoader(batches, batch_size=None, collate_fn=lambda batch: batch)
-    with torch.inference_mode():
-        trainer.test(module, dataloaders=loader, verbose=False)
-    first = module.transfer_batch_to_device(batches[0], device, 0)
+class AnswerWriter(pl.Callback):
+    """Appends each batch's answer records to this process's part of the run's answer log, synced to disk."""
+
+    def __init__(self, data: QuestionDataModule, settings: dict):
+        self.data, self.settings, self.file = data, settings, None
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self.file = AnswerLog(Path(self.data.answers_dir), self.settings).open(trainer.global_rank)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        append(self.file, outputs)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self.file.close()
+
+
+def request_runner(cfg: DictConfig, prepared: Prepared) -> Runner:
+    """The strategy applied to the VLM (in the job's dtype, eval mode) and its request runner."""
+    model = prepared.loaded.model.to(prepared.dtype).eval()
+    prepared.strategy.apply_to_vlm(model, layout_of(model))
+    return Runner(model, cfg.pruning.get("positions", "compact"), prepared.strategy)
+
+
+def request_row(cfg: DictConfig, prepared: Prepared, runner: Runner, module: RequestModule, profiler,
+                first: Requests) -> dict:
+    """The row's columns of a run of requests: per-phase times (means over the timed batches), KV cache, FLOPs per
+    request (counted on `first`, a batch of them), the timing callback's summary."""
+    device, strategy, model = prepared.device, prepared.strategy, runner.model
+    first = module.transfer_batch_to_device(first, device, 0)
     flops = runner.flops(first.rows, first.images)
-    timed = [output for _, output in module.outputs[cfg.warmup:]] or [module.outputs[-1][1]]
+    timed = module.outputs[cfg.warmup:] or module.outputs[-1:]
     mean = lambda values: statistics.fmean(values) if values else None  # noqa: E731
+    milliseconds = lambda values: None if not values else 1000 * statistics.fmean(values)  # noqa: E731
     decode = [t for output in timed for t in output.decode_s]
-    shape = _tower_shape(layout, model.config)
+    shape = _tower_shape(runner.layout, model.config)
     tower_tokens = strategy.tokens_per_layer(*shape) if shape else []
-    row = {
+    return {
         **base_row(cfg.task, Path(cfg.paths.root_dir)),
-        "model": model_label(cfg.model, loaded.weights), "weights": loaded.weights, "strategy": cfg.pruning.name,
-        **strategy.columns(), "site": strategy.site if cfg.pruning.name != "none" else "",
-        "device": device_label(device), "dtype": cfg.dtype, "batch_size": batches[0].batch_size,
+        "model": model_label(cfg.model, prepared.loaded.weights), "weights": prepared.loaded.weights,
+        "strategy": cfg.pruning.name, **strategy.columns(), "site": strategy.site if cfg.pruning.name != "none" else "",
+        "device": device_label(device), "dtype": cfg.dtype, "batch_size": cfg.data.batch_size,
         "tokens": tower_tokens[-1] if tower_tokens else "",
         "visual_tokens": mean([n for output in timed for n in output.visual_tokens]),
-        "vision_ms": 1000 * mean([o.vision_s for o in timed]), "prefill_ms": 1000 * mean([o.prefill_s for o in timed]),
-        "ttft_ms": 1000 * mean([o.ttft_s for o in timed]),
-        "decode_ms_per_token": None if not decode else 1000 * mean(decode),
-        "kv_cache_mib": mean([o.kv_cache_bytes for o in timed]) / 2**20,
+        "vision_ms": milliseconds([o.vision_s for o in timed]), "prefill_ms": milliseconds([o.prefill_s for o in timed]),
+        "ttft_ms": milliseconds([o.ttft_s for o in timed]), "decode_ms_per_token": milliseconds(decode),
+        "kv_cache_mib": None if not timed else mean([o.kv_cache_bytes for o in timed]) / 2**20,
         "gflops_vision": flops["vision"] / 1e9, "gflops_prefill": flops["prefill"] / 1e9,
         "gflops_per_decode_token": flops["decode"] / 1e9,
         "gflops_per_img": (flops["vision"] + flops["prefill"]) / 1e9,
         "gmacs_per_img": (flops["vision"] + flops["prefill"]) / 2e9,
         **profiler.summaries.get("test", {}),
     }
-    return module, profiler, row, out_dir, logger
 
 
 def _tower_shape(layout, config) -> tuple[int, int, bool]:
@@ -116,28 +117,45 @@ def _tower_shape(layout, config) -> tuple[int, int, bool]:
     return (vision.image_size // vision.patch_size) ** 2, layout.feature_depth(config), family.has_cls
 
 
-def synthetic_requests(cfg: DictConfig, model, n_batches: int) -> list[Requests]:
-    """The same fixed request `n_batches` times: a seeded prompt of fixed length with one image (timing
-    depends on no id or pixel value)."""
+# -- profile.py: synthetic requests -------------------------------------------------------------------------------------
+def synthetic_requests(cfg: DictConfig, model, n_batches: int) -> tuple[list[Requests], str]:
+    """The same request `n_batches` times, valid for the model it times: through the model's own processor and chat
+    template when it has one (a fixed question, a seeded noise image at the tower's size), else a seeded prompt of
+    fixed length whose ids lie inside the vocabulary (timing depends on no id or pixel value). Also says which."""
     layout, generator = layout_of(model), torch.Generator().manual_seed(cfg.seed)
     B = cfg.data.batch_size
-    images = layout.synthetic_images(model.config, B, cfg.model.image_size, generator)
-    prompt = layout.synthetic_prompt(model.config, generator)
-    return [Requests([prompt] * B, images) for _ in range(n_batches)]
+    processor = optional_processor(cfg.model)
+    if processor is None:
+        images = layout.synthetic_images(model.config, B, cfg.model.image_size, generator)
+        prompt = layout.synthetic_prompt(model.config, generator)
+        return [Requests([prompt] * B, images) for _ in range(n_batches)], "ids drawn inside the vocabulary"
+    side = layout.image_side(model.config, cfg.model.image_size)
+    noise = torch.randint(0, 256, (side, side, 3), generator=generator, dtype=torch.uint8).numpy()
+    rows, inputs, prompts = processor_requests(processor, [Image.fromarray(noise)] * B, [SYNTHETIC_QUESTION] * B)
+    return ([Requests(rows, layout.image_inputs(inputs), prompts=prompts) for _ in range(n_batches)],
+            "the model's processor and chat template")
 
 
 def profile_requests(cfg: DictConfig, prepared: Prepared) -> dict:
     """profile.py on a VLM: `warmup` + `runs` batches of requests, each generating `gen_tokens` tokens."""
-    batches = synthetic_requests(cfg, prepared.loaded.model, cfg.warmup + cfg.runs)
-    module, profiler, row, out_dir, logger = run_requests(cfg, prepared, batches, cfg.gen_tokens, stop_at_eos=False)
+    batches, prompt = synthetic_requests(cfg, prepared.loaded.model, cfg.warmup + cfg.runs)
+    runner = request_runner(cfg, prepared)
+    module = RequestModule(runner, cfg.gen_tokens, stop_at_eos=False)
+    out_dir = run_dir()
+    logger = make_logger(cfg, out_dir)
+    trainer, profiler = test_trainer(cfg, prepared.device, out_dir, logger, "requests")
+    trainer.test(module, dataloaders=DataLoader(batches, batch_size=None, collate_fn=lambda batch: batch),
+                 verbose=False)
+    row = request_row(cfg, prepared, runner, module, profiler, batches[0])
     row["n_images"] = profiler.timed_images.get("test", 0)
     save_row(row, cfg, out_dir, logger, "profile")
     wandb_dir = finish(logger)
-    print_summary("profile", row, prepared.loaded.source, out_dir, Path(cfg.paths.results_csv), wandb_dir)
+    print_summary("profile", row, prepared.loaded.source, out_dir, Path(cfg.paths.results_csv), wandb_dir,
+                  prompt=prompt)
     return row
 
 
-# -- the vqa protocol ----------------------------------------------------------------------------------------
+# -- the vqa protocol ---------------------------------------------------------------------------------------------------
 def load_processor(cfg: DictConfig):
     """The VLM's processor (tokenizer, image processor, chat template): `model.tokenizer`, else beside the
     weights (`model.path` or the hub id, cached)."""
@@ -154,105 +172,137 @@ def load_processor(cfg: DictConfig):
                           "processor dir>") from None
 
 
-def processor_requests(processor, images: list, questions: list[str]) -> tuple[list[torch.Tensor], dict, list[str]]:
-    """PIL images and one question each -> through the processor's chat template (one image, then the
-    question): the unpadded prompt rows, the processor's outputs, and the prompts as text."""
-    conversations = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}] for q in questions]
-    prompts = [processor.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
-    inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True)
-    rows = [ids[mask.bool()] for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
-    return rows, inputs, prompts
+def optional_processor(cfg: DictConfig):
+    """The VLM's processor when it has one at hand, else None (a random-init architecture, say)."""
+    try:
+        processor = load_processor(cfg)
+    except ConfigError:
+        return None
+    return processor if getattr(processor, "chat_template", None) else None
 
 
-class QuestionBatches:
-    """Collates questions into `Requests` through the processor (`processor_requests`), left padding stripped
-    into per-row prompts."""
-
-    def __init__(self, processor, layout, config):
-        self.processor, self.layout, self.config = processor, layout, config
-
-    def __call__(self, questions: list[Question]) -> Requests:
-        from PIL import Image
-
-        images = [Image.fromarray(read_image(q.path)) for q in questions]
-        rows, inputs, prompts = processor_requests(self.processor, images, [q.text for q in questions])
-        return Requests(rows, self.layout.image_inputs(inputs), questions, prompts)
+def selected(cfg: DictConfig, n: int) -> list[int]:
+    """The indices of the questions asked: all, or a seeded subset of `data.subset` in question order."""
+    if not cfg.data.get("subset") or cfg.data.subset >= n:
+        return list(range(n))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return torch.randperm(n, generator=generator)[: cfg.data.subset].sort().values.tolist()
 
 
-def question_files(data: DictConfig) -> tuple[str, str]:
-    """(images root, question JSONL) of the `data` config; data=cifar10_vqa without its own questions builds
-    (once, into the cache) the mosaic test set from the CIFAR-10 test split at data.root."""
-    if data.name == "cifar10_vqa" and not data.get("questions"):
-        if not data.root:
-            raise ConfigError("data=cifar10_vqa needs data.root=<the CIFAR-10 archive or folder> to build its test set")
-        folder = ensure_test_set(data.root, data.cache_dir, data.n_questions, data.set_seed)
-        return str(folder), str(folder / QUESTION_FILE)
-    return data.root, data.questions
+def answer_settings(cfg: DictConfig) -> dict:
+    """What a run's answers depend on: the model, the reduction, the questions, the generation (not the batch
+    size, the loader or the number of processes)."""
+    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items()
+            if k not in ("batch_size", "num_workers", "cache_dir")}
+    return json.loads(json.dumps({"model": OmegaConf.to_container(cfg.model, resolve=True), "data": data,
+                                  "pruning": OmegaConf.to_container(cfg.pruning, resolve=True),
+                                  "protocol": OmegaConf.to_container(cfg.protocol, resolve=True),
+                                  "seed": cfg.seed, "dtype": cfg.dtype}))
 
 
-def evaluate_vqa(cfg: DictConfig, prepared: Prepared) -> dict:
-    """evaluate.py protocol=vqa: greedy answers to LLaVA's question JSONL, answers.jsonl in LLaVA's
-    answer format, `vqa_acc` where answers are given, the request timing columns."""
-    root, questions_file = question_files(cfg.data)
-    questions = read_questions(questions_file, root)
-    if cfg.data.get("subset"):
-        generator = torch.Generator().manual_seed(cfg.seed)
-        picked = torch.randperm(len(questions), generator=generator)[: cfg.data.subset].sort().values
-        questions = [questions[i] for i in picked.tolist()]
-    model = prepared.loaded.model
+def plan_answers(cfg: DictConfig, out_dir: Path, settings: dict, indices: list[int]) -> tuple[str, list[int]]:
+    """Where the answers go and which questions are left (global rank 0): this run dir, or with `resume`=true the
+    latest unfinished run of the same settings, or the run dir `resume` names; resume=false starts over."""
+    resume, target = cfg.get("resume"), out_dir
+    if isinstance(resume, str):
+        target = Path(resume).expanduser()
+        if not (target / "answers.parts").is_dir():
+            raise ConfigError(f"resume={resume}: no answers there to continue (no answers.parts/ in it)")
+    elif resume is True:
+        target = unfinished_run(Path(cfg.paths.output_dir), settings, exclude=out_dir) or out_dir
+    log = AnswerLog(target, settings)
+    log.start(fresh=resume is False)
+    done = log.answered()
+    pending = [i for i in indices if i not in done]
+    if len(pending) < len(indices):
+        print(f"vlm-eff evaluate: continuing the answers in {target}: {len(indices) - len(pending)} of {len(indices)} "
+              f"questions answered there, {len(pending)} to go", flush=True)
+    return str(target), pending
+
+
+def evaluate_vqa(cfg: DictConfig, prepared: Prepared, bench: Benchmark) -> dict:
+    """evaluate.py protocol=vqa: greedy answers to the benchmark's questions, appended per batch to the run's
+    answer log by every process; gathered into answers.jsonl (LLaVA's answer format, question order), scored
+    (metrics.json: `score` and the details; the submission file where a server scores the split), the row."""
+    indices = selected(cfg, len(bench.questions))
     processor = load_processor(cfg.model)
-    collate = QuestionBatches(processor, layout_of(model), model.config)
-    B = cfg.data.batch_size
-    batches = [collate(questions[i: i + B]) for i in range(0, len(questions), B)]
-    pad_id = processor.tokenizer.pad_token_id or 0
-    module, profiler, row, out_dir, logger = run_requests(cfg, prepared, batches, cfg.protocol.max_new_tokens,
-                                                         stop_at_eos=True, pad_id=pad_id)
-    records, predictions = [], {}
-    model_id = row["model"]
-    for batch, output in module.outputs:
-        texts = processor.tokenizer.batch_decode(output.tokens.cpu(), skip_special_tokens=True)
-        for question, prompt, text, n in zip(batch.questions, batch.prompts, texts, output.visual_tokens):
-            text = text.strip()
-            predictions[question.question_id] = text
-            records.append(answer_record(question, text, model_id, question.text, n))
-    write_answers(out_dir / "answers.jsonl", records)
-    metrics = vqa_accuracy(predictions, questions)
-    write_atomic(out_dir / "vqa_metrics.json", json.dumps(metrics, indent=2) + "\n")
-    row.update({"vqa_acc": metrics["vqa_acc"], "n_images": len(questions)})
-    save_row(row, cfg, out_dir, logger, "test")
+    runner = request_runner(cfg, prepared)
+    settings, out_dir = answer_settings(cfg), run_dir()
+    collate = QuestionBatches(processor, runner.layout, bench)
+    data = QuestionDataModule(collate, cfg.data.batch_size, cfg.data.get("num_workers"),
+                              lambda: plan_answers(cfg, out_dir, settings, indices))
+    model_id = model_label(cfg.model, prepared.loaded.weights)
+    tokenizer = processor.tokenizer
+
+    def answer(batch: Requests, output: Output) -> list[dict]:
+        texts = tokenizer.batch_decode(output.tokens.cpu(), skip_special_tokens=True)
+        return [{**bench.record(question, text.strip(), model_id, n), "index": question.index}
+                for question, text, n in zip(batch.questions, texts, output.visual_tokens)]
+
+    module = RequestModule(runner, cfg.protocol.max_new_tokens, stop_at_eos=True,
+                           pad_id=tokenizer.pad_token_id or 0, answer=answer)
+    logger = make_logger(cfg, out_dir)
+    processes = cfg.trainer.devices * cfg.trainer.num_nodes
+    trainer, profiler = test_trainer(cfg, prepared.device, out_dir, logger, "requests", devices=cfg.trainer.devices,
+                                     num_nodes=cfg.trainer.num_nodes, strategy="ddp" if processes > 1 else "auto",
+                                     use_distributed_sampler=False, callbacks=[AnswerWriter(data, settings)])
+    trainer.test(module, datamodule=data, verbose=False)
+    trainer.strategy.barrier("answers written")
+    if not trainer.is_global_zero:  # data parallel: global rank 0 gathers, scores and writes
+        return {}
+    answers_dir = Path(data.answers_dir)
+    pairs = [(bench.questions[i], record) for i, record in AnswerLog(answers_dir, settings).gather(indices)]
+    metrics = {"benchmark": bench.name, **bench.score(pairs), "n_answered": len(pairs), "n_missing": 0}
+    submission = bench.submission(pairs, answers_dir)
+    if submission is not None:
+        metrics["submission"] = str(submission)
+    write_atomic(answers_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    row = request_row(cfg, prepared, runner, module, profiler, collate(indices[: cfg.data.batch_size]))
+    row.update({"benchmark": bench.name, "benchmark_score": metrics["score"], "vqa_acc": metrics.get("vqa_acc"),
+                "n_images": len(indices)})
+    save_row(row, cfg, answers_dir, logger, "test")
     if logger is not None:
-        logger.log_metrics({f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+        logger.log_metrics({f"test/{bench.name}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     wandb_dir = finish(logger)
-    print_summary("evaluate", row, prepared.loaded.source, out_dir, Path(cfg.paths.results_csv), wandb_dir, metrics)
+    print_summary("evaluate", row, prepared.loaded.source, answers_dir, Path(cfg.paths.results_csv), wandb_dir,
+                  metrics)
     return row
 
 
+def score_line(metrics: dict) -> str:
+    """The summary's line of a benchmark's score."""
+    details = ", ".join(f"{k.removeprefix('vqa_acc_')} {100 * v:.1f}" for k, v in metrics.items()
+                        if k.startswith("vqa_acc_") and v is not None)
+    counted = f"on {metrics['n_answered']} answered questions" + (
+        f" ({metrics['n_missing']} missing)" if metrics.get("n_missing") else "")
+    if metrics.get("score") is None:
+        return (f"  {metrics['benchmark']:<9} no ground truth here: submission file {metrics['submission']}"
+                if metrics.get("submission") else f"  {metrics['benchmark']:<9} no reference answers: answers.jsonl only")
+    return f"  {metrics['benchmark']:<9} score {metrics['score']:.2f} {counted}" + (f" ({details})" if details else "")
+
+
 def print_summary(task: str, row: dict, source: str, out_dir: Path, project_csv: Path, wandb_dir: str | None,
-                  metrics: dict | None = None) -> None:
+                  metrics: dict | None = None, prompt: str | None = None) -> None:
+    number = lambda value, digits: "n/a" if value is None else f"{value:.{digits}f}"  # noqa: E731
     decode = row["decode_ms_per_token"]
     lines = [
         "",
         f"vlm-eff {task}: {row['model']} ({row['weights']} weights: {source}), strategy={row['strategy']} "
         f"keep={row['keep']} layer={row['layer']} score={row['score']}" + (f" site={row['site']}" if row["site"] else ""),
         f"  device {row['device']}, {row['dtype']}, {row['threads']} threads, batch {row['batch_size']}; "
-        f"{row['visual_tokens']:.1f} visual tokens per request to the LLM",
-        f"  request   TTFT {row['ttft_ms']:.1f} ms = vision {row['vision_ms']:.1f} + prefill {row['prefill_ms']:.1f}; "
-        + (f"decode {decode:.2f} ms/token" if decode is not None else "no decode step")
-        + f"; KV cache {row['kv_cache_mib']:.2f} MiB",
+        f"{number(row['visual_tokens'], 1)} visual tokens per request to the LLM"
+        + (f"; prompt from {prompt}" if prompt else ""),
+        f"  request   TTFT {number(row['ttft_ms'], 1)} ms = vision {number(row['vision_ms'], 1)} + prefill "
+        f"{number(row['prefill_ms'], 1)}; " + (f"decode {decode:.2f} ms/token" if decode is not None else "no decode step")
+        + f"; KV cache {number(row['kv_cache_mib'], 2)} MiB",
         f"  latency   {row['latency_ms_mean']:.1f} ms/batch mean, {row['latency_ms_median']:.1f} median "
-        f"({row['n_images']} requests timed); {row['throughput_img_s']:.2f} requests/s"
+        f"({row.get('n_images')} requests); {row['throughput_img_s']:.2f} requests/s"
         if row.get("latency_ms_mean") is not None else "  latency   not timed (no batch after warm-up)",
         f"  FLOPs     vision {row['gflops_vision']:.3f} + prefill {row['gflops_prefill']:.3f} GFLOPs/request, "
         f"{row['gflops_per_decode_token']:.4f} GFLOPs per decoded token",
     ]
     if metrics is not None:
-        kinds = ", ".join(f"{k.removeprefix('vqa_acc_')} {100 * v:.1f}" for k, v in metrics.items()
-                          if k.startswith("vqa_acc_") and v is not None)
-        acc = metrics.get("vqa_acc")
-        lines.append(f"  vqa       exact match {100 * acc:.2f}% on {metrics['n_answered']} answered questions"
-                     + (f" ({kinds})" if kinds else "") if acc is not None else "  vqa       no answers given: "
-                     "answers.jsonl only")
-        lines.append(f"  answers   {out_dir / 'answers.jsonl'}")
+        lines += [score_line(metrics), f"  answers   {out_dir / 'answers.jsonl'}, metrics {out_dir / 'metrics.json'}"]
     if row.get("peak_mem_mib") is not None:
         lines.append(f"  memory    {row['peak_mem_mib']:.1f} MiB peak ({row['mem_kind']})")
     lines += closing_lines(row, out_dir, project_csv, wandb_dir)

@@ -27,6 +27,7 @@ from vlm_eff.models import load_preprocess, load_tokenizer, model_config
 from vlm_eff.modules import DistillModule, FineTuneModule, ZeroShotModule
 from vlm_eff.prompts import Prompts, load_prompts
 from vlm_eff.profiling import ProfilingCallback
+from vlm_eff.progress import ProgressCallback
 from vlm_eff.results import write_atomic
 from vlm_eff.vlms import is_vlm
 from vlm_eff.wandb_logging import finish, make_logger
@@ -108,7 +109,8 @@ def train(cfg: DictConfig) -> dict:
     checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
                                   every_n_train_steps=cfg.checkpoint_every_n_steps)
     trainer = instantiate(cfg.trainer, accelerator=device.type, precision=PRECISION[cfg.dtype],
-                          logger=logger or False, callbacks=[profiler, checkpoints], default_root_dir=str(out_dir),
+                          logger=logger or False, enable_progress_bar=False, default_root_dir=str(out_dir),
+                          callbacks=[profiler, checkpoints, ProgressCallback("train", "images", cfg.progress_every_s)],
                           plugins=[AtomicCheckpointIO()])
     if trainer.is_global_zero:
         what = f"LoRA adapters (rank {adapters.peft_config['default'].r})" if adapters else "every weight"

@@ -49,9 +49,10 @@ from vlm_eff.data.cifar10 import load_split
 from vlm_eff.data.cifar10_vqa import KINDS, QUADRANTS, TrainingMosaics
 from vlm_eff.errors import ConfigError
 from vlm_eff.jobs.common import check_counts, run_dir
-from vlm_eff.jobs.requests import processor_requests
+from vlm_eff.data.questions import processor_requests
 from vlm_eff.lora import count_parameters
 from vlm_eff.models import load_model
+from vlm_eff.progress import Progress, ProgressCallback
 from vlm_eff.modules import FineTuneModule
 from vlm_eff.results import write_atomic
 from vlm_eff.runtime import resolve_device
@@ -165,6 +166,7 @@ def adapt_tower(model, layout, processor, stream: TrainingMosaics, stage: DictCo
     vote = F.one_hot(quadrant, 4).float() / (len(quadrant) // 4)  # [N, 4]: the mean over each quadrant
     optimizer = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=stage.lr, weight_decay=0.05)
     rng, hits = np.random.default_rng([seed + 1, start] if start else seed + 1), []
+    progress = Progress("train: stage 1", stage.steps - start, "mosaics")
     tower.train()
     for step in range(start + 1, stage.steps + 1):
         for group in optimizer.param_groups:
@@ -187,6 +189,8 @@ def adapt_tower(model, layout, processor, stream: TrainingMosaics, stage: DictCo
                                    "tower/step": step})
         if save is not None and (step == stage.steps or (save_every and step % save_every == 0)):
             save(step, float(np.mean(hits[-50:])))
+        progress.update(len(mosaics))
+    progress.close()
     return float(np.mean(hits[-50:]))
 
 
@@ -225,6 +229,7 @@ def teach_on_text(model, processor, stream: TrainingMosaics, turn, steps: int, s
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=stage.lr, weight_decay=0.0)
     hits: list[tuple[list[str], torch.Tensor]] = []
+    progress = Progress(f"train: stage 2 ({name})", steps, "questions")
     for step in range(1, steps + 1):
         for group in optimizer.param_groups:  # linear warm-up, then constant
             group["lr"] = stage.lr * min(1.0, step / max(1, steps // 10))
@@ -246,6 +251,8 @@ def teach_on_text(model, processor, stream: TrainingMosaics, turn, steps: int, s
         if logger is not None and step % 50 == 0:
             logger.experiment.log({f"language/{name}_accuracy": torch.cat([h for _, h in hits]).mean().item(),
                                    f"language/{name}_loss": out.loss.item(), "language/step": step})
+        progress.update(len(questions))
+    progress.close()
     kinds = np.array([k for ks, _ in hits for k in ks])
     right = torch.cat([h for _, h in hits]).numpy() if hits else np.zeros(0)
     return {str(kind): float(right[kinds == kind].mean()) for kind in sorted(set(kinds))}
@@ -385,8 +392,9 @@ def train_vlm(cfg: DictConfig) -> dict:
 
     checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
                                   every_n_train_steps=cfg.checkpoint_every_n_steps)
-    trainer = instantiate(cfg.trainer, accelerator=device.type, logger=logger or False, callbacks=[checkpoints],
-                          default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()])
+    trainer = instantiate(cfg.trainer, accelerator=device.type, logger=logger or False,
+                          callbacks=[checkpoints, ProgressCallback("train", "questions", cfg.progress_every_s)],
+                          enable_progress_bar=False, default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()])
     print(f"vlm-eff train: {cfg.model.name}: training the projector and the language model, {trainable:,} of "
           f"{total:,} parameters; tower from {cfg.model.init_tower} (frozen)"
           + (f"; resuming from {ckpt_path}" if ckpt_path else ""), flush=True)

@@ -22,7 +22,8 @@ from vlm_eff.data.cifar10 import IMAGE_SUFFIXES, read_image
 from vlm_eff.errors import ConfigError
 from vlm_eff.generation import Runner
 from vlm_eff.jobs.common import image_size, run_dir
-from vlm_eff.jobs.requests import load_processor, processor_requests
+from vlm_eff.data.questions import processor_requests
+from vlm_eff.jobs.requests import optional_processor
 from vlm_eff.knobs import check_knobs
 from vlm_eff.models import ImageEncoder, load_model, load_preprocess, model_config
 from vlm_eff.reduction import build, build_vlm, trace
@@ -99,7 +100,7 @@ def vlm_steps(cfg: DictConfig, config, images: list[np.ndarray]) -> Traced:
     model = loaded.model.float().eval()
     vision = config.vision_config
     with_cls = int(layout.tower_family(config).has_cls and config.vision_feature_select_strategy == "full")
-    processor = _processor(cfg) if loaded.weights == "pretrained" else None
+    processor = optional_processor(cfg.model) if loaded.weights == "pretrained" else None
     if processor is not None:
         rows, inputs, _ = processor_requests(processor, [Image.fromarray(i) for i in images],
                                              [cfg.question] * len(images))
@@ -116,14 +117,6 @@ def vlm_steps(cfg: DictConfig, config, images: list[np.ndarray]) -> Traced:
             rows, {"pixel_values": pixels}, max_new_tokens=1)
     seen = [to_uint8(p, mean, std) for p in pixels]
     return Traced(steps, seen, vision.image_size // vision.patch_size, with_cls, loaded.weights)
-
-
-def _processor(cfg: DictConfig):
-    """The VLM's own processor where it has one (model.path / hub id / model.tokenizer), else None."""
-    try:
-        return load_processor(cfg.model)
-    except ConfigError:
-        return None
 
 
 def panels_of(steps, b: int, seen: np.ndarray, side: int, with_cls: int, most: int, panel_px: int) -> list[Panel]:

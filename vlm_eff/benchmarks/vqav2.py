@@ -1,0 +1,89 @@
+"""VQAv2 (Goyal et al., 2017), as LLaVA-1.5 runs it (scripts/v1_5/eval/vqav2.sh): every answer through the EvalAI
+answer processor (scripts/convert_vqav2_for_submission.py), then the official VQA evaluation.
+
+`data.split=test-dev2015` (default, LLaVA's layout in `data.root` = playground/data/eval/vqav2):
+`llava_vqav2_mscoco_test-dev2015.jsonl` (text with the short-answer suffix) and the images under `test2015/`;
+the evaluation server scores it, so the run writes the submission file LLaVA's converter writes: every question
+of `llava_vqav2_mscoco_test2015.jsonl` (where present; else the test-dev ones) with its processed answer, ''
+for those not asked. `data.split=val2014` scores here: the official `v2_OpenEnded_mscoco_val2014_questions.json`
+(asked with LLaVA's short-answer suffix), `v2_mscoco_val2014_annotations.json` and the images under `val2014/`.
+
+The official evaluation: the answer's punctuation and digits / articles processed (`vqa_eval_prediction`);
+the ten human answers' punctuation processed only where they disagree; soft accuracy; score = its overall
+accuracy x 100, rounded to 2 decimals as the official code does (per answer type too).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from vlm_eff.benchmarks.base import (SHORT_ANSWER, Benchmark, Question, converted, json_line, question_id, read_json,
+                                     require)
+from vlm_eff.benchmarks.processing import evalai, punctuation, soft_accuracy, vqa_eval_prediction
+from vlm_eff.errors import ConfigError
+from vlm_eff.results import write_atomic
+
+
+def val_questions(source: Path):
+    """The official val questions as LLaVA's question lines (the short-answer suffix appended)."""
+    for item in read_json(source, "VQAv2 questions")["questions"]:
+        yield {"question_id": item["question_id"], "image": f"COCO_val2014_{item['image_id']:012d}.jpg",
+               "text": item["question"] + "\n" + SHORT_ANSWER}
+
+
+def official_accuracy(prediction: str, answers: list[str]) -> float:
+    """The official VQA evaluation of one (EvalAI-processed) answer against the ten human answers."""
+    if len(set(answers)) > 1:
+        answers = [punctuation(answer) for answer in answers]
+    return soft_accuracy(vqa_eval_prediction(prediction), answers)
+
+
+class VQAv2(Benchmark):
+    name = "vqav2"
+    FILES = {"questions": "the question file", "images": "the COCO images", "annotations": "the official annotations"}
+    SPLITS = {"test-dev2015": {"questions": "llava_vqav2_mscoco_test-dev2015.jsonl", "images": "test2015",
+                               "all_questions": "llava_vqav2_mscoco_test2015.jsonl"},
+              "val2014": {"questions": "v2_OpenEnded_mscoco_val2014_questions.json", "images": "val2014",
+                          "annotations": "v2_mscoco_val2014_annotations.json"}}
+
+    def question_file(self) -> Path:
+        source = self.path("questions")
+        return converted(source, self.cache_dir, self.name, val_questions) if source.suffix == ".json" else source
+
+    def parse(self, line: str, index: int, where: str) -> Question:
+        item = json_line(line, where)
+        require(item, ("question_id", "image", "text"), where)
+        qid = question_id(item["question_id"], where)
+        return Question(index, qid, item["text"], self.path("images") / item["image"], item["text"])
+
+    def score(self, pairs):
+        if "annotations" not in self.SPLITS[self.split] and not self.data.get("annotations"):
+            return {"score": None}  # test-dev: the evaluation server scores the submission file
+        annotations = {a["question_id"]: a for a in read_json(self.path("annotations"), "VQAv2 annotations")["annotations"]}
+        accuracies, by_type = [], defaultdict(list)
+        for _, record in pairs:
+            annotation = annotations.get(record["question_id"])
+            if annotation is None:
+                raise ConfigError(f"data=vqav2: question_id={record['question_id']!r} has no annotation in "
+                                  f"{self.path('annotations')}")
+            accuracy = official_accuracy(evalai(record["text"]), [a["answer"] for a in annotation["answers"]])
+            accuracies.append(accuracy)
+            by_type[annotation["answer_type"]].append(accuracy)
+        if not accuracies:
+            return {"score": None}
+        return {"score": round(100 * sum(accuracies) / len(accuracies), 2),
+                **{f"accuracy_{kind}": round(100 * sum(v) / len(v), 2) for kind, v in sorted(by_type.items())}}
+
+    def submission(self, pairs, out_dir: Path) -> Path | None:
+        if "annotations" in self.SPLITS[self.split] or self.data.get("annotations"):
+            return None
+        answers = {record["question_id"]: evalai(record["text"]) for _, record in pairs}
+        listed = self.root / str(self.data.get("all_questions") or self.SPLITS[self.split]["all_questions"])
+        ids = ([json_line(line, f"{listed} line {n}")["question_id"] for n, line in
+                enumerate(listed.read_text(encoding="utf-8").splitlines(), start=1) if line.strip()]
+               if listed.is_file() else [question.question_id for question in self.questions])
+        path = out_dir / f"vqav2_{self.split}_submission.json"
+        write_atomic(path, json.dumps([{"question_id": qid, "answer": answers.get(qid, "")} for qid in ids]))
+        return path
