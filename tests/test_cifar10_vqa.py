@@ -8,8 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 from conftest import run_script
+from omegaconf import OmegaConf
 from PIL import Image
 
+from vlm_eff.benchmarks.generic import VQA
 from vlm_eff.data.cifar10_vqa import (
     ANIMALS,
     KINDS,
@@ -21,10 +23,14 @@ from vlm_eff.data.cifar10_vqa import (
     quadrant,
     write_set,
 )
-from vlm_eff.data.vqa import read_questions
 from vlm_eff.errors import ConfigError
 
 N = 3000  # the default test set: 1,000 questions per kind
+
+
+def read_questions(file, root) -> list:
+    """The questions of a question file, as data=vqa reads them."""
+    return list(VQA(OmegaConf.create({"name": "vqa", "root": str(root), "questions": str(file)})).questions)
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +131,9 @@ def test_written_set_reads_back_exactly(cifar_test, tmp_path):
     read = read_questions(out / "questions.jsonl", out)
     assert [q.question_id for q in read] == [q["question_id"] for q in questions]
     assert [(q.kind, q.answer, q.text) for q in read] == [(q["kind"], q["answer"], q["text"]) for q in questions]
-    assert [q.image for q in read] == [f"images/{q['image']}" for q in questions]
+    assert [q.image for q in read] == [out / "images" / q["image"] for q in questions]
     for question, image in zip(read, mosaics):
-        with Image.open(question.path) as png:
+        with Image.open(question.image) as png:
             assert png.format == "PNG" and png.mode == "RGB"
             assert np.array_equal(np.asarray(png), image)
     manifest = json.loads((out / "set.json").read_text())
@@ -152,7 +158,7 @@ def test_ensure_test_set_builds_once_from_the_test_split(shared_archive, cache_d
     read = read_questions(folder / "questions.jsonl", folder)
     assert [(q.text, q.answer) for q in read] == [(q["text"], q["answer"]) for q in questions]
     for question, image in zip(read, mosaics):
-        with Image.open(question.path) as png:
+        with Image.open(question.image) as png:
             assert np.array_equal(np.asarray(png), image)
 
 

@@ -71,7 +71,7 @@ def test_train_export_and_evaluate_the_small_llava(tmp_path, shared_archive, cac
     assert len(answers) == 12 and all(a["visual_tokens"] == 64 for a in answers)  # 25 % of 256
     (row,) = read_results(run / "results.csv")
     assert row["site"] == "boundary" and row["vqa_acc"] != "" and int(row["n_images"]) == 12
-    kinds = json.loads((run / "vqa_metrics.json").read_text())
+    kinds = json.loads((run / "metrics.json").read_text())
     assert {"vqa_acc_position", "vqa_acc_presence", "vqa_acc_count"} <= set(kinds)
 
 

@@ -25,7 +25,7 @@ def evaluate(tmp_path, archive, cache_dir, model: str, *overrides: str) -> dict:
     assert result.returncode == 0, result.stderr[-3000:]
     answers = [json.loads(line) for line in (run / "answers.jsonl").read_text().splitlines()]
     (row,) = read_results(run / "results.csv")
-    return {"metrics": json.loads((run / "vqa_metrics.json").read_text()), "answers": answers, "row": row}
+    return {"metrics": json.loads((run / "metrics.json").read_text()), "answers": answers, "row": row}
 
 
 @pytest.mark.parametrize("model", SHIPPED)

@@ -8,13 +8,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import run_script
 from PIL import Image
 
 from vlm_requests import LAYOUTS, SUFFIX, capture_prefill, requests, run_capturing, stock_generate, strategy
 
 from vlm_eff.generation import Runner
 from vlm_eff.results import read_results
+from vlm_eff.tiny_vlm import save_with_clip_processor
 from vlm_eff.vlms import layout_of
 
 KEEP_ONE = [(name, s) for name in LAYOUTS for s in (["none"] if name == "qwen2_vl_tiny" else
@@ -166,39 +167,17 @@ def test_profile_cli_times_a_reduced_request(tmp_path):
     assert int(row["tokens"]) == 1 + 32  # what the tower's last run layer sees: CLS + kept patches
 
 
-CHAT_TEMPLATE = ("{% for message in messages %}{% if message['role'] == 'user' %}USER: {% for c in message['content'] %}"
-                 "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %} ASSISTANT:"
-                 "{% endif %}{% endfor %}")
-
-
-def save_tiny_llava(directory, model) -> None:
-    """A save_pretrained dir of the tiny LLaVA with its processor: the CLIP BPE tokenizer plus <image> (49408)
-    and <pad> (49409), CLIP's image processor at 32 px, LLaVA-1.5's chat template."""
-    from transformers import CLIPImageProcessorPil, CLIPTokenizerFast, LlavaProcessor
-
-    tokenizer = CLIPTokenizerFast.from_pretrained(ROOT / "assets" / "clip-tokenizer")
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    tokenizer.add_special_tokens({"pad_token": "<pad>"})
-    tokenizer.padding_side = "left"
-    assert tokenizer.convert_tokens_to_ids(["<image>", "<pad>"]) == [49408, 49409]
-    images = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor = LlavaProcessor(images, tokenizer, patch_size=4, vision_feature_select_strategy="default",
-                               chat_template=CHAT_TEMPLATE, num_additional_image_tokens=1)
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-
-
 def test_evaluate_vqa_writes_llava_answers_equal_to_stock_generate(tmp_path, tiny_vlms, cifar_test):
     """evaluate.py protocol=vqa on a saved tiny LLaVA and real CIFAR test images: answers.jsonl in LLaVA's format,
     one answer per question equal to Hugging Face's generate on the processor's batch; vqa_acc recomputed here."""
     from transformers import AutoProcessor
 
-    from vlm_eff.data.vqa import exact_match
+    from vlm_eff.benchmarks.generic import exact_match
 
     model = tiny_vlms["llava_tiny"]
     model.generation_config.eos_token_id = 49407  # saved with the CLIP tokenizer's end of text
     try:
-        save_tiny_llava(tmp_path / "model", model)
+        save_with_clip_processor(model, tmp_path / "model")
     finally:
         model.generation_config.eos_token_id = None
     (tmp_path / "images").mkdir()

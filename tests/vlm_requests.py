@@ -20,11 +20,11 @@ def requests(model, prefixes: tuple[int, ...], seed: int = 0):
     config, layout = model.config, layout_of(model)
     B = len(prefixes)
     if layout.name == "llava_onevision":
-        sizes = torch.tensor([[32, 32], [64, 32], [32, 64]][:B])
+        sizes = torch.tensor(([[32, 32], [64, 32], [32, 64]] * B)[:B])
         crops = [layout.n_crops(config, size) for size in sizes.tolist()]
         images = {"pixel_values": torch.randn(B, max(crops), 3, 32, 32, generator=generator), "image_sizes": sizes}
     elif layout.name == "qwen2_vl":
-        grids = torch.tensor([[1, 8, 8], [1, 8, 12], [1, 4, 8]][:B])
+        grids = torch.tensor(([[1, 8, 8], [1, 8, 12], [1, 4, 8]] * B)[:B])
         width = 3 * 2 * 4 * 4
         images = {"pixel_values": torch.randn(int(grids.prod(-1).sum()), width, generator=generator),
                   "image_grid_thw": grids}

@@ -13,6 +13,8 @@ import time
 
 from pytorch_lightning import Callback
 
+REDRAW_S = 0.2  # on a terminal, the line is redrawn at most this often
+
 
 def duration(seconds: float) -> str:
     """'45s', '3m05s', '2h07m'."""
@@ -25,10 +27,12 @@ def duration(seconds: float) -> str:
 
 
 class Progress:
-    """Progress of `total` batches (None: unknown) of `unit` items (requests, images, steps) for `what`."""
+    """Progress of `total` steps (None: unknown; `step` names them: batches, questions) of `unit` items
+    (requests, images) for `what`."""
 
-    def __init__(self, what: str, total: int | None, unit: str, every_s: float = 30.0, stream=None):
-        self.what, self.total, self.unit, self.every_s = what, total, unit, every_s
+    def __init__(self, what: str, total: int | None, unit: str, every_s: float = 30.0, stream=None,
+                 step: str = "batches"):
+        self.what, self.total, self.unit, self.every_s, self.step = what, total, unit, every_s, step
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.batches = self.items = 0
@@ -39,11 +43,11 @@ class Progress:
         self.batches += 1
         self.items += items
         now = time.perf_counter()
-        if self.batches == 1 and self.total and self.total > 1:
-            first = now - self.start
-            self._print(f"[{self.what}] first batch took {duration(first)}; the other {self.total - 1} batches: about "
-                        f"{duration(first * (self.total - 1))} at that pace", final=True)
-        elif self.tty or now - self.last >= self.every_s:
+        if self.batches == 1 and self.total and self.total > 1 and self.step == "batches":
+            first, rest = now - self.start, self.total - 1
+            self._print(f"[{self.what}] first batch took {duration(first)}; the other {rest} batch"
+                        f"{'es' if rest > 1 else ''}: about {duration(first * rest)} at that pace", final=True)
+        elif now - self.last >= (REDRAW_S if self.tty else self.every_s):
             self._print(self.line(now))
         else:
             return
@@ -52,7 +56,7 @@ class Progress:
     def line(self, now: float) -> str:
         elapsed = max(now - self.start, 1e-9)
         rate = self.items / elapsed
-        text = f"[{self.what}] {self.batches}" + (f"/{self.total}" if self.total else "") + " batches"
+        text = f"[{self.what}] {self.batches}" + (f"/{self.total}" if self.total else "") + f" {self.step}"
         if self.total:
             left = elapsed / self.batches * (self.total - self.batches)
             text += f" ({100 * self.batches / self.total:.1f}%)"
@@ -63,7 +67,7 @@ class Progress:
         """The closing line: what was done, in how long."""
         if self.batches:
             now = time.perf_counter()
-            self._print(f"[{self.what}] done: {self.items} {self.unit} in {self.batches} batches, "
+            self._print(f"[{self.what}] done: {self.items} {self.unit} in {self.batches} {self.step}, "
                         f"{duration(now - self.start)} ({self.items / max(now - self.start, 1e-9):.2f} {self.unit}/s)",
                         final=True)
 

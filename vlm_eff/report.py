@@ -5,8 +5,11 @@ Gathers every job's `results.csv` under the sweep dir into `report.csv` and a Ma
 draws the figures (`latency_vs_keep.png`, `memory_vs_keep.png`; `accuracy_vs_flops.png` and
 `accuracy_vs_throughput.png` with their Pareto fronts when the jobs measured zero-shot accuracy,
 `recall_vs_flops.png` when they measured retrieval recall; for generative VLM requests
-`ttft_vs_visual_tokens.png`, and `accuracy_vs_ttft.png` / `accuracy_vs_flops.png` when they measured
-vqa exact match), and logs all of it to one summary W&B run in the sweep's group.
+`ttft_vs_visual_tokens.png`, `accuracy_vs_ttft.png` / `accuracy_vs_flops.png` when they measured
+vqa exact match, and for benchmark runs the papers' table: per benchmark each configuration's score and its %
+of the unreduced score, the mean retention, and `score_vs_flops.png`), and logs all of it to one summary W&B
+run in the sweep's group. Figures draw each strategy as a line through its budgets and the unreduced model as
+a dashed line, the model named in the title.
 Failed, unfinished or missing jobs are named with their reason and left out. `--token-maps N` adds each
 job's token maps of N images (vlm_eff/jobs/visualize.py: `--images`, else the first test image of N
 classes of the CIFAR-10 data the sweep ran on) under `token_maps/<job>/`, linked from report.md and logged.
@@ -74,6 +77,8 @@ def baseline(rows: list[dict]) -> dict | None:
 def markdown(rows: list[dict]) -> str:
     """The sweep's table; a sweep over several models gets a model column, each row compared with its
     own model's stock row."""
+    if any(r.get("benchmark") for r in rows):
+        return benchmark_markdown(rows) + "\n" + request_markdown(rows)
     if any(r.get("ttft_ms") for r in rows):
         return request_markdown(rows)
     models = sorted({r["model"] for r in rows})
@@ -158,6 +163,89 @@ def request_markdown(rows: list[dict]) -> str:
                      f"batches), GFLOPs per request; speed-up and FLOP ratio against "
                      f"{base['strategy'] if base else 'n/a'} keep 1.0 in this sweep; git {first['git_sha']}")
     return "\n".join(lines) + "\n"
+
+
+def budget(row: dict) -> str:
+    """A reduction's budget as the sweep set it: the visual tokens asked for (`tokens=` in its score label), else keep."""
+    tokens = re.search(r"tokens=(\d+)", row["score"])
+    return tokens.group(1) if tokens else ("" if row["strategy"] == "none" else row["keep"])
+
+
+def configurations(rows: list[dict]) -> dict[tuple, dict[str, dict]]:
+    """Benchmark rows per configuration (model, variant, budget, layer), each {benchmark: row}, in report order."""
+    configs: dict[tuple, dict[str, dict]] = {}
+    for row in sorted(rows, key=_sort_key):
+        key = (row["model"], variant(row), "" if row["strategy"] == "none" else budget(row), row["layer"])
+        configs.setdefault(key, {}).setdefault(row["benchmark"], row)
+    return configs
+
+
+def unreduced_scores(rows: list[dict]) -> dict[tuple[str, str], float]:
+    """(model, benchmark) -> the score of the stock model (strategy none) in the sweep."""
+    return {(r["model"], r["benchmark"]): float(r["benchmark_score"]) for r in rows
+            if r["strategy"] == "none" and r.get("benchmark_score")}
+
+
+def benchmark_markdown(rows: list[dict]) -> str:
+    """The papers' table: per benchmark, each configuration's score and its % of the same model's unreduced score
+    on that benchmark (found in the sweep), the mean retention over the benchmarks, and beside them the
+    configuration's visual tokens, TTFT and GFLOPs (vision + prefill) per request, means over its benchmarks."""
+    rows = [r for r in rows if r.get("benchmark")]
+    benchmarks = list(dict.fromkeys(r["benchmark"] for r in rows))
+    models = sorted({r["model"] for r in rows})
+    base = unreduced_scores(rows)
+    header = ["model"] * (len(models) > 1) + ["strategy", "budget", "site", *benchmarks, "mean retention %",
+                                              "visual tokens", "TTFT ms", "GFLOPs vision + prefill"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    mean = lambda values: statistics.fmean(values) if values else None  # noqa: E731
+    for (model, name, budget_, _), by_bench in configurations(rows).items():
+        cells, retained = [], []
+        for bench in benchmarks:
+            row = by_bench.get(bench)
+            if row is None or not row.get("benchmark_score"):
+                cells.append("" if row is None else "submission")
+                continue
+            score, reference = float(row["benchmark_score"]), base.get((model, bench))
+            if reference:
+                retained.append(100 * score / reference)
+            cells.append(f"{score:.2f}" + (f" ({100 * score / reference:.1f}%)" if reference else ""))
+        timed = list(by_bench.values())
+        numbers = [mean([float(r[c]) for r in timed if r.get(c)]) for c in ("visual_tokens", "ttft_ms", "gflops_per_img")]
+        lines.append("| " + " | ".join([model] * (len(models) > 1) + [
+            name, budget_, timed[0]["site"], *cells, f"{mean(retained):.1f}" if retained else "",
+            *("" if n is None else f"{n:.{d}f}" for n, d in zip(numbers, (1, 1, 3)))]) + " |")
+    lines += ["", "Each score as its benchmark's official metric reports it; in brackets its % of the same model's "
+              "unreduced score in this sweep; mean retention over the benchmarks scored; visual tokens, TTFT (ms per "
+              "batch) and GFLOPs per request: means over the configuration's benchmarks."]
+    return "\n".join(lines) + "\n"
+
+
+def benchmark_figure(rows: list[dict], path: Path) -> Path:
+    """Per benchmark (a panel) and model: each strategy's score as a line through its budgets against the request's
+    GFLOPs (vision + prefill), the unreduced score a dashed line."""
+    rows = [r for r in rows if r.get("benchmark") and r.get("benchmark_score")]
+    panels = list(dict.fromkeys((r["model"], r["benchmark"]) for r in rows))
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.6, 4.4), dpi=150, squeeze=False)
+    for ax, (model, bench) in zip(axes[0], panels):
+        mine = [r for r in rows if (r["model"], r["benchmark"]) == (model, bench)]
+        lines_through(ax, mine, "gflops_per_img", lambda r: float(r["benchmark_score"]))
+        ax.set(xlabel="GFLOPs per request (vision + prefill)", ylabel=f"{bench} score", title=f"{model}: {bench}")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def lines_through(ax, rows: list[dict], column: str, value) -> None:
+    """Each strategy (`by_strategy` series) as a line through its points sorted by `column`, the stock model's
+    value as a dashed horizontal line."""
+    for name, group in by_strategy([r for r in rows if r.get(column)]).items():
+        if stock(name):
+            ax.axhline(statistics.median(value(r) for r in group), color="black", linestyle="--", linewidth=1,
+                       label=f"{name} (unreduced)")
+            continue
+        group = sorted(group, key=lambda r: float(r[column]))
+        ax.plot([float(r[column]) for r in group], [value(r) for r in group], marker="o", label=name)
 
 
 def request_figure(rows: list[dict], path: Path) -> Path:
@@ -251,18 +339,18 @@ RECALL = (("i2t_r1", "image-to-text R@1 (%)"), ("t2i_r1", "text-to-image R@1 (%)
 
 def pareto_figure(rows: list[dict], column: str, xlabel: str, path: Path, lower_is_better: bool,
                   metrics=ACCURACY) -> Path:
-    """Each metric (a panel: top-1, or the two R@1) against `column` (FLOPs or throughput), every
-    strategy and keep, with the Pareto front: the rows no cheaper (or faster) row beats on it."""
+    """Each metric (a panel: top-1, or the two R@1) against `column` (FLOPs or throughput): each strategy a
+    line through its budgets, the stock model a dashed line, and the Pareto front (the rows no cheaper, or
+    faster, row beats); the title names the model(s)."""
     fig, axes = pyplot().subplots(1, len(metrics), figsize=(4.2 + 4.2 * len(metrics), 4.8), dpi=150, squeeze=False)
+    models = ", ".join(sorted({r["model"] for r in rows}))
     for ax, (metric, ylabel) in zip(axes[0], metrics):
         measured = [r for r in rows if r.get(metric) and r[column]]
-        for name, group in by_strategy(measured).items():
-            ax.scatter([float(r[column]) for r in group], [100 * float(r[metric]) for r in group], label=name, s=24,
-                       marker="*" if stock(name) else "o")
+        lines_through(ax, measured, column, lambda r: 100 * float(r[metric]))  # noqa: B023
         front = pareto_front(measured, column, lower_is_better, metric)
         ax.plot([float(r[column]) for r in front], [100 * float(r[metric]) for r in front],
                 color="gray", linestyle=":", label="Pareto front")
-        ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{ylabel.split(' (')[0]} vs {xlabel.split(' (')[0]}")
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{models}: {ylabel.split(' (')[0]} vs {xlabel.split(' (')[0]}")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: the points stay visible
     fig.tight_layout()
@@ -290,6 +378,8 @@ def save_figure(fig, path: Path) -> Path:
 def figures(rows: list[dict], out_dir: Path) -> list[Path]:
     if any(r.get("ttft_ms") for r in rows):  # generative VLM requests
         paths = [request_figure(rows, out_dir / "ttft_vs_visual_tokens.png")]
+        if any(r.get("benchmark_score") for r in rows):
+            paths.append(benchmark_figure(rows, out_dir / "score_vs_flops.png"))
         if any(r.get("vqa_acc") for r in rows):
             paths.append(pareto_figure(rows, "ttft_ms", "time to first token (ms per batch)",
                                        out_dir / "accuracy_vs_ttft.png", lower_is_better=True, metrics=VQA))
@@ -319,7 +409,7 @@ def sweep_logger(sweep_dir: Path) -> dict | None:
 
     for config in sorted(sweep_dir.glob("*/.hydra/config.yaml")):
         cfg = OmegaConf.load(config)
-        if not cfg.get("logger"):
+        if not cfg.get("logger") or "_target_" not in cfg.logger:
             return None
         return {"project": cfg.logger.get("project"), "entity": cfg.logger.get("entity"),
                 "group": sweep_group(cfg.task, sweep_dir)}

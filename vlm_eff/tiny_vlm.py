@@ -27,11 +27,12 @@ from vlm_eff.errors import ConfigError
 
 SPECIAL = ("<pad>", "<unk>", "<s>", "</s>", "<image>")  # ids 0..4
 CHAT_WORDS = ("user", "assistant", ":")
-CHAT_TEMPLATE = ("<s>{% for message in messages %}{% if message['role'] == 'user' %}USER: "
-                 "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
-                 "{% else %}{{ item['text'] }}{% endif %}{% endfor %} ASSISTANT:{% elif message['role'] == "
-                 "'assistant' %} {% for item in message['content'] %}{{ item['text'] }}{% endfor %}</s>"
-                 "{% endif %}{% endfor %}")
+TURNS = ("{% for message in messages %}{% if message['role'] == 'user' %}USER: "
+         "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
+         "{% else %}{{ item['text'] }}{% endif %}{% endfor %} ASSISTANT:{% elif message['role'] == "
+         "'assistant' %} {% for item in message['content'] %}{{ item['text'] }}{% endfor %}</s>"
+         "{% endif %}{% endfor %}")  # LLaVA-1.5's turns
+CHAT_TEMPLATE = "<s>" + TURNS
 
 
 def vocabulary() -> list[str]:
@@ -75,6 +76,27 @@ def processor(tokenizer, dual_encoder_dir: Path, image_size: int, patch_size: in
         extra = 1  # CLIP's CLS, which `default` drops
     return LlavaProcessor(images, tokenizer, patch_size=patch_size, vision_feature_select_strategy=select,
                           chat_template=CHAT_TEMPLATE, num_additional_image_tokens=extra)
+
+
+def save_with_clip_processor(model: nn.Module, directory: Path) -> None:
+    """A random-init LLaVA-layout model whose ids follow the CLIP BPE tokenizer (model=llava_tiny: <image> 49408,
+    <pad> 49409 added) saved with a processor: that tokenizer (assets/clip-tokenizer), CLIP's image processor at
+    the tower's size, LLaVA-1.5's turns as chat template; `model.path=<directory>` then runs protocol=vqa."""
+    from transformers import CLIPTokenizerFast
+
+    tokenizer = CLIPTokenizerFast.from_pretrained(Path(__file__).resolve().parents[1] / "assets" / "clip-tokenizer")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    tokenizer.padding_side = "left"
+    tokenizer.model_max_length = model.config.text_config.max_position_embeddings  # CLIP's 77 is the text tower's
+    if tokenizer.convert_tokens_to_ids(["<image>", "<pad>"]) != [model.config.image_token_id, model.config.pad_token_id]:
+        raise ConfigError("the model's <image> and <pad> ids are not the CLIP tokenizer's added 49408 and 49409")
+    vision = model.config.vision_config
+    size = {"height": vision.image_size, "width": vision.image_size}
+    images = CLIPImageProcessorPil(size={"shortest_edge": vision.image_size}, crop_size=size)
+    LlavaProcessor(images, tokenizer, patch_size=vision.patch_size, chat_template=TURNS, num_additional_image_tokens=1,
+                   vision_feature_select_strategy=model.config.vision_feature_select_strategy).save_pretrained(directory)
+    model.save_pretrained(directory)
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ def sweep_group(task: str, sweep_dir: Path) -> str:
 def make_logger(cfg: DictConfig, run_dir: Path) -> WandbLogger | None:
     """The configured logger with the full resolved config, or None for logger=none.
     Jobs of one `-m` sweep share a W&B group named after the sweep dir."""
-    if not cfg.get("logger"):
+    if not cfg.get("logger") or "_target_" not in cfg.logger:  # logger=none (a job may still set its run name)
         return None
     offline_by_default()
     group = None

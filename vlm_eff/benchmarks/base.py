@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import operator
 import os
 from array import array
 from collections import Counter, defaultdict
@@ -26,6 +27,7 @@ from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 
 from vlm_eff.errors import ConfigError
+from vlm_eff.progress import Progress
 from vlm_eff.results import write_atomic
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's short-answer suffix
@@ -135,7 +137,7 @@ class Benchmark:
         """The answer file's line in LLaVA's format (its script for this benchmark), plus visual_tokens."""
         return {"question_id": question.question_id, "prompt": question.prompt, "text": text,
                 **question.record, "answer_id": answer_id(question.question_id, text), "model_id": model_id,
-                "metadata": {}, "visual_tokens": int(visual_tokens)}
+                "metadata": {}, "visual_tokens": operator.index(visual_tokens)}  # a count (numpy / torch ints too)
 
     def score(self, pairs: list[tuple[Question, dict]]) -> dict:
         """The official metrics of the answered questions (each with its answer record): `score` (the number
@@ -162,7 +164,7 @@ class QuestionIndex:
                 continue
             if isinstance(question.image, Path) and not question.image.is_file():
                 raise ConfigError(f"{self.file} line {number}: question_id={question.question_id!r} names image "
-                                  f"{question.image}, which is not a file")
+                                  f"{question.image}, which is not a file under data.root={benchmark.root}")
             self.offsets.append(offset)
             self.ids[str(question.question_id)] += 1
         if not self.offsets:
@@ -279,7 +281,8 @@ def read_answer_records(path: Path) -> list[dict]:
     return records
 
 
-def match(questions: QuestionIndex, records: list[dict], where: str) -> tuple[list[tuple[Question, dict]], int]:
+def match(questions: QuestionIndex, records: list[dict], where: str,
+          progress: Progress | None = None) -> tuple[list[tuple[Question, dict]], int]:
     """Each answer record paired with its question -> (pairs in question order, questions left unanswered).
     Records match questions by question_id, the k-th record of an id the k-th question of it (ids repeat in
     MME and TextVQA; LLaVA's answer files keep the question order). An id the benchmark does not ask, or more
@@ -297,6 +300,8 @@ def match(questions: QuestionIndex, records: list[dict], where: str) -> tuple[li
     taken: Counter = Counter()
     pairs, missing = [], 0
     for question in questions:
+        if progress is not None:
+            progress.update(1)
         key = str(question.question_id)
         answers = by_id.get(key, [])
         if taken[key] < len(answers):

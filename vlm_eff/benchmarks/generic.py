@@ -10,6 +10,7 @@ generated text, any acceptable answer counting (`vqa_acc`, a fraction, per kind 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -48,8 +49,8 @@ class VQA(Benchmark):
         if kind is not None and not (isinstance(kind, str) and KIND.fullmatch(kind)):
             raise ConfigError(f"{where} (question_id={qid!r}): kind={kind!r} must be a name of letters, digits, "
                               "'_' or '-' (or null)")
-        return Question(index, qid, item["text"], self.root / item["image"], item["text"], reference(item, where, qid),
-                        kind)
+        image = Path(os.path.abspath(self.root / item["image"]))
+        return Question(index, qid, item["text"], image, item["text"], reference(item, where, qid), kind)
 
     def score(self, pairs):
         """Exact match over the answered questions that carry a reference (None when none does)."""

@@ -3,8 +3,8 @@
 - `evalai`: the EvalAI answer processor (LLaVA's m4c_evaluator.py carries it; LLaVA's VQAv2 and VizWiz
   submission converters apply it to every prediction; TextVQA's evaluator to predictions and references).
 - `punctuation` / `digits_articles`: the official VQA evaluation's own two steps (vqaEval.py, and the VizWiz
-  evaluation written from it), which it applies to the prediction, and to the references only where they
-  disagree (VQAv2) or never (VizWiz).
+  evaluation written from it): VQAv2's applies both to the prediction and the references only where the
+  references disagree; VizWiz's to the prediction always, to the references never.
 - `soft_accuracy`: min(#matching references / 3, 1), averaged over the ten leave-one-out subsets.
 """
 

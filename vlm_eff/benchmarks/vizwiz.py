@@ -74,7 +74,8 @@ class VizWiz(Benchmark):
         if self.scored_here():
             return None
         answers = {question.index: evalai(record["text"]) for question, record in pairs}
+        images = self.path("images")  # each entry names the question's image, as LLaVA's converter writes it
         path = out_dir / f"vizwiz_{self.split}_submission.json"
-        write_atomic(path, json.dumps([{"image": question.question_id, "answer": answers.get(question.index, "")}
-                                       for question in self.questions]))
+        write_atomic(path, json.dumps([{"image": question.image.relative_to(images).as_posix(),
+                                        "answer": answers.get(question.index, "")} for question in self.questions]))
         return path

@@ -8,9 +8,10 @@ of `llava_vqav2_mscoco_test2015.jsonl` (where present; else the test-dev ones) w
 for those not asked. `data.split=val2014` scores here: the official `v2_OpenEnded_mscoco_val2014_questions.json`
 (asked with LLaVA's short-answer suffix), `v2_mscoco_val2014_annotations.json` and the images under `val2014/`.
 
-The official evaluation: the answer's punctuation and digits / articles processed (`vqa_eval_prediction`);
-the ten human answers' punctuation processed only where they disagree; soft accuracy; score = its overall
-accuracy x 100, rounded to 2 decimals as the official code does (per answer type too).
+The official evaluation (GT-Vision-Lab/VQA vqaEval.py as fixed in 2021, a013f00): the answer and the ten human
+answers with newlines and tabs as spaces, stripped; where the human answers disagree, all of them and the answer
+punctuation and digits / articles processed, else none; soft accuracy; score = its overall accuracy x 100,
+rounded to 2 decimals as the official code does (per answer type too).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from vlm_eff.benchmarks.base import (SHORT_ANSWER, Benchmark, Question, converted, json_line, question_id, read_json,
                                      require)
-from vlm_eff.benchmarks.processing import evalai, punctuation, soft_accuracy, vqa_eval_prediction
+from vlm_eff.benchmarks.processing import digits_articles, evalai, punctuation, soft_accuracy, vqa_eval_prediction
 from vlm_eff.errors import ConfigError
 from vlm_eff.results import write_atomic
 
@@ -34,10 +35,14 @@ def val_questions(source: Path):
 
 
 def official_accuracy(prediction: str, answers: list[str]) -> float:
-    """The official VQA evaluation of one (EvalAI-processed) answer against the ten human answers."""
+    """The official VQA evaluation of one (EvalAI-processed) answer against the ten human answers: both processed
+    only where the human answers disagree."""
+    answers = [answer.replace("\n", " ").replace("\t", " ").strip() for answer in answers]
+    prediction = prediction.replace("\n", " ").replace("\t", " ").strip()
     if len(set(answers)) > 1:
-        answers = [punctuation(answer) for answer in answers]
-    return soft_accuracy(vqa_eval_prediction(prediction), answers)
+        answers = [digits_articles(punctuation(answer)) for answer in answers]
+        prediction = vqa_eval_prediction(prediction)
+    return soft_accuracy(prediction, answers)
 
 
 class VQAv2(Benchmark):

@@ -13,6 +13,7 @@ from vlm_eff.benchmarks.base import match, read_answer_records
 from vlm_eff.errors import ConfigError
 from vlm_eff.jobs.common import run_dir, save_row
 from vlm_eff.jobs.requests import score_line
+from vlm_eff.progress import Progress
 from vlm_eff.results import base_row, write_atomic
 from vlm_eff.wandb_logging import finish, make_logger
 
@@ -23,7 +24,9 @@ def score(cfg: DictConfig) -> dict:
         raise ConfigError("answers= is missing: give the answers JSONL to score (LLaVA's answer format)")
     records = read_answer_records(Path(cfg.answers))
     bench = benchmark(cfg.data)
-    pairs, missing = match(bench.questions, records, f"answers={cfg.answers}")
+    progress = Progress("score", len(bench.questions), "questions", cfg.progress_every_s, step="questions")
+    pairs, missing = match(bench.questions, records, f"answers={cfg.answers}", progress)
+    progress.close()
     if missing and cfg.strict:
         raise ConfigError(f"answers={cfg.answers} answers {len(pairs)} of the {len(bench.questions)} questions of "
                           f"data={bench.name} ({missing} missing); strict=false scores what is there")

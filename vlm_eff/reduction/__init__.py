@@ -84,6 +84,8 @@ def _pitome(cfg: DictConfig, n_layers: int, has_cls: bool, n_patches: int, width
 def _stock(cfg: DictConfig, **_) -> NoReduction:
     if check_keep(cfg.keep) != 1.0:
         log.warning("pruning=none runs the stock model: pruning.keep=%s ignored", cfg.keep)
+    if cfg.get("tokens") is not None:
+        log.warning("pruning=none runs the stock model: pruning.tokens=%s ignored", cfg.tokens)
     return NoReduction()
 
 
