@@ -385,7 +385,7 @@ SEED_TYPES = {"Scene Understanding": 1, "Instance Identity": 2, "Instance Attrib
               "Procedure Understanding": 12}
 SEED_QUESTIONS = [  # (question_id, data_type, question_type_id, answer)
     ("101669", "image", 5, "A"), ("101670", "image", 1, "B"), ("101671", "image", 1, "C"),
-    ("101672", "image", 9, "D"), ("v1150", "video", 10, "A")]
+    ("101672", "image", 9, "D"), ("102000", "video", 10, "A")]
 
 
 def make_seed_bench(directory: Path, images: list[np.ndarray]) -> list[str]:
@@ -394,7 +394,7 @@ def make_seed_bench(directory: Path, images: list[np.ndarray]) -> list[str]:
     converter writes them; image relative to the folder), SEED-Bench-image/*.jpg and, for the video question, its
     middle frame SEED-Bench-video-image/*.png. Questions (id: type, answer): 101669: Instances Counting, A;
     101670: Scene Understanding, B; 101671: Scene Understanding, C; 101672: Text Understanding, D;
-    v1150: a video question (Action Recognition, A), not asked."""
+    102000: a video question (Action Recognition, A), not asked."""
     root = directory / "seed_bench"
     llava, questions = [], []
     for number, (qid, data_type, type_id, answer) in enumerate(SEED_QUESTIONS):

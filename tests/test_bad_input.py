@@ -88,7 +88,7 @@ CASES = {  # id: (command, the text the error line must hold)
     "vqa on a dual encoder": (EVALUATE[:2] + ("protocol=vqa", "data=vqa", "data.root={images}",
                                               "data.questions={questions}"), "protocol=vqa needs a generative VLM"),
     "question naming a missing image": (VQA + ("data.questions={questions}",),
-                                        "line 2: question_id=2 names image 'test/cat/9.png', but"),
+                                        "line 2: question_id=2 names image {images}/test/cat/9.png, which is not a file"),
     "malformed question line": (VQA + ("data.questions={bad_questions}",), "line 2 is not valid JSON"),
     "zero new tokens": (VQA + ("data.questions={questions}", "protocol.max_new_tokens=0"),
                         "protocol.max_new_tokens=0 must be an integer >= 1"),

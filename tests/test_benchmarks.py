@@ -405,6 +405,19 @@ def test_match_rejects_an_unknown_id_and_an_id_answered_too_often(tmp_path, imag
     assert "'artwork/10002.jpg' is answered 3 times" in again and "2 time(s)" in again
 
 
+@pytest.mark.parametrize("name, skipped", [("scienceqa", "17"), ("seed_bench", "102000")])
+def test_answers_to_questions_the_score_leaves_out_are_skipped_as_the_official_scripts_do(tmp_path, images, name,
+                                                                                            skipped):
+    """LLaVA's own answer files answer ScienceQA's text-only and SEED-Bench's video questions too; the IMG / image
+    score leaves them out."""
+    bench = build(name, tmp_path, images)
+    answers = records(bench, ["A"] * len(bench.questions))
+    extra = {**answers[0], "question_id": int(skipped) if name == "seed_bench" else skipped}
+    pairs, missing = match(bench.questions, [*answers, extra], "answers")
+    assert len(pairs) == len(bench.questions) and missing == 0
+    assert bench.score(pairs) == bench.score(match(bench.questions, answers, "answers")[0])
+
+
 def test_unknown_benchmark_lists_the_known_ones(tmp_path):
     message = one_line_error(lambda: benchmark(OmegaConf.create({"name": "mmmu", "root": str(tmp_path)})))
     assert "data=mmmu" in message

@@ -13,7 +13,7 @@ NOT_MEASURED_BY_PROFILE = {"top1", "top5", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r
                            "objective", "reduce_share_pct",  # trace=true only
                            "site", "visual_tokens", "vision_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token",
                            "kv_cache_mib", "gflops_vision", "gflops_prefill", "gflops_per_decode_token",
-                           "vqa_acc"}  # generative VLMs only (tests/test_vlm.py)
+                           "vqa_acc", "benchmark", "benchmark_score"}  # generative VLMs only (tests/test_vlm.py)
 GPU_ONLY = {"peak_reserved_mib", "gpu_util_pct", "gpu_mem_used_mib", "gpu_power_w", "gpu_sm_clock_mhz", "gpu_temp_c"}
 
 

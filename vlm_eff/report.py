@@ -130,19 +130,23 @@ def markdown(rows: list[dict]) -> str:
 
 def request_markdown(rows: list[dict]) -> str:
     """The table of a sweep over generative VLM requests: where the time of a request goes, per strategy,
-    and the TTFT speed-up against the FLOP ratio (vision + prefill) of the same model's stock row."""
+    and the TTFT speed-up against the FLOP ratio (vision + prefill) of the same model's stock row (on the same
+    benchmark: prompts differ between benchmarks)."""
     models = sorted({r["model"] for r in rows})
-    bases = {model: baseline([r for r in rows if r["model"] == model]) for model in models}
+    same = lambda r: (r["model"], r.get("benchmark", ""))  # noqa: E731
+    bases = {key: baseline([r for r in rows if same(r) == key]) for key in {same(r) for r in rows}}
     header = ["model"] * (len(models) > 1) + [
         "strategy", "site", "keep", "layer", "score", "visual tokens", "GFLOPs vision + prefill", "TTFT ms",
         "vision ms", "prefill ms", "decode ms/token", "KV cache MiB", "TTFT speed-up", "FLOP ratio"]
     vqa = any(r.get("vqa_acc") for r in rows)
+    benchmarks = any(r.get("benchmark") for r in rows)
     kinds = sorted({k for r in rows for k in r if k.startswith("vqa_acc_")})
     header += ["exact match %"] * vqa + [f"{k.removeprefix('vqa_acc_')} %" for k in kinds]
+    header += ["benchmark", "benchmark score"] * benchmarks
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     number = lambda value, digits: f"{float(value):.{digits}f}" if value not in ("", None) else ""  # noqa: E731
     for r in sorted(rows, key=lambda r: (models.index(r["model"]), _sort_key(r))):
-        base, speedup, flop_ratio = bases[r["model"]], "", ""
+        base, speedup, flop_ratio = bases[same(r)], "", ""
         if base is not None:
             if r["ttft_ms"] and base["ttft_ms"]:
                 speedup = f"{float(base['ttft_ms']) / float(r['ttft_ms']):.2f}x"
@@ -153,15 +157,16 @@ def request_markdown(rows: list[dict]) -> str:
             number(r["vision_ms"], 1), number(r["prefill_ms"], 1), number(r["decode_ms_per_token"], 2),
             number(r["kv_cache_mib"], 2), speedup, flop_ratio] + [number(100 * float(r["vqa_acc"] or 0), 2)
                                                                   if r.get("vqa_acc") else ""] * vqa + [
-            number(100 * float(r[k]), 1) if r.get(k) is not None else "" for k in kinds]
+            number(100 * float(r[k]), 1) if r.get(k) is not None else "" for k in kinds] + [
+            r.get("benchmark", ""), number(r.get("benchmark_score"), 2)] * benchmarks
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines.append("")
-    for model, base in bases.items():
+    for model in models:
         first = next(r for r in rows if r["model"] == model)
         lines.append(f"{model} ({first['weights']} weights), {first['device']}, {first['dtype']}, {first['threads']} "
                      f"threads, batch {first['batch_size']}; times per batch of requests (means over the timed "
-                     f"batches), GFLOPs per request; speed-up and FLOP ratio against "
-                     f"{base['strategy'] if base else 'n/a'} keep 1.0 in this sweep; git {first['git_sha']}")
+                     f"batches), GFLOPs per request; speed-up and FLOP ratio against the stock model (strategy none) "
+                     f"in this sweep" + (" on the same benchmark" if benchmarks else "") + f"; git {first['git_sha']}")
     return "\n".join(lines) + "\n"
 
 
@@ -225,13 +230,18 @@ def benchmark_figure(rows: list[dict], path: Path) -> Path:
     GFLOPs (vision + prefill), the unreduced score a dashed line."""
     rows = [r for r in rows if r.get("benchmark") and r.get("benchmark_score")]
     panels = list(dict.fromkeys((r["model"], r["benchmark"]) for r in rows))
-    fig, axes = pyplot().subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.6, 4.4), dpi=150, squeeze=False)
-    for ax, (model, bench) in zip(axes[0], panels):
+    columns = min(3, len(panels))
+    rows_of_panels = -(-len(panels) // columns)
+    fig, axes = pyplot().subplots(rows_of_panels, columns, figsize=(5.2 * columns + 1.6, 4.2 * rows_of_panels),
+                                  dpi=150, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (model, bench) in zip(axes.flat, panels):
         mine = [r for r in rows if (r["model"], r["benchmark"]) == (model, bench)]
         lines_through(ax, mine, "gflops_per_img", lambda r: float(r["benchmark_score"]))
         ax.set(xlabel="GFLOPs per request (vision + prefill)", ylabel=f"{bench} score", title=f"{model}: {bench}")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    axes[0][columns - 1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return save_figure(fig, path)
 

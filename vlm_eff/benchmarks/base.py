@@ -82,8 +82,9 @@ class Benchmark:
                               f"playground/data/eval/{self.folder()})>")
         self.root = Path(os.path.abspath(Path(str(data.root)).expanduser()))
         if not self.root.is_dir():
-            raise ConfigError(f"data.root={data.root} is not a folder; set it to the {self.name} folder "
-                              f"(LLaVA's layout: playground/data/eval/{self.folder()})")
+            raise ConfigError(f"data.root={data.root} is not a folder; set it to the {self.name} folder (LLaVA's "
+                              f"layout: playground/data/eval/{self.folder()}), or paths.eval_dir=<LLaVA's "
+                              "playground/data/eval> for every benchmark")
         self.cache_dir = Path(cache_dir or data.get("cache_dir") or Path.home() / ".cache" / "vlm-eff")
         self.split = data.get("split")
         if self.SPLITS and self.split not in self.SPLITS:
@@ -125,6 +126,10 @@ class Benchmark:
         `where` names the file and line in errors."""
         raise NotImplementedError
 
+    def record_id(self, line: str):
+        """The question_id of a record `parse` leaves out (answers to it, as LLaVA's own files have, are skipped)."""
+        return json.loads(line)["question_id"]
+
     @property
     def questions(self) -> QuestionIndex:
         """The questions, indexed once (every record read and checked), each parsed again when asked for."""
@@ -158,9 +163,11 @@ class QuestionIndex:
         self.benchmark, self.file = benchmark, benchmark.question_file()
         self.offsets = array("q")
         self.ids: Counter = Counter()  # question_id (as str) -> how many questions carry it
-        for index, (offset, line, number) in enumerate(self._records()):
+        self.not_asked: set[str] = set()  # ids of records the benchmark does not ask (their answers are not scored)
+        for offset, line, number in self._records():
             question = benchmark.parse(line, len(self.offsets), f"{self.file} line {number}")
             if question is None:
+                self.not_asked.add(str(benchmark.record_id(line)))
                 continue
             if isinstance(question.image, Path) and not question.image.is_file():
                 raise ConfigError(f"{self.file} line {number}: question_id={question.question_id!r} names image "
@@ -241,7 +248,7 @@ def converted(source: Path, cache_dir: Path, name: str, lines) -> Path:
     """A JSONL of `lines(source)` (an iterable of dicts) written once into the cache, keyed by the source's
     path, size and modification time: JSON sources (lists in one document) stream like JSONL ones."""
     stat = source.stat()
-    key = hashlib.sha1(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    key = hashlib.sha1(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{lines.__name__}".encode()).hexdigest()[:12]
     path = cache_dir / "benchmarks" / f"{name}-{key}.jsonl"
     if not path.is_file():
         write_atomic(path, "".join(json.dumps(item) + "\n" for item in lines(source)))
@@ -285,11 +292,14 @@ def match(questions: QuestionIndex, records: list[dict], where: str,
           progress: Progress | None = None) -> tuple[list[tuple[Question, dict]], int]:
     """Each answer record paired with its question -> (pairs in question order, questions left unanswered).
     Records match questions by question_id, the k-th record of an id the k-th question of it (ids repeat in
-    MME and TextVQA; LLaVA's answer files keep the question order). An id the benchmark does not ask, or more
-    answers to an id than it has questions, is a one-line error."""
+    MME and TextVQA; LLaVA's answer files keep the question order). Answers to questions the benchmark's file
+    has but its score leaves out are skipped; an id the file does not have, or more answers to an id than it
+    has questions, is a one-line error."""
     by_id: dict[str, list[dict]] = defaultdict(list)
     for number, record in enumerate(records, start=1):
         key = str(record["question_id"])
+        if key in questions.not_asked and key not in questions.ids:
+            continue  # a question the score leaves out (ScienceQA's text-only, SEED-Bench's video questions)
         if key not in questions.ids:
             raise ConfigError(f"{where}: answer {number} has question_id={record['question_id']!r}, which "
                               f"data={questions.benchmark.name} does not ask")

@@ -35,11 +35,10 @@ def letter(text: str) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def image_questions(source: Path):
-    """The entries of LLaVA's ScienceQA file that have an image, as question lines."""
+def question_lines(source: Path):
+    """The entries of LLaVA's ScienceQA file as question lines (image null for text-only questions)."""
     for entry in read_json(source, "LLaVA's ScienceQA questions"):
-        if "image" in entry:
-            yield {"question_id": entry["id"], "image": entry["image"], "value": entry["conversations"][0]["value"]}
+        yield {"question_id": entry["id"], "image": entry.get("image"), "value": entry["conversations"][0]["value"]}
 
 
 class ScienceQA(Benchmark):
@@ -48,12 +47,14 @@ class ScienceQA(Benchmark):
              "problems": "ScienceQA's problems.json"}
 
     def question_file(self) -> Path:
-        return converted(self.path("questions"), self.cache_dir, self.name, image_questions)
+        return converted(self.path("questions"), self.cache_dir, self.name, question_lines)
 
-    def parse(self, line: str, index: int, where: str) -> Question:
+    def parse(self, line: str, index: int, where: str) -> Question | None:
         item = json_line(line, where)
         require(item, ("question_id", "image", "value"), where)
         qid = question_id(item["question_id"], where)
+        if item["image"] is None:
+            return None  # a text-only question: not in the IMG score
         question = item["value"].replace("<image>", "").strip() + "\n" + LETTER_ANSWER
         return Question(index, qid, question, self.path("images") / item["image"], "<image>\n" + question)
 

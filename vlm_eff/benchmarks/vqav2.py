@@ -66,7 +66,8 @@ class VQAv2(Benchmark):
     def score(self, pairs):
         if "annotations" not in self.SPLITS[self.split] and not self.data.get("annotations"):
             return {"score": None}  # test-dev: the evaluation server scores the submission file
-        annotations = {a["question_id"]: a for a in read_json(self.path("annotations"), "VQAv2 annotations")["annotations"]}
+        annotations = {a["question_id"]: a
+                       for a in read_json(self.path("annotations"), "VQAv2 annotations")["annotations"]}
         accuracies, by_type = [], defaultdict(list)
         for _, record in pairs:
             annotation = annotations.get(record["question_id"])

@@ -74,6 +74,8 @@ def evaluate(cfg: DictConfig) -> dict:
     image-text retrieval, timing the image encoder; or, for a generative VLM, vqa); write and log the row."""
     if check_protocol(cfg):
         check_counts(cfg, "data.batch_size", "warmup", "data.subset", "data.num_workers", "protocol.max_new_tokens")
+        if cfg.get("resume") is not None and not isinstance(cfg.resume, (bool, str)):
+            raise ConfigError(f"resume={cfg.resume!r} is unknown; allowed: null, true, false, or a run dir to continue")
         bench = benchmark(cfg.data)
         print(f"vlm-eff evaluate: {len(bench.questions)} questions of data={bench.name} in {bench.questions.file}",
               flush=True)  # read and checked (images too) before the model loads

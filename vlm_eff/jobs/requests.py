@@ -242,9 +242,10 @@ def evaluate_vqa(cfg: DictConfig, prepared: Prepared, bench: Benchmark) -> dict:
     module = RequestModule(runner, cfg.protocol.max_new_tokens, stop_at_eos=True,
                            pad_id=tokenizer.pad_token_id or 0, answer=answer)
     logger = make_logger(cfg, out_dir)
-    processes = cfg.trainer.devices * cfg.trainer.num_nodes
-    trainer, profiler = test_trainer(cfg, prepared.device, out_dir, logger, "requests", devices=cfg.trainer.devices,
-                                     num_nodes=cfg.trainer.num_nodes, strategy="ddp" if processes > 1 else "auto",
+    devices, nodes = cfg.trainer.devices, cfg.trainer.num_nodes
+    parallel = devices == "auto" or devices * nodes > 1
+    trainer, profiler = test_trainer(cfg, prepared.device, out_dir, logger, "requests", devices=devices,
+                                     num_nodes=nodes, strategy="ddp" if parallel else "auto",
                                      use_distributed_sampler=False, callbacks=[AnswerWriter(data, settings)])
     trainer.test(module, datamodule=data, verbose=False)
     trainer.strategy.barrier("answers written")
