@@ -17,8 +17,10 @@ REDRAW_S = 0.2  # on a terminal, the line is redrawn at most this often
 
 
 def duration(seconds: float) -> str:
-    """'45s', '3m05s', '2h07m'."""
-    seconds = max(0, round(seconds))
+    """'0.4s', '45s', '3m05s', '2h07m'."""
+    if seconds < 9.95:
+        return f"{max(0.0, seconds):.1f}s"
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:
