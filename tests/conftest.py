@@ -52,6 +52,20 @@ def tiny_vlms() -> dict:
 
 
 @pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory):
+    """llava_tiny (random weights, seeded) saved with a processor: the CLIP BPE tokenizer and LLaVA's chat turns."""
+    from vlm_eff.models import random_model
+    from vlm_eff.tiny_vlm import save_with_clip_processor
+
+    torch.manual_seed(0)
+    model = random_model(model_config("llava_tiny")).eval()
+    model.generation_config.eos_token_id = 49407
+    directory = tmp_path_factory.mktemp("llava_tiny")
+    save_with_clip_processor(model, directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
 def shared_archive() -> Path:
     """The real CIFAR-10 images; outside CI the tests that need them skip when they are absent."""
     if not SHARED_ARCHIVE.is_file():

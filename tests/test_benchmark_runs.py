@@ -7,9 +7,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from benchmark_fixtures import FIXTURES
-from conftest import model_config, run_script
+from conftest import run_script
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -17,7 +16,6 @@ from vlm_eff.cli import CONF_DIR
 from vlm_eff.jobs.score import score
 from vlm_eff.report import report
 from vlm_eff.results import read_results
-from vlm_eff.tiny_vlm import save_with_clip_processor
 
 SWEPT = ("pope", "mme", "textvqa", "gqa", "scienceqa", "mmbench", "seed_bench")
 
@@ -30,18 +28,6 @@ def eval_dir(tmp_path_factory, cifar_test):
     for make in FIXTURES.values():
         make(folder, images)
     return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_llava_dir(tmp_path_factory):
-    from vlm_eff.models import random_model
-
-    torch.manual_seed(0)
-    model = random_model(model_config("llava_tiny")).eval()
-    model.generation_config.eos_token_id = 49407
-    directory = tmp_path_factory.mktemp("llava_tiny")
-    save_with_clip_processor(model, directory)
-    return directory
 
 
 def model_args(tiny_llava_dir) -> list[str]:

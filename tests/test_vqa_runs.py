@@ -12,28 +12,14 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, model_config, run_script
+from conftest import ROOT, run_script
 from PIL import Image
 from vlm_requests import LAYOUTS, requests
 
 from vlm_eff.generation import Runner
 from vlm_eff.results import read_results
-from vlm_eff.tiny_vlm import save_with_clip_processor
 
 N_QUESTIONS = 64
-
-
-@pytest.fixture(scope="module")
-def tiny_llava_dir(tmp_path_factory):
-    """llava_tiny (random weights, seeded) saved with a processor: the CLIP BPE tokenizer and LLaVA's chat turns."""
-    from vlm_eff.models import random_model
-
-    torch.manual_seed(0)
-    model = random_model(model_config("llava_tiny")).eval()
-    model.generation_config.eos_token_id = 49407
-    directory = tmp_path_factory.mktemp("llava_tiny")
-    save_with_clip_processor(model, directory)
-    return directory
 
 
 @pytest.fixture(scope="module")

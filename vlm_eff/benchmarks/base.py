@@ -74,6 +74,7 @@ class Benchmark:
     FILES: dict[str, str] = {}
     SPLITS: dict[str, dict[str, str]] = {}
     question_key = "questions"  # the data key of the file the questions stream from
+    REQUIRED = ("question_id", "image", "text")  # the keys every question line has
 
     def __init__(self, data: DictConfig, cache_dir: Path | None = None):
         self.data = data
@@ -93,6 +94,7 @@ class Benchmark:
         for key, what in self.FILES.items():  # every file the layout needs, before anything runs
             if not self.SPLITS or self.data.get(key) or key in self.SPLITS[self.split]:
                 self.path(key, what)
+        self.images_dir = self.path("images") if "images" in self.FILES else self.root  # image paths start here
         self._index: QuestionIndex | None = None
 
     @classmethod
@@ -123,8 +125,14 @@ class Benchmark:
 
     def parse(self, line: str, index: int, where: str) -> Question | None:
         """The question of one record (None: the benchmark does not ask it, e.g. SEED-Bench's video questions);
-        `where` names the file and line in errors."""
-        raise NotImplementedError
+        `where` names the file and line in errors. Here: a line of LLaVA's question JSONL (question_id, image under
+        `images_dir`, text asked and recorded as it is, category as the kind)."""
+        item = json_line(line, where)
+        require(item, self.REQUIRED, where)
+        qid = question_id(item["question_id"], where)
+        category = item.get("category")
+        return Question(index, qid, item["text"], self.images_dir / item["image"], item["text"],
+                        kind=None if category is None else str(category))
 
     def record_id(self, line: str):
         """The question_id of a record `parse` leaves out (answers to it, as LLaVA's own files have, are skipped)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from vlm_eff.benchmarks.base import Benchmark, Question, json_line, question_id, read_json, require
+from vlm_eff.benchmarks.base import Benchmark, read_json
 from vlm_eff.errors import ConfigError
 
 
@@ -24,12 +24,6 @@ class GQA(Benchmark):
     name = "gqa"
     FILES = {"questions": "LLaVA's GQA question file", "images": "the GQA images",
              "annotations": "GQA's questions file with the answers"}
-
-    def parse(self, line: str, index: int, where: str) -> Question:
-        item = json_line(line, where)
-        require(item, ("question_id", "image", "text"), where)
-        qid = question_id(item["question_id"], where)
-        return Question(index, qid, item["text"], self.path("images") / item["image"], item["text"])
 
     def score(self, pairs):
         gold = read_json(self.path("annotations"), "GQA questions")

@@ -18,9 +18,10 @@ score = perception (the sum over the 10 perception subtasks, at most 2000), `cog
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
-from vlm_eff.benchmarks.base import Benchmark, Question, SHORT_ANSWER, json_line, question_id, require
+from vlm_eff.benchmarks.base import Benchmark, Question, SHORT_ANSWER
 from vlm_eff.errors import ConfigError
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
@@ -61,11 +62,8 @@ class MME(Benchmark):
         return "MME"
 
     def parse(self, line: str, index: int, where: str) -> Question:
-        item = json_line(line, where)
-        require(item, ("question_id", "image", "text"), where)
-        qid = question_id(item["question_id"], where)
-        category = item.get("category") or str(qid).split("/")[0]
-        return Question(index, qid, item["text"], self.path("images") / item["image"], item["text"], kind=category)
+        question = super().parse(line, index, where)
+        return question if question.kind else replace(question, kind=str(question.question_id).split("/")[0])
 
     def truth_of(self, truth: dict, record: dict) -> str:
         """The converter's lookup of an answer's ground truth."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from vlm_eff.benchmarks.base import Benchmark, Question, json_line, question_id, require
+from vlm_eff.benchmarks.base import Benchmark, json_line
 from vlm_eff.errors import ConfigError
 
 PREFIX, SUFFIX = "coco_pope_", ".json"
@@ -44,13 +44,7 @@ class POPE(Benchmark):
     name = "pope"
     FILES = {"questions": "LLaVA's POPE question file", "images": "the COCO val2014 images",
              "annotations": "POPE's coco_pope_<category>.json files"}
-
-    def parse(self, line: str, index: int, where: str) -> Question:
-        item = json_line(line, where)
-        require(item, ("question_id", "image", "text", "category"), where)
-        qid = question_id(item["question_id"], where)
-        return Question(index, qid, item["text"], self.path("images") / item["image"], item["text"],
-                        kind=str(item["category"]))
+    REQUIRED = ("question_id", "image", "text", "category")
 
     def labels(self) -> dict[str, list[bool]]:
         """Each category's labels (True: yes), in its annotation file's order."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from vlm_eff.benchmarks.base import Benchmark, Question, json_line, question_id, read_json, require
+from vlm_eff.benchmarks.base import Benchmark, Question, read_json
 from vlm_eff.errors import ConfigError
 
 
@@ -26,15 +26,13 @@ class SeedBench(Benchmark):
         self.answers = {str(q["question_id"]): q for q in self.truth["questions"]}
 
     def parse(self, line: str, index: int, where: str) -> Question | None:
-        item = json_line(line, where)
-        require(item, ("question_id", "image", "text"), where)
-        qid = question_id(item["question_id"], where)
-        entry = self.answers.get(str(qid))
+        question = super().parse(line, index, where)
+        entry = self.answers.get(str(question.question_id))
         if entry is None:
-            raise ConfigError(f"{where}: question_id={qid!r} is not in {self.path('annotations')}")
+            raise ConfigError(f"{where}: question_id={question.question_id!r} is not in {self.path('annotations')}")
         if entry.get("data_type", "image") != "image":
             return None  # a video question (LLaVA asks its middle frame): not in the image score
-        return Question(index, qid, item["text"], self.root / item["image"], item["text"])
+        return question
 
     def score(self, pairs):
         names = {str(number): name for name, number in self.truth.get("question_type", {}).items()}

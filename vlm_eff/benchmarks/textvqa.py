@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from vlm_eff.benchmarks.base import Benchmark, Question, json_line, question_id, read_json, require
+from vlm_eff.benchmarks.base import Benchmark, read_json
 from vlm_eff.benchmarks.processing import evalai, soft_accuracy
 from vlm_eff.errors import ConfigError
 
@@ -39,12 +39,6 @@ class TextVQA(Benchmark):
     name = "textvqa"
     FILES = {"questions": "LLaVA's TextVQA question file with OCR tokens", "images": "the TextVQA train/val images",
              "annotations": "TextVQA's val annotations"}
-
-    def parse(self, line: str, index: int, where: str) -> Question:
-        item = json_line(line, where)
-        require(item, ("question_id", "image", "text"), where)
-        qid = question_id(item["question_id"], where)
-        return Question(index, qid, item["text"], self.path("images") / item["image"], item["text"])
 
     def score(self, pairs):
         annotations = {(str(a["image_id"]), a["question"].lower()): a["answers"]

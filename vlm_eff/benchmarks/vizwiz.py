@@ -16,8 +16,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from vlm_eff.benchmarks.base import (SHORT_ANSWER, Benchmark, Question, converted, json_line, question_id, read_json,
-                                     require)
+from vlm_eff.benchmarks.base import (SHORT_ANSWER, Benchmark, converted, read_json)
 from vlm_eff.benchmarks.processing import evalai, soft_accuracy, vqa_eval_prediction
 from vlm_eff.errors import ConfigError
 from vlm_eff.results import write_atomic
@@ -44,12 +43,6 @@ class VizWiz(Benchmark):
     def question_file(self) -> Path:
         source = self.path("questions")
         return converted(source, self.cache_dir, self.name, val_questions) if self.scored_here() else source
-
-    def parse(self, line: str, index: int, where: str) -> Question:
-        item = json_line(line, where)
-        require(item, ("question_id", "image", "text"), where)
-        qid = question_id(item["question_id"], where)
-        return Question(index, qid, item["text"], self.path("images") / item["image"], item["text"])
 
     def score(self, pairs):
         if not self.scored_here():

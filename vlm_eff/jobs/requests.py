@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from vlm_eff.benchmarks import Benchmark, benchmark
+from vlm_eff.benchmarks import Benchmark
 from vlm_eff.benchmarks.answers import AnswerLog, append, unfinished_run
 from vlm_eff.data.questions import QuestionBatches, QuestionDataModule, Requests, processor_requests
 from vlm_eff.errors import ConfigError
