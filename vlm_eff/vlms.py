@@ -237,16 +237,10 @@ class QwenLayout(Layout):
         return model.model.visual
 
     def tower_family(self, config):
-        return None
+        return None  # its own ViT (2-D RoPE over packed images, a 2x2 PatchMerger): no dual-encoder tower to patch
 
     def visual_token_count(self, config) -> None:
         return None  # one token per 28 x 28 px of the image
-
-    def check_strategy(self, pruning) -> None:
-        if pruning.name not in ("none", "divprune", "fastv", "pyramiddrop"):
-            raise ConfigError(f"pruning={pruning.name}: {self.name}'s own ViT (2-D RoPE over packed images, a 2x2 "
-                              "PatchMerger) takes no encoder-site strategy and exposes no CLS or attention for "
-                              "VisionZip; allowed here: none, divprune, fastv, pyramiddrop")
 
     def visual_tokens(self, model, images, hands_over="spatial"):
         visual, grids = self.vision(model), images["image_grid_thw"]

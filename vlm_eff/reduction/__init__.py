@@ -3,11 +3,14 @@ result columns), for every tower family in `vlm_eff.towers`:
 
     dropping.py   naive, position_aware, cls_preserving, late_layer, evit, adaptive keep (presets of one mechanism)
     merging.py    tome, pitome (one merging mechanism, two ways to pick the pairs)
-    boundary.py   visionzip, divprune (generative VLMs: between the vision tower and the language model)
+    boundary.py   visionzip, divprune (generative VLMs: between the vision tower and the language model), and what
+                  the boundary strategies share (budgets, the feature layer's attention)
+    random_tokens.py  random (boundary: a seeded uniform subset of the projected tokens)
+    vispruner.py  vispruner (boundary: important tokens by CLS attention, the rest by duplicate removal)
     llm.py        fastv, pyramiddrop (generative VLMs: inside the language model)
 
 `build` maps the `pruning` config group to a dual encoder's strategy, `build_vlm` to a generative VLM's
-(any site); a new strategy is a module here and one entry in STRATEGIES (or in `build_vlm`).
+(any site); a new strategy is a module here and one entry in STRATEGIES (or VLM_STRATEGIES).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from vlm_eff.reduction.base import REDUCE_RANGE, NoReduction, Strategy, check_ke
 from vlm_eff.reduction.boundary import DivPrune, VisionZip
 from vlm_eff.reduction.dropping import Reduction, apply_patch, remove_patch
 from vlm_eff.reduction.llm import LLMPruning
+from vlm_eff.reduction.random_tokens import RandomPruning
+from vlm_eff.reduction.vispruner import VisPruner
 from vlm_eff.reduction.merging import (PiToMe, ToMe, apply_pitome, apply_tome, check_r, merges, r_for_keep,
                                        remove_tome)
 from vlm_eff.towers import family_of
@@ -113,57 +118,50 @@ def token_origins(tower: nn.Module, tokens: torch.Tensor, has_cls: bool) -> torc
     """The patch each token of a (reduced) tower's output `tokens` [B, T, D] stands for -> [B, T] long: a
     kept patch its own index, a merged token the lowest index of its patches, CLS and summaries -1."""
     patched = tower.embeddings.__dict__
-    state = patched.get("_reducer") or patched.get("_tome") or patched.get("_visionzip")
+    state = patched.get("_reducer") or patched.get("_tome") or patched.get("_feature_selection")
     origin = getattr(state, "origin", None)
     if origin is not None and origin.shape == tokens.shape[:2]:
         return origin
     return default_origins(tokens.shape[0], tokens.shape[1], has_cls, tokens.device)  # nothing reduced
 
 
-SITE_DEFAULTS = {"visionzip": (None, 64), "divprune": (None, 64), "fastv": (0.5, None), "pyramiddrop": (0.5, None)}
+# The boundary and LLM-site strategies of generative VLMs: name -> the class whose `from_config` builds it (a new
+# method is a module under reduction/ and one entry here).
+VLM_STRATEGIES = {"visionzip": VisionZip, "divprune": DivPrune, "random": RandomPruning, "vispruner": VisPruner,
+                  "fastv": LLMPruning, "pyramiddrop": LLMPruning}
 
 
-def budget_knobs(cfg: DictConfig) -> tuple[float | None, int | None]:
-    """(keep, tokens) of a boundary or LLM-site config: one of the two, or the method's default."""
-    keep, tokens = cfg.get("keep"), cfg.get("tokens")
-    if keep is not None and tokens is not None:
-        raise ConfigError(f"pruning.keep={keep} and pruning.tokens={tokens} both set: give one (keep = the fraction "
-                          "of the visual tokens kept, tokens = how many the language model receives)")
-    if keep is None and tokens is None:
-        return SITE_DEFAULTS[cfg.name]
-    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
-        raise ConfigError(f"pruning.tokens={tokens!r} must be an integer >= 1 (visual tokens the LLM receives)")
-    return (None if keep is None else check_keep(keep)), tokens
+def needs_tower(cfg: DictConfig) -> bool:
+    """Whether the `pruning` config acts in (or reads) a dual-encoder vision tower: every encoder-site strategy,
+    and the boundary ones that read the tower's attention."""
+    site = VLM_STRATEGIES.get(cfg.name)
+    return cfg.name != "none" and (site is None or site.needs_tower(cfg))
 
 
 def build_vlm(cfg: DictConfig, layout, config, seed: int = 0) -> Strategy:
     """The `pruning` config's strategy for a generative VLM (`layout` from vlms.py, `config` the VLM's
     Hugging Face config): encoder strategies validated for the tower's layers up to the feature layer,
-    boundary strategies (visionzip, divprune) and LLM-site ones (fastv, pyramiddrop) with their budgets;
-    apply it with `strategy.apply_to_vlm(model, layout)`. What the layout cannot take is a one-line ConfigError."""
+    boundary and LLM-site ones (VLM_STRATEGIES) with their budgets; apply it with
+    `strategy.apply_to_vlm(model, layout)`. What the layout cannot take is a one-line ConfigError."""
     layout.check_strategy(cfg)
+    family = layout.tower_family(config)
+    if family is None and needs_tower(cfg):
+        allowed = ["none", *(name for name in VLM_STRATEGIES if not needs_tower(OmegaConf.create({"name": name})))]
+        raise ConfigError(f"pruning={cfg.name}: {layout.name}'s own ViT (2-D RoPE over packed images, a 2x2 "
+                          "PatchMerger) takes no encoder-site strategy and exposes no CLS or attention to read; "
+                          f"allowed here: {', '.join(allowed)}")
     tokens, count = cfg.get("tokens"), layout.visual_token_count(config)
-    if cfg.name == "visionzip" and layout.tower_family(config) is not None:
+    if family is not None and cfg.name in VLM_STRATEGIES and VLM_STRATEGIES[cfg.name].per_crop:
         vision = config.vision_config
-        count = (vision.image_size // vision.patch_size) ** 2  # VisionZip's budget is per crop
+        count = (vision.image_size // vision.patch_size) ** 2  # the budget is per crop
     if isinstance(tokens, int) and count is not None and tokens > count:
         raise ConfigError(f"pruning.tokens={tokens} is more than the {count} visual tokens of an image here; "
                           f"allowed 1..{count}")
-    try:
-        if cfg.name in ("fastv", "pyramiddrop"):
-            keep, tokens = budget_knobs(cfg)
-            return LLMPruning.create(cfg.name, config.text_config.num_hidden_layers, keep, _plain(cfg.get("layer")),
-                                     tokens)
-        if cfg.name == "divprune":
-            return DivPrune(*budget_knobs(cfg))
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    family = layout.tower_family(config)
-    if cfg.name == "visionzip":
-        keep, tokens = budget_knobs(cfg)
-        vision = config.vision_config
-        return VisionZip(keep, tokens, family.has_cls, (vision.image_size // vision.patch_size) ** 2,
-                         layout.feature_depth(config))
+    if cfg.name in VLM_STRATEGIES:
+        try:
+            return VLM_STRATEGIES[cfg.name].from_config(cfg, layout, config)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     if family is None:
         return _stock(cfg)
     if cfg.get("mass") is not None:

@@ -11,6 +11,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from vlm_eff.errors import ConfigError
+
 REDUCE_RANGE = "vlm_eff.reduce"  # every reduction step runs inside this profiler range
 
 
@@ -30,13 +32,33 @@ def default_origins(batch: int, n_tokens: int, has_cls: bool, device: torch.devi
     return (torch.arange(n_tokens, device=device) - int(has_cls)).expand(batch, n_tokens)
 
 
+def budget_knobs(cfg, default: tuple[float | None, int | None]) -> tuple[float | None, int | None]:
+    """(keep, tokens) of a boundary or LLM-site `pruning` config: one of the two, or the method's `default`."""
+    keep, tokens = cfg.get("keep"), cfg.get("tokens")
+    if keep is not None and tokens is not None:
+        raise ConfigError(f"pruning.keep={keep} and pruning.tokens={tokens} both set: give one (keep = the fraction "
+                          "of the visual tokens kept, tokens = how many the language model receives)")
+    if keep is None and tokens is None:
+        return default
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+        raise ConfigError(f"pruning.tokens={tokens!r} must be an integer >= 1 (visual tokens the LLM receives)")
+    return (None if keep is None else check_keep(keep)), tokens
+
+
 class EncoderSite:
     """What a strategy does at each step of a VLM request; the defaults are those of the encoder site: the
     tower is patched, what survives is handed over in spatial order through the layout's own feature
-    selection (LLaVA's `default` drops token 0), and nothing happens after the projector or at prefill."""
+    selection (LLaVA's `default` drops token 0), and nothing happens after the projector or at prefill.
+    Boundary and LLM-site strategies (reduction.VLM_STRATEGIES) also say what they need of a layout."""
 
     site = "encoder"
     hands_over = "spatial"  # or "as_selected": the strategy's own order, CLS included (VisionZip)
+    per_crop = False  # the budget counts the tokens of one crop (anyres layouts), not of the whole image
+
+    @classmethod
+    def needs_tower(cls, cfg) -> bool:
+        """Whether the strategy reads a dual-encoder tower (its attention): layouts with their own ViT cannot."""
+        return False
 
     def apply_to_vlm(self, model: nn.Module, layout) -> None:
         self.apply(layout.vision(model))

@@ -22,7 +22,7 @@ from torch.profiler import record_function
 
 from vlm_eff.errors import ConfigError
 from vlm_eff.reduction import trace
-from vlm_eff.reduction.base import REDUCE_RANGE, EncoderSite, restore_classes, swap_class
+from vlm_eff.reduction.base import REDUCE_RANGE, EncoderSite, budget_knobs, restore_classes, swap_class
 
 VISIONZIP_SPLITS = {64: (54, 10), 128: (108, 20), 192: (162, 30)}  # the authors' (dominant, contextual)
 
@@ -88,8 +88,9 @@ def visionzip_select(hidden: torch.Tensor, attention: torch.Tensor, keys: torch.
 
 
 @dataclass
-class VisionZip(EncoderSite):
-    """VisionZip's knobs (a `Strategy` of the boundary site), patched onto the tower's last run layer."""
+class FeatureLayerSelection(EncoderSite):
+    """A boundary strategy that chooses among the feature layer's tokens with that layer's attention (VisionZip,
+    VisPruner): patched onto the tower's last run layer, whose q/k it captures; `choose` makes the choice."""
 
     keep: float | None
     tokens: int | None
@@ -100,12 +101,67 @@ class VisionZip(EncoderSite):
     captured: dict = field(default_factory=dict)
     site = "boundary"
     per_image = False
-    name = "visionzip"
+    per_crop = True
+
+    @classmethod
+    def needs_tower(cls, cfg) -> bool:
+        return True
+
+    @classmethod
+    def knobs(cls, cfg, layout, config) -> dict:
+        """The fields every feature-layer strategy takes from the config and the layout."""
+        keep, tokens = budget_knobs(cfg, (None, 64))
+        vision = config.vision_config
+        return {"keep": keep, "tokens": tokens, "has_cls": layout.tower_family(config).has_cls,
+                "n_patches": (vision.image_size // vision.patch_size) ** 2, "feature_depth": layout.feature_depth(config)}
 
     @property
     def budget(self) -> int:
         """Tokens handed over per image (CLS included); at least the stock count: nothing to select."""
         return budget(self.n_patches, self.keep, self.tokens)
+
+    def tokens_per_layer(self, n_patches: int, n_layers: int, has_cls: bool) -> list[int]:
+        return [int(has_cls) + n_patches] * n_layers  # the tower runs unreduced; the selection follows it
+
+    def apply(self, tower: nn.Module) -> None:
+        self.remove(tower)
+        last = tower.encoder.layers[self.feature_depth - 1]
+        swap_class(last, _SelectingLayer, "_feature_selection", self)
+        swap_class(tower.embeddings, _ResetOrigins, "_feature_selection", self)
+        handles = [getattr(last.self_attn, f"{name}_proj").register_forward_hook(_capture(self, name))
+                   for name in ("q", "k")]
+        tower._feature_selection_patch = (self, handles)
+
+    def remove(self, tower: nn.Module) -> None:
+        restore_classes(tower, "_feature_selection_patch", "_feature_selection")
+
+    @record_function(REDUCE_RANGE)
+    def select(self, hidden: torch.Tensor, num_heads: int) -> torch.Tensor:
+        """The feature layer's output [B, T, D] -> the tokens handed over; their origins in `self.origin`."""
+        q, k = self.captured.pop("q"), self.captured.pop("k")  # [B, T, D] each
+        if self.budget >= self.n_patches:
+            return hidden  # the budget covers every token: the stock hand-over
+        B, T, D = k.shape
+        q = q.float().view(B, T, num_heads, -1).transpose(1, 2)  # [B, H, T, hd]
+        k = k.float().view(B, T, num_heads, -1).transpose(1, 2)
+        attention = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(dim=-1)  # [B, H, T, T]
+        return self.choose(hidden, attention, k.mean(dim=1))
+
+    def choose(self, hidden: torch.Tensor, attention: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """hidden [B, T, D], attention [B, H, T, T] (post-softmax), keys averaged over heads [B, T, d] -> the tokens
+        handed over, their origins set in `self.origin`."""
+        raise NotImplementedError
+
+
+@dataclass
+class VisionZip(FeatureLayerSelection):
+    """VisionZip's knobs (a `Strategy` of the boundary site), patched onto the tower's last run layer."""
+
+    name = "visionzip"
+
+    @classmethod
+    def from_config(cls, cfg, layout, config) -> "VisionZip":
+        return cls(**cls.knobs(cfg, layout, config))
 
     @property
     def hands_over(self) -> str:
@@ -115,36 +171,12 @@ class VisionZip(EncoderSite):
         return {"keep": "" if self.keep is None else self.keep, "layer": "feature",
                 "score": "visionzip" + (f" tokens={self.tokens}" if self.tokens is not None else "")}
 
-    def tokens_per_layer(self, n_patches: int, n_layers: int, has_cls: bool) -> list[int]:
-        return [int(has_cls) + n_patches] * n_layers  # the tower runs unreduced; the selection follows it
-
-    def apply(self, tower: nn.Module) -> None:
-        self.remove(tower)
-        last = tower.encoder.layers[self.feature_depth - 1]
-        swap_class(last, _VisionZipLayer, "_visionzip", self)
-        swap_class(tower.embeddings, _ResetOrigins, "_visionzip", self)
-        handles = [getattr(last.self_attn, f"{name}_proj").register_forward_hook(_capture(self, name))
-                   for name in ("q", "k")]
-        tower._visionzip_patch = (self, handles)
-
-    def remove(self, tower: nn.Module) -> None:
-        restore_classes(tower, "_visionzip_patch", "_visionzip")
-
-    @record_function(REDUCE_RANGE)
-    def select(self, hidden: torch.Tensor, num_heads: int) -> torch.Tensor:
-        """The feature layer's output [B, T, D] -> VisionZip's tokens; origins kept in `self.origin`."""
-        q, k = self.captured.pop("q"), self.captured.pop("k")  # [B, T, D] each
-        if self.hands_over == "spatial":
-            return hidden  # the budget covers every token: the stock hand-over
-        B, T, D = k.shape
-        q = q.float().view(B, T, num_heads, -1).transpose(1, 2)  # [B, H, T, hd]
-        k = k.float().view(B, T, num_heads, -1).transpose(1, 2)
-        attention = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(dim=-1)  # [B, H, T, T]
+    def choose(self, hidden, attention, keys):
         dominant, contextual = visionzip_split(self.budget)
         if not trace.active():
-            tokens, self.origin = visionzip_select(hidden, attention, k.mean(dim=1), dominant, contextual, self.has_cls)
+            tokens, self.origin = visionzip_select(hidden, attention, keys, dominant, contextual, self.has_cls)
             return tokens
-        tokens, self.origin, members = visionzip_select(hidden, attention, k.mean(dim=1), dominant, contextual,
+        tokens, self.origin, members = visionzip_select(hidden, attention, keys, dominant, contextual,
                                                         self.has_cls, members=True)
         trace.record("feature layer", members[..., int(self.has_cls):])  # [B, T', N]: CLS stands for no patch
         return tokens
@@ -154,18 +186,18 @@ class _ResetOrigins:
     """Mixin for the tower's embeddings: a new forward has no selection yet."""
 
     def forward(self, *args, **kwargs):
-        self._visionzip.origin = None
+        self._feature_selection.origin = None
         return super().forward(*args, **kwargs)
 
 
-class _VisionZipLayer:
-    """Mixin for the tower's last run layer: its output goes through VisionZip."""
+class _SelectingLayer:
+    """Mixin for the tower's last run layer: its output goes through the strategy's selection."""
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return self._visionzip.select(super().forward(hidden_states, *args, **kwargs), self.self_attn.num_heads)
+        return self._feature_selection.select(super().forward(hidden_states, *args, **kwargs), self.self_attn.num_heads)
 
 
-def _capture(state: VisionZip, name: str):
+def _capture(state: FeatureLayerSelection, name: str):
     def hook(module, args, output):
         state.captured[name] = output  # [B, T, D]
 
@@ -189,14 +221,13 @@ def divprune_select(features: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @dataclass
-class DivPrune(EncoderSite):
-    """DivPrune's knobs (a `Strategy` of the boundary site): acts on the projected visual tokens."""
+class AfterProjector(EncoderSite):
+    """A boundary strategy that keeps a subset of each image's projected visual tokens (`pick`), in their order."""
 
     keep: float | None
     tokens: int | None
     site = "boundary"
     per_image = False
-    name = "divprune"
 
     def apply(self, tower: nn.Module) -> None:
         pass
@@ -204,19 +235,40 @@ class DivPrune(EncoderSite):
     def remove(self, tower: nn.Module) -> None:
         pass
 
+    def label(self) -> str:
+        return self.name
+
     def columns(self) -> dict:
         return {"keep": "" if self.keep is None else self.keep, "layer": "projector",
-                "score": "divprune" + (f" tokens={self.tokens}" if self.tokens is not None else "")}
+                "score": self.label() + (f" tokens={self.tokens}" if self.tokens is not None else "")}
 
     def tokens_per_layer(self, n_patches: int, n_layers: int, has_cls: bool) -> list[int]:
         return [int(has_cls) + n_patches] * n_layers
+
+    def pick(self, embeds: torch.Tensor, n: int) -> torch.Tensor:
+        """Of one image's projected tokens [N, D], the n kept -> their indices [n], ascending."""
+        raise NotImplementedError
 
     @record_function(REDUCE_RANGE)
     def after_projector(self, images: list) -> list:
         kept = []
         for image in images:
-            index = divprune_select(image.embeds, budget(len(image.slots), self.keep, self.tokens))
+            index = self.pick(image.embeds, budget(len(image.slots), self.keep, self.tokens))
             kept.append(image._replace(embeds=image.embeds[index], slots=image.slots[index]))
         if trace.active():
             trace.record("projector", trace.kept_slots([image.slots for image in kept], images[0].full), space="slots")
         return kept
+
+
+@dataclass
+class DivPrune(AfterProjector):
+    """DivPrune's knobs (a `Strategy` of the boundary site): acts on the projected visual tokens."""
+
+    name = "divprune"
+
+    @classmethod
+    def from_config(cls, cfg, layout, config) -> "DivPrune":
+        return cls(*budget_knobs(cfg, (None, 64)))
+
+    def pick(self, embeds: torch.Tensor, n: int) -> torch.Tensor:
+        return divprune_select(embeds, n)

@@ -25,7 +25,7 @@ from torch.profiler import record_function
 
 from vlm_eff.errors import ConfigError
 from vlm_eff.reduction import trace
-from vlm_eff.reduction.base import REDUCE_RANGE, EncoderSite, check_keep, restore_classes, swap_class
+from vlm_eff.reduction.base import REDUCE_RANGE, EncoderSite, budget_knobs, check_keep, restore_classes, swap_class
 
 
 def last_token_attention(layer: nn.Module, hidden: torch.Tensor, position_embeddings, valid: torch.Tensor):
@@ -72,6 +72,11 @@ class LLMPruning(EncoderSite):
     remembered: tuple | None = None  # (input, position embeddings) of the layer FastV ranks with
     site = "llm"
     per_image = False
+
+    @classmethod
+    def from_config(cls, cfg, layout, config) -> "LLMPruning":
+        keep, tokens = budget_knobs(cfg, (0.5, None))
+        return cls.create(cfg.name, config.text_config.num_hidden_layers, keep, cfg.get("layer"), tokens)
 
     @classmethod
     def create(cls, name: str, n_layers: int, keep: float = 0.5, layer=None, tokens: int | None = None) -> "LLMPruning":

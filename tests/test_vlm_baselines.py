@@ -1,0 +1,162 @@
+"""The 2025 baselines against independent implementations written here from the authors' code (random: DESIGN.md's
+seeded draw; VisPruner: Theia-4869/VisPruner's encode_images): batch size 1, eager attention weights, the stock
+modules; ours runs at batch 3 with prompts of different lengths, SDPA and a KV cache. The tokens the language
+model receives must be identical and the first token's logits equal; keeping every token is the stock generation."""
+
+import pytest
+import torch
+from test_vlm_sites import PREFIXES, lm_logits, unpadded
+from vlm_requests import LAYOUTS, requests, run_capturing, stock_generate, strategy
+
+from vlm_eff.errors import ConfigError
+from vlm_eff.generation import Runner
+from vlm_eff.reduction.vispruner import vispruner_keep
+from vlm_eff.vlms import layout_of
+
+
+def received(model, rows, seen, b: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Row b's prompt as the LLM got it (embeddings, positions) and where its visual tokens start."""
+    embeds, positions = unpadded(seen, b)
+    return embeds, positions, int((rows[b] == model.config.image_token_id).nonzero()[0, 0])
+
+
+# -- random ----------------------------------------------------------------------------------------------------
+def reference_random(counts: list[int], n: list[int], seed: int) -> list[torch.Tensor]:
+    """DESIGN.md's random: one generator seeded `seed` for the batch, each image's uniform draw of n of its tokens
+    in turn (a permutation's first n), ascending."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randperm(count, generator=generator)[:k].sort().values for count, k in zip(counts, n)]
+
+
+@pytest.mark.parametrize("batch", PREFIXES)
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_random_matches_the_seeded_draw(tiny_vlms, name, batch):
+    model = tiny_vlms[name]
+    rows, images = requests(model, PREFIXES[batch])
+    with torch.no_grad():
+        stock = Runner(model).visual(images)
+    applied = strategy(model, "random", keep=0.4, seed=7)
+    out, seen = run_capturing(model, applied, rows, images)
+    counts = [len(image.slots) for image in stock]
+    kept = reference_random(counts, [max(1, round(0.4 * c)) for c in counts], seed=7)
+    for b, (image, index) in enumerate(zip(stock, kept)):
+        assert out.visual_tokens[b] == len(index)
+        embeds, positions, start = received(model, rows, seen, b)
+        torch.testing.assert_close(embeds[start: start + len(index)], image.embeds[index], rtol=0, atol=0)
+        torch.testing.assert_close(out.first_logits[b], lm_logits(model, embeds, positions), rtol=1e-4, atol=1e-4)
+    again, _ = run_capturing(model, strategy(model, "random", keep=0.4, seed=7), rows, images)
+    other, _ = run_capturing(model, strategy(model, "random", keep=0.4, seed=8), rows, images)
+    assert torch.equal(again.first_logits, out.first_logits)  # the same seed, the same draw
+    assert not torch.equal(other.first_logits, out.first_logits)
+
+
+# -- VisPruner -------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def reference_vispruner(tower, pixel_values, depth: int, budget: int, ratio: float, has_cls: bool) -> torch.Tensor:
+    """VisPruner as the authors' encode_images: eager attentions and hidden states of the feature layer; importance =
+    CLS's attention to the patches, head mean (no CLS: attention received, query mean, head mean); T_imp = int(T r)
+    by importance; then rounds of r' = min(8, R - T_div): even residual tokens scored by their best cosine to an odd
+    one, the r' best dropped, residual = the rest of the even (score order) then the odd; kept sorted."""
+    implementation, tower.config._attn_implementation = tower.config._attn_implementation, "eager"
+    try:
+        out = tower(pixel_values, output_hidden_states=True, output_attentions=True)
+    finally:
+        tower.config._attn_implementation = implementation
+    attention, hidden = out.attentions[depth - 1], out.hidden_states[depth]
+    if has_cls:
+        features, scores = hidden[:, 1:], attention[:, :, 0, 1:].mean(dim=1)
+    else:
+        features, scores = hidden, attention.mean(dim=2).mean(dim=1)
+    B = features.shape[0]
+    important_n = int(budget * ratio)
+    diverse_n = budget - important_n
+    order = scores.argsort(dim=-1, descending=True)
+    important, residual = order[:, :important_n], order[:, important_n:]
+    normalized = features.double() / features.double().norm(dim=-1, keepdim=True)
+    while diverse_n > 0:
+        R = residual.shape[1]
+        r = min(8, R - diverse_n)
+        if r <= 0:
+            break
+        tokens = normalized[torch.arange(B)[:, None].expand(-1, R), residual]
+        a, b = tokens[..., ::2, :], tokens[..., 1::2, :]
+        distinct = (a @ b.transpose(-1, -2)).max(dim=-1).values.argsort(dim=-1, descending=True)[:, r:]
+        residual = torch.cat([residual[..., ::2][torch.arange(B)[:, None].expand(-1, distinct.shape[1]), distinct],
+                              residual[..., 1::2]], dim=-1)
+    selected = torch.cat([important, residual], dim=-1) if diverse_n > 0 else important
+    return selected.sort(dim=-1).values
+
+
+@pytest.mark.parametrize("batch", PREFIXES)
+@pytest.mark.parametrize("tokens, ratio", [(16, 0.5), (40, 0.25), (20, 1.0)])
+def test_vispruner_matches_the_authors_algorithm_on_llava(tiny_vlms, tokens, ratio, batch):
+    model = tiny_vlms["llava_tiny"]
+    rows, images = requests(model, PREFIXES[batch])
+    tower = model.model.vision_tower
+    kept = reference_vispruner(tower, images["pixel_values"], 3, tokens, ratio, True)  # [B, tokens] patch indices
+    with torch.no_grad():
+        stock = Runner(model).visual(images)  # every patch token, projected
+    applied = strategy(model, "vispruner", tokens=tokens, important_ratio=ratio)
+    out, seen = run_capturing(model, applied, rows, images)
+    assert out.visual_tokens == [tokens] * len(rows)
+    for b in range(len(rows)):
+        embeds, positions, start = received(model, rows, seen, b)
+        torch.testing.assert_close(embeds[start: start + tokens], stock[b].embeds[kept[b]], rtol=0, atol=1e-5)
+        torch.testing.assert_close(out.first_logits[b], lm_logits(model, embeds, positions), rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_vispruner_without_cls_keeps_the_authors_tokens_of_each_onevision_crop(tiny_vlms):
+    model = tiny_vlms["onevision_tiny"]
+    layout = layout_of(model)
+    _, images = requests(model, (4, 4, 4))
+    crops = images["pixel_values"][0, :2]
+    expected = reference_vispruner(model.model.vision_tower, crops, 4, 24, 0.5, False)
+    applied = strategy(model, "vispruner", tokens=24)
+    try:
+        _, origin = layout.tower_tokens(model, crops, applied.hands_over)
+    finally:
+        applied.remove_from_vlm(model, layout)
+    assert torch.equal(origin, expected)
+
+
+def test_vispruner_duplicate_removal_order_on_a_hand_built_case():
+    """Six tokens, two pairs of duplicates: importance keeps token 0; the residual [1, 2, 3, 4, 5] (importance
+    order) is split even [1, 3, 5] / odd [2, 4]; 1 duplicates 2 and 3 duplicates 4, 5 is alone: one round drops
+    the even tokens most similar to an odd one first (1 before 3: cosine 1.0 vs 0.995), the new residual the kept
+    even ones, then the odd ones."""
+    features = torch.tensor([[[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0.1], [0, 0, 1, 0], [0, 0, 0, 1]]])
+    importance = torch.tensor([[6.0, 5, 4, 3, 2, 1]])
+    assert vispruner_keep(features, importance, 5, 0.2).tolist() == [[0, 2, 3, 4, 5]]  # 1 dropped
+    assert vispruner_keep(features, importance, 4, 0.25).tolist() == [[0, 2, 4, 5]]  # 1 and 3 dropped
+    assert vispruner_keep(features, importance, 2, 1.0).tolist() == [[0, 1]]  # all by importance
+
+
+@pytest.mark.parametrize("name, preset, knobs", [
+    ("llava_tiny", "vispruner", dict(keep=1.0)), ("onevision_tiny", "vispruner", dict(keep=1.0)),
+    *[(name, "random", dict(keep=1.0)) for name in LAYOUTS]])  # fmt: skip
+def test_keeping_every_token_is_the_stock_generation(tiny_vlms, name, preset, knobs):
+    model = tiny_vlms[name]
+    rows, images = requests(model, (3, 9, 1))
+    stock = stock_generate(model, rows, images, 5)
+    out, _ = run_capturing(model, strategy(model, preset, **knobs), rows, images, 5)
+    assert torch.equal(out.tokens, stock)
+
+
+@pytest.mark.parametrize("knobs, says", [
+    (dict(important_ratio=0.0), "pruning.important_ratio=0.0 is outside (0, 1]"),
+    (dict(important_ratio=1.5), "pruning.important_ratio=1.5 is outside (0, 1]"),
+])  # fmt: skip
+def test_vispruner_bad_knobs_are_one_line_errors(tiny_vlms, knobs, says):
+    with pytest.raises(ConfigError, match=says.replace("(", r"\(").replace("]", r"\]")):
+        strategy(tiny_vlms["llava_tiny"], "vispruner", **knobs)
+
+
+def test_qwen_takes_random_but_not_vispruner(tiny_vlms):
+    model = tiny_vlms["qwen2_vl_tiny"]
+    with pytest.raises(ConfigError) as caught:
+        strategy(model, "vispruner")
+    message = str(caught.value)
+    assert "takes no encoder-site strategy" in message and "random" in message and "vispruner" not in \
+        message.split("allowed here:")[1]
+    strategy(model, "random").remove_from_vlm(model, layout_of(model))
