@@ -1,11 +1,15 @@
 """The 2025 baselines against independent implementations written here from the authors' code (random: DESIGN.md's
-seeded draw; VisPruner: Theia-4869/VisPruner's encode_images): batch size 1, eager attention weights, the stock
-modules; ours runs at batch 3 with prompts of different lengths, SDPA and a KV cache. The tokens the language
-model receives must be identical and the first token's logits equal; keeping every token is the stock generation."""
+seeded draw; VisPruner: Theia-4869/VisPruner's encode_images; DART: ZichenWen1/DART's LlamaModel.forward and
+get_retained_image_token): batch size 1, eager attention weights, the stock modules called one by one; ours runs
+at batch 3 with prompts of different lengths, SDPA and a KV cache. The tokens the language model receives (or keeps
+from layer K on) must be identical and the first token's logits equal; keeping every token is the stock generation."""
+
+import sys
 
 import pytest
 import torch
-from test_vlm_sites import PREFIXES, lm_logits, unpadded
+import torch.nn.functional as F
+from test_vlm_sites import PREFIXES, causal, lm_logits, unpadded
 from vlm_requests import LAYOUTS, requests, run_capturing, stock_generate, strategy
 
 from vlm_eff.errors import ConfigError
@@ -132,9 +136,93 @@ def test_vispruner_duplicate_removal_order_on_a_hand_built_case():
     assert vispruner_keep(features, importance, 2, 1.0).tolist() == [[0, 1]]  # all by importance
 
 
+# -- DART ------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def reference_dart(model, embeds, positions, image, K: int, n: int):
+    """DART as the authors' LlamaModel.forward: one prompt (no padding) through the decoder layers one by one; before
+    layer K, layer K-1's keys (its k_proj of its input norm, rotated at the positions, heads concatenated), their L1
+    norms; 4 image pivots (largest) and 4 text pivots (largest among the tokens after the image span); layer K-1's
+    output after the final norm; per pivot in that order the candidates of lowest cosine, (n - 4) // 8 each and one
+    more for the first (n - 4) % 8; the kept prompt sorted; later layers on it at the original positions.
+    -> (kept prompt indices, last-token logits)."""
+    layout = layout_of(model)
+    lm = layout.language_model(model)
+    h, pos = embeds[None], positions[:, None] if layout.mrope else positions
+    index, previous, previous_pos = torch.arange(h.shape[1]), None, None
+    span = image.nonzero()[:, 0]
+    start, length = int(span[0]), len(span)
+    for i, layer in enumerate(lm.layers):
+        if i == K and n < length:  # T >= N keeps every token
+            attn = lm.layers[K - 1].self_attn
+            T, d = previous.shape[1], attn.head_dim
+            k = attn.k_proj(lm.layers[K - 1].input_layernorm(previous)).view(1, T, -1, d).transpose(1, 2)
+            cos, sin = lm.rotary_emb(previous, previous_pos)
+            _, k = sys.modules[type(attn).__module__].apply_rotary_pos_emb(k, k, cos, sin)
+            any_states = k.permute(0, 2, 1, 3).reshape(1, T, -1)
+            norms = torch.norm(any_states[0], p=1, dim=-1)
+            image_pivots = (norms[start: start + length].topk(4).indices + start).tolist()
+            text_pivots = (norms[start + length:].topk(4).indices + start + length).tolist()
+            state = lm.norm(h)[0]
+            valid = [j for j in range(start, start + length) if j not in image_pivots]
+            kept, left = list(image_pivots), n - 4
+            for p, pivot in enumerate(image_pivots + text_pivots):
+                share = left // 8 + int(p < left % 8)
+                if share:
+                    similarity = -F.cosine_similarity(state[pivot][None], state[valid], dim=-1)
+                    picks = [valid[t] for t in similarity.topk(share).indices.tolist()]
+                    kept += picks
+                    valid = [v for v in valid if v not in picks]
+            keep = torch.cat([torch.arange(start), torch.tensor(kept), torch.arange(start + length, T)]).sort().values
+            h, pos, index = h[:, keep], pos[..., keep], index[keep]
+        previous, previous_pos = h, pos
+        implementation, lm.config._attn_implementation = lm.config._attn_implementation, "eager"
+        try:
+            h = layer(h, attention_mask=causal(h.shape[1]), position_embeddings=lm.rotary_emb(h, pos),
+                      position_ids=None)
+        finally:
+            lm.config._attn_implementation = implementation
+    return index, layout.lm_head(model)(lm.norm(h)[0, -1])
+
+
+@pytest.mark.parametrize("batch", PREFIXES)
+@pytest.mark.parametrize("tokens", [12, 21, 40])
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_dart_matches_the_authors_algorithm(tiny_vlms, name, tokens, batch):
+    """At batch 3 the rows are left-padded to different lengths: the keys must be rotated at each token's own
+    unpadded position, or the norms (L1 is not invariant to rotation) and the pivots would change."""
+    model = tiny_vlms[name]
+    rows, images = requests(model, PREFIXES[batch])
+    applied = strategy(model, "dart", tokens=tokens, layer=1)
+    out, seen = run_capturing(model, applied, rows, images)
+    for b, row in enumerate(rows):
+        embeds, positions = unpadded(seen, b)
+        image = row == model.config.image_token_id
+        kept, logits = reference_dart(model, embeds, positions, image, 1, tokens)
+        pad = seen["embeds"].shape[1] - embeds.shape[0]
+        stage = applied.stages[1]
+        assert torch.equal(stage.index[b][stage.valid[b]] - pad, kept), (b, stage.index[b], kept)
+        torch.testing.assert_close(out.first_logits[b], logits, rtol=1e-4, atol=1e-4)
+
+
+def test_dart_shares_the_budget_among_the_pivots_on_a_hand_built_case():
+    """Ten image tokens on a line of angles, pivot 0 (largest key norm) and one text pivot: 5 kept = the image pivots
+    (4), then the one pick of the first pivot: the image token farthest from it (the opposite direction)."""
+    from vlm_eff.reduction.dart import dart_keep
+
+    angles = torch.linspace(0, torch.pi, 10)
+    states = torch.stack([angles.cos(), angles.sin()], dim=1)  # [10, 2]: token 9 opposite token 0
+    states = torch.cat([states, torch.tensor([[0.0, 1.0]])])  # [11, 2]: a text token after the image
+    norms = torch.tensor([9.0, 1, 2, 3, 8, 7, 6, 0.5, 0.4, 0.3, 5])  # image pivots 0, 4, 5, 6; text pivot 10
+    image, text = torch.arange(10), torch.tensor([10])
+    assert dart_keep(norms, states, image, text, 5).tolist() == [0, 4, 5, 6, 9]
+    assert dart_keep(norms, states, image, text, 3).tolist() == [0, 4, 5]  # fewer than 4: the top pivots
+    assert dart_keep(norms, states, image, text, 10).tolist() == list(range(10))  # every token: all kept
+
+
 @pytest.mark.parametrize("name, preset, knobs", [
     ("llava_tiny", "vispruner", dict(keep=1.0)), ("onevision_tiny", "vispruner", dict(keep=1.0)),
-    *[(name, "random", dict(keep=1.0)) for name in LAYOUTS]])  # fmt: skip
+    *[(name, "random", dict(keep=1.0)) for name in LAYOUTS],
+    *[(name, "dart", dict(keep=1.0, layer=1)) for name in LAYOUTS]])  # fmt: skip
 def test_keeping_every_token_is_the_stock_generation(tiny_vlms, name, preset, knobs):
     model = tiny_vlms[name]
     rows, images = requests(model, (3, 9, 1))
@@ -143,13 +231,17 @@ def test_keeping_every_token_is_the_stock_generation(tiny_vlms, name, preset, kn
     assert torch.equal(out.tokens, stock)
 
 
-@pytest.mark.parametrize("knobs, says", [
-    (dict(important_ratio=0.0), "pruning.important_ratio=0.0 is outside (0, 1]"),
-    (dict(important_ratio=1.5), "pruning.important_ratio=1.5 is outside (0, 1]"),
+@pytest.mark.parametrize("preset, knobs, says", [
+    ("vispruner", dict(important_ratio=0.0), "pruning.important_ratio=0.0 is outside (0, 1]"),
+    ("vispruner", dict(important_ratio=1.5), "pruning.important_ratio=1.5 is outside (0, 1]"),
+    ("dart", dict(layer=2), "pruning.layer=2 is out of range for a 2-layer language model; allowed 1..1"),
+    ("dart", dict(layer=0), "pruning.layer=0 is out of range"),
+    ("random", dict(seed=1.5), "pruning.seed=1.5 must be an integer"),
 ])  # fmt: skip
-def test_vispruner_bad_knobs_are_one_line_errors(tiny_vlms, knobs, says):
-    with pytest.raises(ConfigError, match=says.replace("(", r"\(").replace("]", r"\]")):
-        strategy(tiny_vlms["llava_tiny"], "vispruner", **knobs)
+def test_bad_knobs_are_one_line_errors(tiny_vlms, preset, knobs, says):
+    with pytest.raises(ConfigError) as caught:
+        strategy(tiny_vlms["llava_tiny"], preset, **knobs)
+    assert says in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_qwen_takes_random_but_not_vispruner(tiny_vlms):

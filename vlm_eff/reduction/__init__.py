@@ -7,7 +7,8 @@ result columns), for every tower family in `vlm_eff.towers`:
                   the boundary strategies share (budgets, the feature layer's attention)
     random_tokens.py  random (boundary: a seeded uniform subset of the projected tokens)
     vispruner.py  vispruner (boundary: important tokens by CLS attention, the rest by duplicate removal)
-    llm.py        fastv, pyramiddrop (generative VLMs: inside the language model)
+    llm.py        fastv, pyramiddrop (generative VLMs: inside the language model), and what the llm site shares
+    dart.py       dart (llm site: pivots by key norm, then the image tokens least similar to each)
 
 `build` maps the `pruning` config group to a dual encoder's strategy, `build_vlm` to a generative VLM's
 (any site); a new strategy is a module here and one entry in STRATEGIES (or VLM_STRATEGIES).
@@ -24,6 +25,7 @@ from torch import nn
 from vlm_eff.errors import ConfigError
 from vlm_eff.reduction.base import REDUCE_RANGE, NoReduction, Strategy, check_keep, default_origins, kept_count
 from vlm_eff.reduction.boundary import DivPrune, VisionZip
+from vlm_eff.reduction.dart import DART
 from vlm_eff.reduction.dropping import Reduction, apply_patch, remove_patch
 from vlm_eff.reduction.llm import LLMPruning
 from vlm_eff.reduction.random_tokens import RandomPruning
@@ -128,7 +130,7 @@ def token_origins(tower: nn.Module, tokens: torch.Tensor, has_cls: bool) -> torc
 # The boundary and LLM-site strategies of generative VLMs: name -> the class whose `from_config` builds it (a new
 # method is a module under reduction/ and one entry here).
 VLM_STRATEGIES = {"visionzip": VisionZip, "divprune": DivPrune, "random": RandomPruning, "vispruner": VisPruner,
-                  "fastv": LLMPruning, "pyramiddrop": LLMPruning}
+                  "fastv": LLMPruning, "pyramiddrop": LLMPruning, "dart": DART}
 
 
 def needs_tower(cfg: DictConfig) -> bool:

@@ -28,20 +28,31 @@ from vlm_eff.reduction import trace
 from vlm_eff.reduction.base import REDUCE_RANGE, EncoderSite, budget_knobs, check_keep, restore_classes, swap_class
 
 
+def rotated_keys(layer: nn.Module, hidden: torch.Tensor, position_embeddings) -> torch.Tensor:
+    """The keys decoder `layer` computes from its input `hidden` [B, T, D]: its input norm, k projection and the
+    model's own rotary embedding at the tokens' positions -> [B, KV, T, d]."""
+    attn = layer.self_attn
+    h = layer.input_layernorm(hidden)  # [B, T, D]
+    B, T, _ = h.shape
+    k = attn.k_proj(h).view(B, T, -1, attn.head_dim).transpose(1, 2)  # [B, KV, T, d]
+    cos, sin = position_embeddings  # [B, T, d]
+    return rotary(attn)(k, k, cos, sin)[1]
+
+
+def rotary(attn: nn.Module):
+    return sys.modules[type(attn).__module__].apply_rotary_pos_emb  # the model's own RoPE
+
+
 def last_token_attention(layer: nn.Module, hidden: torch.Tensor, position_embeddings, valid: torch.Tensor):
     """Attention of the last token of `hidden` [B, T, D] to every token in decoder `layer`, computed from the
     layer's own input norm, q/k projections and rotary embedding, post-softmax in fp32, averaged over heads
     -> [B, T]. `valid` [B, T] masks padding keys."""
     attn = layer.self_attn
-    h = layer.input_layernorm(hidden)  # [B, T, D]
-    B, T, _ = h.shape
-    d = attn.head_dim
-    q = attn.q_proj(h[:, -1:]).view(B, 1, -1, d).transpose(1, 2)  # [B, H, 1, d]
-    k = attn.k_proj(h).view(B, T, -1, d).transpose(1, 2)  # [B, KV, T, d]
-    rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb  # the model's own RoPE
+    B, d = hidden.shape[0], attn.head_dim
+    q = attn.q_proj(layer.input_layernorm(hidden[:, -1:])).view(B, 1, -1, d).transpose(1, 2)  # [B, H, 1, d]
     cos, sin = position_embeddings  # [B, T, d]
-    q, _ = rotate(q, q, cos[:, -1:], sin[:, -1:])
-    _, k = rotate(k, k, cos, sin)
+    q, _ = rotary(attn)(q, q, cos[:, -1:], sin[:, -1:])
+    k = rotated_keys(layer, hidden, position_embeddings)  # [B, KV, T, d]
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # [B, H, T, d] (grouped-query attention)
     logits = (q.float() @ k.float().transpose(-1, -2)) * attn.scaling  # [B, H, 1, T]
     logits = logits.masked_fill(~valid[:, None, None, :], torch.finfo(torch.float32).min)
@@ -149,17 +160,10 @@ class LLMPruning(EncoderSite):
     def drop(self, layer: nn.Module, hidden: torch.Tensor, position_embeddings, stage: int) -> torch.Tensor:
         """Stage `stage` at the input of its layer: rank, keep, re-pad; returns the kept hidden states."""
         current = self.stages[-1]
-        if self.score_offset == -1:
-            ranker, ranked, embeddings = self.remembered
-        else:
-            ranker, ranked, embeddings = layer, hidden, position_embeddings
-        scores = last_token_attention(ranker, ranked, embeddings, current.valid)  # [B, T]
         original = self.stages[0].image.sum(dim=1).tolist()  # image tokens per row in the prompt
+        counts = [min(self.kept(n, stage), int(current.image[b].sum())) for b, n in enumerate(original)]
         rows = []
-        for b in range(hidden.shape[0]):
-            image = current.image[b].nonzero()[:, 0]  # [N_b]
-            n = min(self.kept(original[b], stage), len(image))
-            top = image[scores[b, image].topk(n).indices]
+        for b, top in enumerate(self.choose(layer, hidden, position_embeddings, counts)):
             keep = (~current.image[b]).clone()
             keep[top] = True
             rows.append(keep.nonzero()[:, 0])  # ascending: the prompt's order
@@ -171,6 +175,21 @@ class LLMPruning(EncoderSite):
         if trace.active():
             self.trace_stage(layer)
         return hidden.gather(1, picks[..., None].expand(-1, -1, hidden.shape[-1]))
+
+    def choose(self, layer: nn.Module, hidden: torch.Tensor, position_embeddings, counts: list[int]) -> list:
+        """Each row's kept image tokens (`counts[b]` of them, as indices into the current sequence): those the last
+        prompt token attends to most, in layer K-1 (FastV: the layer remembered) or in the stage layer itself."""
+        current = self.stages[-1]
+        if self.score_offset == -1:
+            ranker, ranked, embeddings = self.remembered
+        else:
+            ranker, ranked, embeddings = layer, hidden, position_embeddings
+        scores = last_token_attention(ranker, ranked, embeddings, current.valid)  # [B, T]
+        chosen = []
+        for b, n in enumerate(counts):
+            image = current.image[b].nonzero()[:, 0]  # [N_b]
+            chosen.append(image[scores[b, image].topk(n).indices])
+        return chosen
 
     def trace_stage(self, layer: nn.Module) -> None:
         """Record the image tokens kept so far as slots (trace.py): the k-th image token of a prompt is slot k
