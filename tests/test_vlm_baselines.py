@@ -222,12 +222,14 @@ def test_dart_shares_the_budget_among_the_pivots_on_a_hand_built_case():
 @pytest.mark.parametrize("name, preset, knobs", [
     ("llava_tiny", "vispruner", dict(keep=1.0)), ("onevision_tiny", "vispruner", dict(keep=1.0)),
     *[(name, "random", dict(keep=1.0)) for name in LAYOUTS],
-    *[(name, "dart", dict(keep=1.0, layer=1)) for name in LAYOUTS]])  # fmt: skip
+    *[(name, "dart", dict(keep=1.0, layer=1)) for name in LAYOUTS],
+    *[(name, "cdpruner", dict(keep=1.0, relevance="llm")) for name in LAYOUTS]])  # fmt: skip
 def test_keeping_every_token_is_the_stock_generation(tiny_vlms, name, preset, knobs):
     model = tiny_vlms[name]
     rows, images = requests(model, (3, 9, 1))
     stock = stock_generate(model, rows, images, 5)
-    out, _ = run_capturing(model, strategy(model, preset, **knobs), rows, images, 5)
+    instructions = asked(["a", "b", "c"], [[5], [6, 7], [8]])
+    out, _ = run_capturing(model, strategy(model, preset, **knobs), rows, images, 5, instructions=instructions)
     assert torch.equal(out.tokens, stock)
 
 
@@ -252,3 +254,150 @@ def test_qwen_takes_random_but_not_vispruner(tiny_vlms):
     assert "takes no encoder-site strategy" in message and "random" in message and "vispruner" not in \
         message.split("allowed here:")[1]
     strategy(model, "random").remove_from_vlm(model, layout_of(model))
+
+
+# -- CDPruner --------------------------------------------------------------------------------------------------
+def reference_greedy(kernel: torch.Tensor, n: int) -> list[int]:
+    """The explicit greedy: each step the token whose addition gives the largest log-determinant of the kernel of the
+    chosen set."""
+    chosen: list[int] = []
+    for _ in range(n):
+        gains = [torch.logdet(kernel[[*chosen, j]][:, [*chosen, j]]) if j not in chosen else -torch.inf
+                 for j in range(kernel.shape[0])]
+        chosen.append(int(torch.stack([torch.as_tensor(g, dtype=kernel.dtype) for g in gains]).argmax()))
+    return sorted(chosen)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cdpruner_greedy_is_the_explicit_log_determinant_greedy(seed):
+    from vlm_eff.reduction.cdpruner import conditional_kernel, greedy_map
+
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(12, 6, generator=generator)  # rank 6: 5 picks never exhaust it
+    relevance = torch.rand(12, generator=generator, dtype=torch.float64) + 0.1
+    kernel = conditional_kernel(tokens, relevance)
+    assert greedy_map(kernel, 5, relevance).tolist() == reference_greedy(kernel, 5)
+
+
+def test_cdpruner_fills_an_exhausted_kernel_by_relevance():
+    """Rank 2: after two picks no direction is left; the third is the most relevant token not chosen."""
+    from vlm_eff.reduction.cdpruner import conditional_kernel, greedy_map
+
+    tokens = torch.tensor([[1.0, 0], [0, 1], [1, 1], [1, -1], [2, 1]])
+    relevance = torch.tensor([0.2, 0.3, 1.0, 0.9, 0.5], dtype=torch.float64)
+    picked = greedy_map(conditional_kernel(tokens, relevance), 3, relevance).tolist()
+    two = greedy_map(conditional_kernel(tokens, relevance), 2, relevance).tolist()
+    assert len(picked) == 3 and set(two) <= set(picked)
+    left = [k for k in (2, 3, 4, 1, 0) if k not in two]  # by relevance, descending
+    assert set(picked) == set(two) | {left[0]}
+
+
+@torch.no_grad()
+def reference_cdpruner(features: torch.Tensor, relevance: torch.Tensor, n: int) -> torch.Tensor:
+    """CDPruner's kernel and fast greedy MAP as the authors' encode_images (for one image; float64 as DESIGN.md):
+    similarity of the normalised projected features, relevance min-max scaled, kernel, cis / di2s updates."""
+    unit = features.double() / features.double().norm(dim=-1, keepdim=True)
+    similarity = unit @ unit.T
+    relevance = (relevance - relevance.min() + 1e-6) / (relevance.max() - relevance.min())
+    kernel = relevance[:, None] * similarity * relevance[None, :]
+    N = kernel.shape[0]
+    cis, di2s, chosen = torch.zeros(n, N, dtype=torch.float64), torch.diagonal(kernel).clone(), []
+    for i in range(n):
+        j = int(torch.argmax(di2s))
+        chosen.append(j)
+        eis = (kernel[j] - cis[:i, j] @ cis[:i]) / torch.sqrt(di2s[j])
+        cis[i] = eis
+        di2s -= torch.square(eis)
+        di2s[j] = -float("inf")
+    return torch.tensor(sorted(chosen))
+
+
+def asked(texts: list[str], ids: list[list[int]]):
+    from vlm_eff.generation import Instruction
+
+    return [Instruction(t, torch.tensor(i)) for t, i in zip(texts, ids)]
+
+
+@pytest.mark.parametrize("batch", PREFIXES)
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_cdpruner_with_the_language_models_relevance_matches_the_authors_algorithm(tiny_vlms, name, batch):
+    model = tiny_vlms[name]
+    rows, images = requests(model, PREFIXES[batch])
+    instructions = asked(["what is it?", "is there a cat?", "how many?"][:len(rows)],
+                         [[320, 1125, 2], [533, 1239, 40, 50, 60], [8]][:len(rows)])
+    with torch.no_grad():
+        stock = Runner(model).visual(images)
+    applied = strategy(model, "cdpruner", tokens=6, relevance="llm")
+    out, seen = run_capturing(model, applied, rows, images, instructions=instructions)
+    embed = model.get_input_embeddings()
+    for b, image in enumerate(stock):
+        mean = embed(instructions[b].ids).double().mean(dim=0)
+        relevance = -F.cosine_similarity(image.embeds.double(), mean[None], dim=-1)
+        kept = reference_cdpruner(image.embeds, relevance, 6)
+        embeds, positions, start = received(model, rows, seen, b)
+        torch.testing.assert_close(embeds[start: start + 6], image.embeds[kept], rtol=0, atol=0)
+        torch.testing.assert_close(out.first_logits[b], lm_logits(model, embeds, positions), rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def text_tower(tiny_vlms, tmp_path_factory):
+    """A small CLIP dual encoder whose vision tower has llava_tiny's shape, saved with the CLIP BPE tokenizer."""
+    from conftest import ROOT
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizerFast
+
+    vision = tiny_vlms["llava_tiny"].config.vision_config.to_dict()
+    torch.manual_seed(1)
+    config = CLIPConfig(vision_config=vision, projection_dim=16, text_config=dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, vocab_size=49408,
+        max_position_embeddings=16))  # short rows, so that an instruction is cut into several
+    directory = tmp_path_factory.mktemp("text_tower")
+    CLIPModel(config).eval().save_pretrained(directory)
+    CLIPTokenizerFast.from_pretrained(ROOT / "assets" / "clip-tokenizer").save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("batch", PREFIXES)
+def test_cdpruner_with_the_text_tower_matches_the_authors_algorithm_on_llava(tiny_vlms, text_tower, batch):
+    from transformers import CLIPModel, CLIPTokenizerFast
+
+    model = tiny_vlms["llava_tiny"]
+    rows, images = requests(model, PREFIXES[batch])
+    texts = ["what is the object in the middle of this picture, and what colour is it?", "cat?", "how many dogs"]
+    instructions = asked(texts[:len(rows)], [[1]] * len(rows))
+    clip, tokenizer = CLIPModel.from_pretrained(text_tower).eval(), CLIPTokenizerFast.from_pretrained(text_tower)
+    with torch.no_grad():
+        stock = Runner(model).visual(images)
+        out_features = model.model.vision_tower(images["pixel_values"], output_hidden_states=True).hidden_states[-2]
+    applied = strategy(model, "cdpruner", tokens=10, text_tower=str(text_tower))
+    out, seen = run_capturing(model, applied, rows, images, instructions=instructions)
+    for b, image in enumerate(stock):
+        with torch.no_grad():  # the authors' CLIPVisionTower.forward with texts, for one image
+            image_embeds = clip.visual_projection(clip.vision_model.post_layernorm(out_features[b, 1:]))
+            inputs = tokenizer(text=texts[b], return_tensors="pt")
+            segments = (inputs.input_ids.shape[1] - 1) // 16 + 1
+            padding = 16 * segments - inputs.input_ids.shape[1]
+            inputs = {k: torch.cat([v, v.new_zeros((v.shape[0], padding))], dim=1).reshape(-1, 16)
+                      for k, v in inputs.items()}
+            text_embeds = clip.get_text_features(**inputs).pooler_output
+        image_embeds = image_embeds.double() / image_embeds.double().norm(dim=-1, keepdim=True)
+        text_embeds = text_embeds.double() / text_embeds.double().norm(dim=-1, keepdim=True)
+        assert text_embeds.shape[0] == segments and (segments > 1 or b > 0)  # the first is cut into rows
+        relevance = (-(image_embeds @ text_embeds.T)).mean(dim=-1)
+        kept = reference_cdpruner(image.embeds, relevance, 10)
+        embeds, positions, start = received(model, rows, seen, b)
+        torch.testing.assert_close(embeds[start: start + 10], image.embeds[kept], rtol=0, atol=0)
+        torch.testing.assert_close(out.first_logits[b], lm_logits(model, embeds, positions), rtol=1e-4, atol=1e-4)
+
+
+def test_cdpruner_bad_input_names_the_fix(tiny_vlms):
+    def message(name, **knobs) -> str:
+        with pytest.raises(ConfigError) as caught:
+            strategy(tiny_vlms[name], "cdpruner", **knobs)
+        assert "\n" not in str(caught.value)
+        return str(caught.value)
+
+    assert "pruning.text_tower=" in message("llava_tiny") and "pruning.relevance=llm" in message("llava_tiny")
+    assert "use pruning.relevance=llm" in message("onevision_tiny", text_tower="x")
+    assert "cdpruner with pruning.relevance=llm" in message("qwen2_vl_tiny")
+    assert "pruning.relevance='sure' is unknown; allowed: tower, llm" in message("llava_tiny", relevance="sure")
+    assert "pruning.text_tower=/nowhere: no dual encoder" in message("llava_tiny", text_tower="/nowhere")

@@ -72,13 +72,14 @@ def capture_prefill(model):
     return seen, layout_of(model).language_model(model).register_forward_pre_hook(hook, with_kwargs=True)
 
 
-def run_capturing(model, applied, rows, images, n: int = 1, **knobs):
+def run_capturing(model, applied, rows, images, n: int = 1, instructions=None, **knobs):
     """Generate `n` tokens with `applied` on (then removed) -> (the Output, the prefill's inputs)."""
     from vlm_eff.generation import Runner
 
     seen, handle = capture_prefill(model)
     try:
-        out = Runner(model, strategy=applied, **knobs).generate(rows, images, n, stop_at_eos=False)
+        out = Runner(model, strategy=applied, **knobs).generate(rows, images, n, stop_at_eos=False,
+                                                                instructions=instructions)
     finally:
         handle.remove()
         applied.remove_from_vlm(model, layout_of(model))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -24,6 +25,14 @@ from vlm_eff.reduction import NoReduction, Strategy
 from vlm_eff.vlms import ImageTokens, Layout, layout_of
 
 POSITIONS = ("compact", "original")
+
+
+class Instruction(NamedTuple):
+    """What a request asks (the question without the benchmark's answer-format line), for strategies that condition
+    on it: as text, and as the language model's token ids (no special tokens)."""
+
+    text: str
+    ids: torch.Tensor  # [n]
 
 
 @dataclass
@@ -170,9 +179,11 @@ class Runner:
 
     @torch.inference_mode()
     def generate(self, rows: list[torch.Tensor], images: dict, max_new_tokens: int, stop_at_eos: bool = True,
-                 pad_id: int = 0) -> Output:
-        """Greedy generation of up to `max_new_tokens` per row (all of them unless `stop_at_eos`), timed."""
+                 pad_id: int = 0, instructions: list[Instruction] | None = None) -> Output:
+        """Greedy generation of up to `max_new_tokens` per row (all of them unless `stop_at_eos`), timed;
+        `instructions` (one per row) for the strategies that condition on what is asked."""
         start = self._sync()
+        self.strategy.before_visual(instructions)
         visual = self.visual(images)
         vision_end = self._sync()
         prompt = self.prompt(rows, visual)
@@ -201,14 +212,15 @@ class Runner:
         return output
 
     @torch.inference_mode()
-    def flops(self, rows: list[torch.Tensor], images: dict) -> dict:
-        """FLOPs per row of the vision part (tower to the feature layer and projector), the prefill, and one
-        decode step (attention over the cache included)."""
+    def flops(self, rows: list[torch.Tensor], images: dict, instructions: list[Instruction] | None = None) -> dict:
+        """FLOPs per row of the vision part (tower to the feature layer, the strategy's own selection and the
+        projector), the prefill, and one decode step (attention over the cache included)."""
         def count(fn):
             with FlopCounterMode(display=False) as counter:
                 result = fn()
             return result, counter.get_total_flops() / len(rows)
 
+        self.strategy.before_visual(instructions)
         visual, vision = count(lambda: self.visual(images))
         prompt = self.prompt(rows, visual)
         self.strategy.before_prefill(prompt)

@@ -32,6 +32,7 @@ from vlm_eff.results import write_atomic
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's short-answer suffix
 LETTER_ANSWER = "Answer with the option's letter from the given choices directly."  # its multiple-choice suffix
+ANSWER_FORMATS = (SHORT_ANSWER, LETTER_ANSWER, "请直接回答选项字母。")  # answer-format lines, not the instruction
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,14 @@ class Question:
     answer: str | tuple[str, ...] | None = None  # a reference the question file carries (data=vqa)
     kind: str | None = None  # a category the score is also broken down by
     record: dict = field(default_factory=dict)  # further answer-record keys (MMBench: round_id, options, ...)
+
+    @property
+    def instruction(self) -> str:
+        """The question without LLaVA's answer-format lines (what instruction-conditioned reductions read)."""
+        text = self.text
+        for line in ANSWER_FORMATS:
+            text = text.replace("\n" + line, "")
+        return text
 
     def load_image(self) -> Image.Image:
         """The image as RGB; an unreadable one is a one-line error naming the question."""

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from vlm_eff.benchmarks import Benchmark, Question
 from vlm_eff.data.loading import default_workers
+from vlm_eff.generation import Instruction
 
 
 @dataclass
@@ -24,10 +25,17 @@ class Requests:
     images: dict  # the layout's image inputs (processor outputs) for the batch's images, in order
     questions: list[Question] | None = None
     prompts: list[str] | None = None
+    instructions: list[Instruction] | None = None  # what each row asks (instruction-conditioned reductions)
 
     @property
     def batch_size(self) -> int:
         return len(self.rows)
+
+
+def instructions_of(processor, texts: list[str]) -> list[Instruction]:
+    """Each instruction as text and as the language model's token ids (the processor's tokenizer, no specials)."""
+    return [Instruction(text, torch.tensor(processor.tokenizer(text, add_special_tokens=False)["input_ids"],
+                                           dtype=torch.long)) for text in texts]
 
 
 def processor_requests(processor, images: list, questions: list[str]) -> tuple[list[torch.Tensor], dict, list[str]]:
@@ -50,7 +58,8 @@ class QuestionBatches:
         questions = [self.benchmark.questions[i] for i in indices]
         rows, inputs, prompts = processor_requests(self.processor, [q.load_image() for q in questions],
                                                    [q.text for q in questions])
-        return Requests(rows, self.layout.image_inputs(inputs), questions, prompts)
+        return Requests(rows, self.layout.image_inputs(inputs), questions, prompts,
+                        instructions_of(self.processor, [q.instruction for q in questions]))
 
 
 class QuestionDataModule(pl.LightningDataModule):

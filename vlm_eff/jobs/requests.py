@@ -19,14 +19,15 @@ from torch.utils.data import DataLoader
 
 from vlm_eff.benchmarks import Benchmark
 from vlm_eff.benchmarks.answers import AnswerLog, append, unfinished_run
-from vlm_eff.data.questions import QuestionBatches, QuestionDataModule, Requests, processor_requests
+from vlm_eff.data.questions import (QuestionBatches, QuestionDataModule, Requests, instructions_of,
+                                    processor_requests)
 from vlm_eff.errors import ConfigError
-from vlm_eff.generation import Output, Runner
+from vlm_eff.generation import Instruction, Output, Runner
 from vlm_eff.jobs.common import Prepared, closing_lines, run_dir, save_row, test_trainer
 from vlm_eff.models import hub_reachable, model_label
 from vlm_eff.results import base_row, write_atomic
 from vlm_eff.runtime import device_label
-from vlm_eff.vlms import layout_of
+from vlm_eff.vlms import PROMPT_TEXT_TOKENS, layout_of
 from vlm_eff.wandb_logging import finish, make_logger
 
 SYNTHETIC_QUESTION = "Describe the image in detail."  # profiling through a processor: any question will do
@@ -46,10 +47,11 @@ class RequestModule(pl.LightningModule):
     def transfer_batch_to_device(self, batch: Requests, device, dataloader_idx: int) -> Requests:
         dtype = self.runner.embed.weight.dtype
         images = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in batch.images.items()}
-        return Requests([ids.to(device) for ids in batch.rows], images, batch.questions, batch.prompts)
+        return dataclasses.replace(batch, rows=[ids.to(device) for ids in batch.rows], images=images)
 
     def test_step(self, batch: Requests, batch_idx: int):
-        output = self.runner.generate(batch.rows, batch.images, self.max_new_tokens, self.stop_at_eos, self.pad_id)
+        output = self.runner.generate(batch.rows, batch.images, self.max_new_tokens, self.stop_at_eos, self.pad_id,
+                                      batch.instructions)
         self.outputs.append(dataclasses.replace(output, tokens=None, first_logits=None))
         return self.answer(batch, output) if self.answer else None
 
@@ -83,7 +85,7 @@ def request_row(cfg: DictConfig, prepared: Prepared, runner: Runner, module: Req
     request (counted on `first`, a batch of them), the timing callback's summary."""
     device, strategy, model = prepared.device, prepared.strategy, runner.model
     first = module.transfer_batch_to_device(first, device, 0)
-    flops = runner.flops(first.rows, first.images)
+    flops = runner.flops(first.rows, first.images, first.instructions)
     timed = module.outputs[cfg.warmup:] or module.outputs[-1:]
     mean = lambda values: statistics.fmean(values) if values else None  # noqa: E731
     milliseconds = lambda values: None if not values else 1000 * statistics.fmean(values)  # noqa: E731
@@ -128,11 +130,14 @@ def synthetic_requests(cfg: DictConfig, model, n_batches: int) -> tuple[list[Req
     if processor is None:
         images = layout.synthetic_images(model.config, B, cfg.model.image_size, generator)
         prompt = layout.synthetic_prompt(model.config, generator)
-        return [Requests([prompt] * B, images) for _ in range(n_batches)], "ids drawn inside the vocabulary"
+        asked = [Instruction(SYNTHETIC_QUESTION, prompt[-PROMPT_TEXT_TOKENS[1]:])] * B  # the text after the image
+        return [Requests([prompt] * B, images, instructions=asked) for _ in range(n_batches)], \
+            "ids drawn inside the vocabulary"
     side = layout.image_side(model.config, cfg.model.image_size)
     noise = torch.randint(0, 256, (side, side, 3), generator=generator, dtype=torch.uint8).numpy()
     rows, inputs, prompts = processor_requests(processor, [Image.fromarray(noise)] * B, [SYNTHETIC_QUESTION] * B)
-    return ([Requests(rows, layout.image_inputs(inputs), prompts=prompts) for _ in range(n_batches)],
+    asked = instructions_of(processor, [SYNTHETIC_QUESTION] * B)
+    return ([Requests(rows, layout.image_inputs(inputs), prompts=prompts, instructions=asked) for _ in range(n_batches)],
             "the model's processor and chat template")
 
 

@@ -7,6 +7,7 @@ result columns), for every tower family in `vlm_eff.towers`:
                   the boundary strategies share (budgets, the feature layer's attention)
     random_tokens.py  random (boundary: a seeded uniform subset of the projected tokens)
     vispruner.py  vispruner (boundary: important tokens by CLS attention, the rest by duplicate removal)
+    cdpruner.py   cdpruner (boundary: a DPP over the projected tokens conditioned on the instruction)
     llm.py        fastv, pyramiddrop (generative VLMs: inside the language model), and what the llm site shares
     dart.py       dart (llm site: pivots by key norm, then the image tokens least similar to each)
 
@@ -25,6 +26,7 @@ from torch import nn
 from vlm_eff.errors import ConfigError
 from vlm_eff.reduction.base import REDUCE_RANGE, NoReduction, Strategy, check_keep, default_origins, kept_count
 from vlm_eff.reduction.boundary import DivPrune, VisionZip
+from vlm_eff.reduction.cdpruner import CDPruner
 from vlm_eff.reduction.dart import DART
 from vlm_eff.reduction.dropping import Reduction, apply_patch, remove_patch
 from vlm_eff.reduction.llm import LLMPruning
@@ -130,7 +132,7 @@ def token_origins(tower: nn.Module, tokens: torch.Tensor, has_cls: bool) -> torc
 # The boundary and LLM-site strategies of generative VLMs: name -> the class whose `from_config` builds it (a new
 # method is a module under reduction/ and one entry here).
 VLM_STRATEGIES = {"visionzip": VisionZip, "divprune": DivPrune, "random": RandomPruning, "vispruner": VisPruner,
-                  "fastv": LLMPruning, "pyramiddrop": LLMPruning, "dart": DART}
+                  "cdpruner": CDPruner, "fastv": LLMPruning, "pyramiddrop": LLMPruning, "dart": DART}
 
 
 def needs_tower(cfg: DictConfig) -> bool:
@@ -148,7 +150,8 @@ def build_vlm(cfg: DictConfig, layout, config, seed: int = 0) -> Strategy:
     layout.check_strategy(cfg)
     family = layout.tower_family(config)
     if family is None and needs_tower(cfg):
-        allowed = ["none", *(name for name in VLM_STRATEGIES if not needs_tower(OmegaConf.create({"name": name})))]
+        allowed = ["none", *(name for name in VLM_STRATEGIES if not needs_tower(OmegaConf.create({"name": name}))),
+                   "cdpruner with pruning.relevance=llm"]
         raise ConfigError(f"pruning={cfg.name}: {layout.name}'s own ViT (2-D RoPE over packed images, a 2x2 "
                           "PatchMerger) takes no encoder-site strategy and exposes no CLS or attention to read; "
                           f"allowed here: {', '.join(allowed)}")

@@ -66,6 +66,10 @@ class EncoderSite:
     def remove_from_vlm(self, model: nn.Module, layout) -> None:
         self.remove(layout.vision(model))
 
+    def before_visual(self, instructions: list | None) -> None:
+        """A new request batch's instructions (generation.Instruction per row; None: not known), before the vision
+        part runs (instruction-conditioned strategies read them)."""
+
     def after_projector(self, images: list) -> list:
         """Each image's visual tokens (vlms.ImageTokens) -> those the LLM receives."""
         return images

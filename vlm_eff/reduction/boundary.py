@@ -245,15 +245,15 @@ class AfterProjector(EncoderSite):
     def tokens_per_layer(self, n_patches: int, n_layers: int, has_cls: bool) -> list[int]:
         return [int(has_cls) + n_patches] * n_layers
 
-    def pick(self, embeds: torch.Tensor, n: int) -> torch.Tensor:
-        """Of one image's projected tokens [N, D], the n kept -> their indices [n], ascending."""
+    def pick(self, embeds: torch.Tensor, n: int, b: int) -> torch.Tensor:
+        """Of image b's projected tokens [N, D], the n kept -> their indices [n], ascending."""
         raise NotImplementedError
 
     @record_function(REDUCE_RANGE)
     def after_projector(self, images: list) -> list:
         kept = []
-        for image in images:
-            index = self.pick(image.embeds, budget(len(image.slots), self.keep, self.tokens))
+        for b, image in enumerate(images):
+            index = self.pick(image.embeds, budget(len(image.slots), self.keep, self.tokens), b)
             kept.append(image._replace(embeds=image.embeds[index], slots=image.slots[index]))
         if trace.active():
             trace.record("projector", trace.kept_slots([image.slots for image in kept], images[0].full), space="slots")
@@ -270,5 +270,5 @@ class DivPrune(AfterProjector):
     def from_config(cls, cfg, layout, config) -> "DivPrune":
         return cls(*budget_knobs(cfg, (None, 64)))
 
-    def pick(self, embeds: torch.Tensor, n: int) -> torch.Tensor:
+    def pick(self, embeds: torch.Tensor, n: int, b: int) -> torch.Tensor:
         return divprune_select(embeds, n)

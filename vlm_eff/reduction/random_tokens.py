@@ -32,5 +32,5 @@ class RandomPruning(AfterProjector):
         self.generator = torch.Generator().manual_seed(self.seed)  # a request batch draws from a fresh generator
         return super().after_projector(images)
 
-    def pick(self, embeds: torch.Tensor, n: int) -> torch.Tensor:
+    def pick(self, embeds: torch.Tensor, n: int, b: int) -> torch.Tensor:
         return torch.randperm(len(embeds), generator=self.generator)[:n].sort().values.to(embeds.device)
