@@ -20,9 +20,9 @@ from PIL import Image
 
 from vlm_eff.data.cifar10 import IMAGE_SUFFIXES, read_image
 from vlm_eff.errors import ConfigError
-from vlm_eff.generation import Runner
+from vlm_eff.generation import Instruction, Runner
 from vlm_eff.jobs.common import image_size, run_dir
-from vlm_eff.data.questions import processor_requests
+from vlm_eff.data.questions import instructions_of, processor_requests
 from vlm_eff.jobs.requests import optional_processor
 from vlm_eff.knobs import check_knobs
 from vlm_eff.models import ImageEncoder, load_model, load_preprocess, model_config
@@ -30,7 +30,7 @@ from vlm_eff.reduction import build, build_vlm, trace
 from vlm_eff.results import write_atomic
 from vlm_eff.token_maps import Panel, cell_groups, compose, draw, one_image, pick_steps, title_of
 from vlm_eff.towers import family_for
-from vlm_eff.vlms import LAYOUTS, is_vlm
+from vlm_eff.vlms import LAYOUTS, PROMPT_TEXT_TOKENS, is_vlm
 from vlm_eff.wandb_logging import finish, make_logger
 
 
@@ -106,15 +106,17 @@ def vlm_steps(cfg: DictConfig, config, images: list[np.ndarray]) -> Traced:
                                              [cfg.question] * len(images))
         pixels = inputs["pixel_values"]
         mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
+        instructions = instructions_of(processor, [cfg.question] * len(images))
     else:  # random weights without a processor: the tower's size, CLIP's normalisation, a synthetic prompt
         preprocess = load_preprocess(cfg.model, vision.image_size)
         pixels = torch.stack([preprocess(image) for image in images])
         rows = [layout.synthetic_prompt(config, torch.Generator().manual_seed(cfg.seed))] * len(images)
         mean, std = preprocess.mean.flatten(), preprocess.std.flatten()
+        instructions = [Instruction(cfg.question, rows[0][-PROMPT_TEXT_TOKENS[1]:])] * len(images)  # text after the image
     strategy.apply_to_vlm(model, layout)
     with trace.tracing() as steps:
         Runner(model, cfg.pruning.get("positions", "compact"), strategy, layout).generate(
-            rows, {"pixel_values": pixels}, max_new_tokens=1)
+            rows, {"pixel_values": pixels}, max_new_tokens=1, instructions=instructions)
     seen = [to_uint8(p, mean, std) for p in pixels]
     return Traced(steps, seen, vision.image_size // vision.patch_size, with_cls, loaded.weights)
 
