@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from torch.utils.flop_counter import FlopCounterMode
 
 from vlm_eff.errors import ConfigError
 from vlm_eff.generation import Runner
 from vlm_eff.jobs.common import prepare
 from vlm_eff.jobs.requests import synthetic_requests
 from vlm_eff.reduction import build_vlm
+from vlm_eff.reduction.base import EncoderSite
 from vlm_eff.runtime import device_label
 from vlm_eff.vlms import layout_of
 
@@ -61,13 +64,13 @@ def main() -> None:
     def on_device(request):
         return ([ids.to(prepared.device) for ids in request.rows],
                 {k: v.to(prepared.device, prepared.dtype) if v.is_floating_point() else v.to(prepared.device)
-                 for k, v in request.images.items()})
+                 for k, v in request.images.items()}, request.instructions)
 
-    rows, images = on_device(synthetic_requests(base, model, 1)[0])
-    single = on_device(synthetic_requests(profile_config([*base_overrides(args), "data.batch_size=1"]), model, 1)[0])
+    rows, images, instructions = on_device(synthetic_requests(base, model, 1)[0][0])
+    single = on_device(synthetic_requests(profile_config([*base_overrides(args), "data.batch_size=1"]), model, 1)[0][0])
 
     def run(runner):
-        return runner.generate(rows, images, args.gen, stop_at_eos=False)
+        return runner.generate(rows, images, args.gen, stop_at_eos=False, instructions=instructions)
 
     stock_runner = Runner(model)
     stock_flops = stock_runner.flops(*single)  # per request: one is enough
@@ -77,8 +80,8 @@ def main() -> None:
           f"{args.pairs} pairs per strategy; stock: {stock_cost / 1e9:.1f} GFLOPs vision + prefill per request\n")
     print("| strategy | keep | visual tokens | stock TTFT ms | reduced TTFT ms | TTFT speed-up (median of pairs) "
           "| pair ratios min-max | FLOP ratio (vision + prefill) | of the bound | decode ms/token stock -> reduced "
-          "| KV cache MiB stock -> reduced |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| KV cache MiB stock -> reduced | the selection's own cost per batch |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     run(stock_runner)  # warm-up, stock
     for name in args.strategies.split(","):
         budget = [f"pruning.keep={args.keep}"] if args.tokens is None else ["pruning.keep=null", f"pruning.tokens={args.tokens}"]
@@ -92,6 +95,7 @@ def main() -> None:
         strategy.apply_to_vlm(model, layout)
         flops = runner.flops(*single)
         run(runner)  # warm-up, reduced
+        selection = selection_cost(strategy, lambda: run(runner), prepared.device)
         strategy.remove_from_vlm(model, layout)
         stock, reduced = [], []
         for _ in range(args.pairs):
@@ -107,7 +111,46 @@ def main() -> None:
         print(f"| {name} | {args.keep if args.tokens is None else f'tokens={args.tokens}'} | {statistics.fmean(reduced[0].visual_tokens):.0f} of "
               f"{statistics.fmean(stock[0].visual_tokens):.0f} | {ttft[0]:.0f} | {ttft[1]:.0f} | {speedup:.3f}x "
               f"| {min(ratios):.2f}-{max(ratios):.2f} | {flop_ratio:.3f}x | {speedup / flop_ratio:.3f} "
-              f"| {decode[0]:.1f} -> {decode[1]:.1f} | {kv[0]:.1f} -> {kv[1]:.1f} |", flush=True)
+              f"| {decode[0]:.1f} -> {decode[1]:.1f} | {kv[0]:.1f} -> {kv[1]:.1f} "
+              f"| {selection[0]:.1f} ms, {selection[1]:.3f} GFLOPs |", flush=True)
+
+
+SELECTIONS = ("select", "after_projector", "drop")  # where a strategy chooses: in the tower, after the projector, in the LLM
+
+
+def selection_cost(strategy, request, device) -> tuple[float, float]:
+    """(ms, GFLOPs) of the strategy's own selection in one request (its choosing step, wrapped on the instance:
+    timed in one run, counted with torch's FLOP counter in another); the tower / LLM layers around it not counted."""
+    spent = {"s": 0.0, "flops": 0.0}
+
+    def timed(method):
+        def wrapper(*args, **kwargs):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            result = method(*args, **kwargs)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            spent["s"] += time.perf_counter() - start
+            return result
+        return wrapper
+
+    def counted(method):
+        def wrapper(*args, **kwargs):
+            with FlopCounterMode(display=False) as counter:
+                result = method(*args, **kwargs)
+            spent["flops"] += counter.get_total_flops()
+            return result
+        return wrapper
+
+    names = [name for name in SELECTIONS if getattr(type(strategy), name, None) not in (None, getattr(EncoderSite, name, None))]
+    for wrap in (timed, counted):
+        for name in names:
+            setattr(strategy, name, wrap(getattr(type(strategy), name).__get__(strategy)))
+        request()
+        for name in names:
+            delattr(strategy, name)
+    return 1e3 * spent["s"], spent["flops"] / 1e9
 
 
 if __name__ == "__main__":
