@@ -29,7 +29,7 @@ for model in "${models[@]}"; do
     done
     for keep in 0.25 0.125; do
         python scripts/paired_vlm_speed.py --keep $keep --pairs 3 --strategies random,vispruner,cdpruner,dart \
-            "model=$model" data.batch_size=1 ++pruning.relevance=llm "++pruning.layer=${extra[0]#pruning.layer=}" \
+            "model=$model" data.batch_size=1 ++pruning.relevance=llm "${extra[@]/#/++}" \
             | tail -n +5 | tee -a "$out/${model}_2025.md"
     done
 done
