@@ -401,3 +401,115 @@ def test_cdpruner_bad_input_names_the_fix(tiny_vlms):
     assert "cdpruner with pruning.relevance=llm" in message("qwen2_vl_tiny")
     assert "pruning.relevance='sure' is unknown; allowed: tower, llm" in message("llava_tiny", relevance="sure")
     assert "pruning.text_tower=/nowhere: no dual encoder" in message("llava_tiny", text_tower="/nowhere")
+
+
+# -- SparseVLM -------------------------------------------------------------------------------------------------
+def reference_cluster_and_merge(x: torch.Tensor, cluster_num: int) -> torch.Tensor:
+    """The authors' cluster_and_merge (DPC-KNN), for one batch row, without their 1e-6 tie-breaking noise."""
+    x = x[None].float()
+    B, N, C = x.shape
+    dist_matrix = (x[:, :, None] - x[:, None, :]).norm(dim=-1, p=2) / (C ** 0.5)
+    dist_nearest, _ = torch.topk(dist_matrix, k=cluster_num, dim=-1, largest=False)
+    density = (-(dist_nearest ** 2).mean(dim=-1)).exp()
+    mask = (density[:, None, :] > density[:, :, None]).type(x.dtype)
+    dist_max = dist_matrix.flatten(1).max(dim=-1)[0][:, None, None]
+    dist, _ = (dist_matrix * mask + dist_max * (1 - mask)).min(dim=-1)
+    _, index_down = torch.topk(dist * density, k=cluster_num, dim=-1)
+    idx_cluster = dist_matrix[0][index_down[0]][None].argmin(dim=1)
+    idx_cluster[0, index_down[0]] = torch.arange(cluster_num)
+    all_weight = torch.zeros(cluster_num, 1).index_add_(0, idx_cluster[0], torch.ones(N, 1)) + 1e-6
+    merged = torch.zeros(cluster_num, C).index_add_(0, idx_cluster[0], x[0] / all_weight[idx_cluster[0]])
+    return merged
+
+
+@torch.no_grad()
+def reference_sparsevlm(model, embeds, positions, image, ranking: list[int], budgets: list[int]):
+    """SparseVLM v1.0 as the authors' LlamaDynamicvitModel.forward, one prompt, eager attention, layer by layer: the
+    raters from the input embeddings; after each ranking layer, its head-mean attention from the raters to the image
+    tokens (rater mean), the top min(budget, n - 1) kept; the pruned top int(0.3 n) + 1 by that score clustered and
+    merged back after the kept ones; the next layers on [prefix, kept, merged, text]. Positions: each kept token's own,
+    a merged token its centre's (DESIGN.md's llm-site rule, where the authors' v1.0 renumbers). -> last-token logits."""
+    layout = layout_of(model)
+    lm = layout.language_model(model)
+    h, pos = embeds[None], positions[:, None] if layout.mrope else positions
+    span = image.nonzero()[:, 0]
+    start, n_image = int(span[0]), len(span)
+    v_t, t_t = h[:, start: start + n_image], h[:, start + n_image:]
+    m_v_t = (v_t @ t_t.transpose(1, 2)).softmax(2).mean(1)[0]
+    raters = torch.where(m_v_t > m_v_t.mean())[0] + start + n_image
+    implementation, lm.config._attn_implementation = lm.config._attn_implementation, "eager"
+    try:
+        for i, layer in enumerate(lm.layers):
+            rope = lm.rotary_emb(h, pos)
+            if i in ranking:
+                _, weights = layer.self_attn(hidden_states=layer.input_layernorm(h), attention_mask=causal(h.shape[1]),
+                                             position_embeddings=rope)
+            h = layer(h, attention_mask=causal(h.shape[1]), position_embeddings=rope, position_ids=None)
+            if i in ranking:
+                relation = weights.mean(1)[0][raters][:, start: start + n_image].mean(0)  # [n]
+                keep_n = min(budgets[ranking.index(i)], n_image - 1)
+                kept = relation.topk(keep_n).indices.sort().values
+                pruned = torch.tensor([j for j in range(n_image) if j not in kept.tolist()])
+                recycled = pruned[relation[pruned].topk(int(len(pruned) * 0.3) + 1).indices]
+                cluster_num = int(len(recycled) / 10) + 1
+                merged = reference_cluster_and_merge(h[0, start + recycled], cluster_num)
+                x = h[0, start + recycled][None].float()  # the centres, as the authors pick them, for the positions
+                d = (x[:, :, None] - x[:, None, :]).norm(dim=-1) / (x.shape[-1] ** 0.5)
+                density = (-(torch.topk(d, k=cluster_num, dim=-1, largest=False).values ** 2).mean(-1)).exp()
+                mask = (density[:, None, :] > density[:, :, None]).float()
+                parent = (d * mask + d.max() * (1 - mask)).min(dim=-1).values
+                centres = recycled[torch.topk(parent * density, k=cluster_num, dim=-1).indices[0]]
+                text = torch.arange(start + n_image, h.shape[1])
+                h = torch.cat([h[:, :start], h[:, start + kept], merged[None].to(h.dtype), h[:, text]], dim=1)
+                pos = torch.cat([pos[..., :start], pos[..., start + kept], pos[..., start + centres], pos[..., text]],
+                                dim=-1)
+                raters = raters - n_image + len(kept) + cluster_num
+                n_image = len(kept) + cluster_num
+    finally:
+        lm.config._attn_implementation = implementation
+    return layout.lm_head(model)(lm.norm(h)[0, -1])
+
+
+@pytest.mark.parametrize("batch", PREFIXES)
+@pytest.mark.parametrize("tokens", [64, 192])
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_sparsevlm_matches_the_authors_algorithm(tiny_vlms, name, tokens, batch):
+    from vlm_eff.reduction.sparsevlm import AUTHORS_TOKENS, BUDGETS
+
+    model = tiny_vlms[name]
+    rows, images = requests(model, PREFIXES[batch])
+    applied = strategy(model, "sparsevlm", tokens=tokens, layer=[0])
+    out, seen = run_capturing(model, applied, rows, images)
+    for b, row in enumerate(rows):
+        embeds, positions = unpadded(seen, b)
+        image = row == model.config.image_token_id
+        budget = max(1, round(BUDGETS[tokens][0] * int(image.sum()) / AUTHORS_TOKENS))
+        logits = reference_sparsevlm(model, embeds, positions, image, [0], [budget])
+        torch.testing.assert_close(out.first_logits[b], logits, rtol=1e-4, atol=1e-4)
+        stage = applied.stages[1]
+        kept = min(budget, int(image.sum()) - 1)
+        recycled = int((int(image.sum()) - kept) * 0.3) + 1
+        assert int((stage.image & stage.valid)[b].sum()) == kept + int(recycled / 10) + 1
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sparsevlm_clustering_is_the_authors(seed):
+    """DPC-KNN on random tokens (no ties): the same clusters and means as the authors' code, each token in one."""
+    from vlm_eff.reduction.sparsevlm import cluster_and_merge
+
+    x = torch.randn(23, 8, generator=torch.Generator().manual_seed(seed))
+    merged, centres = cluster_and_merge(x, 3)
+    torch.testing.assert_close(merged, reference_cluster_and_merge(x, 3))
+    assert len(set(centres.tolist())) == 3
+
+
+def test_sparsevlm_layers_scale_to_the_depth_and_bad_budgets_are_one_line_errors(tiny_vlms):
+    from vlm_eff.reduction.sparsevlm import scaled_layers
+
+    assert scaled_layers(32) == (2, 6, 15) and scaled_layers(24) == (2, 4, 11) and scaled_layers(4) == (1, 2)
+    for knobs, says in [(dict(tokens=50), "pruning.tokens=50 has no SparseVLM budgets; allowed: 64, 96, 128, 192"),
+                        (dict(layer=[1]), "must be distinct ascending decoder layers in 0..0"),
+                        (dict(keep=0.5, tokens=None), "takes pruning.tokens")]:
+        with pytest.raises(ConfigError) as caught:
+            strategy(tiny_vlms["llava_tiny"], "sparsevlm", **knobs)
+        assert says in str(caught.value) and "\n" not in str(caught.value)

@@ -10,6 +10,7 @@ result columns), for every tower family in `vlm_eff.towers`:
     cdpruner.py   cdpruner (boundary: a DPP over the projected tokens conditioned on the instruction)
     llm.py        fastv, pyramiddrop (generative VLMs: inside the language model), and what the llm site shares
     dart.py       dart (llm site: pivots by key norm, then the image tokens least similar to each)
+    sparsevlm.py  sparsevlm (llm site: stages keeping what the question's raters attend to, recycling the rest)
 
 `build` maps the `pruning` config group to a dual encoder's strategy, `build_vlm` to a generative VLM's
 (any site); a new strategy is a module here and one entry in STRATEGIES (or VLM_STRATEGIES).
@@ -31,6 +32,7 @@ from vlm_eff.reduction.dart import DART
 from vlm_eff.reduction.dropping import Reduction, apply_patch, remove_patch
 from vlm_eff.reduction.llm import LLMPruning
 from vlm_eff.reduction.random_tokens import RandomPruning
+from vlm_eff.reduction.sparsevlm import SparseVLM
 from vlm_eff.reduction.vispruner import VisPruner
 from vlm_eff.reduction.merging import (PiToMe, ToMe, apply_pitome, apply_tome, check_r, merges, r_for_keep,
                                        remove_tome)
@@ -132,7 +134,8 @@ def token_origins(tower: nn.Module, tokens: torch.Tensor, has_cls: bool) -> torc
 # The boundary and LLM-site strategies of generative VLMs: name -> the class whose `from_config` builds it (a new
 # method is a module under reduction/ and one entry here).
 VLM_STRATEGIES = {"visionzip": VisionZip, "divprune": DivPrune, "random": RandomPruning, "vispruner": VisPruner,
-                  "cdpruner": CDPruner, "fastv": LLMPruning, "pyramiddrop": LLMPruning, "dart": DART}
+                  "cdpruner": CDPruner, "fastv": LLMPruning, "pyramiddrop": LLMPruning, "dart": DART,
+                  "sparsevlm": SparseVLM}
 
 
 def needs_tower(cfg: DictConfig) -> bool:
@@ -159,7 +162,8 @@ def build_vlm(cfg: DictConfig, layout, config, seed: int = 0) -> Strategy:
     if family is not None and cfg.name in VLM_STRATEGIES and VLM_STRATEGIES[cfg.name].per_crop:
         vision = config.vision_config
         count = (vision.image_size // vision.patch_size) ** 2  # the budget is per crop
-    if isinstance(tokens, int) and count is not None and tokens > count:
+    counted = cfg.name not in VLM_STRATEGIES or VLM_STRATEGIES[cfg.name].tokens_counted
+    if isinstance(tokens, int) and count is not None and tokens > count and counted:
         raise ConfigError(f"pruning.tokens={tokens} is more than the {count} visual tokens of an image here; "
                           f"allowed 1..{count}")
     if cfg.name in VLM_STRATEGIES:

@@ -54,6 +54,7 @@ class EncoderSite:
     site = "encoder"
     hands_over = "spatial"  # or "as_selected": the strategy's own order, CLS included (VisionZip)
     per_crop = False  # the budget counts the tokens of one crop (anyres layouts), not of the whole image
+    tokens_counted = True  # `pruning.tokens` counts this model's visual tokens (SparseVLM: the paper's of 576)
 
     @classmethod
     def needs_tower(cls, cfg) -> bool:

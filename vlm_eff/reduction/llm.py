@@ -237,17 +237,17 @@ class _PruningDecoderLayer:
         pruning, index = self._llm_pruning
         prefill = cache is None or cache.get_seq_length(index) == 0
         stage = pruning.stage_of(index)
-        if stage == 0:  # the layer before the first stage: FastV ranks with its input
-            if prefill:
-                pruning.remembered = (self, hidden_states, position_embeddings)
-        elif prefill:
+        if prefill:
             if index in pruning.layers:
                 current = gather_positions(position_embeddings, None, pruning.stages[-1].index)[0]
                 hidden_states = pruning.drop(self, hidden_states, current, stage - 1)
-            kept = pruning.stages[stage]
-            position_embeddings, position_ids = gather_positions(position_embeddings, position_ids, kept.index)
-            attention_mask = pruning.prefill_mask(kept)
-        else:
+            if stage > 0:
+                kept = pruning.stages[stage]
+                position_embeddings, position_ids = gather_positions(position_embeddings, position_ids, kept.index)
+                attention_mask = pruning.prefill_mask(kept)
+            if index + 1 in pruning.layers:  # the layer a stage after it ranks with (FastV, DART): its input
+                pruning.remembered = (self, hidden_states, position_embeddings)
+        elif stage > 0:
             q_length = hidden_states.shape[1]
             attention_mask = pruning.decode_mask(pruning.stages[stage], cache.get_seq_length(index) + q_length,
                                                  q_length)
