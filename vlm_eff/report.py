@@ -28,7 +28,7 @@ from vlm_eff.results import COLUMNS, csv_text, read_results, write_atomic
 from vlm_eff.wandb_logging import offline_by_default, sweep_group
 
 STRATEGY_ORDER = ("none", "naive", "position_aware", "cls_preserving", "late_layer", "evit", "tome", "pitome",
-                  "visionzip", "divprune", "random", "vispruner", "cdpruner", "fastv", "pyramiddrop", "dart")
+                  "visionzip", "divprune", "random", "vispruner", "cdpruner", "fastv", "pyramiddrop", "dart", "sparsevlm")
 
 
 def gather(sweep_dir: Path) -> tuple[list[dict], list[str]]:
