@@ -89,6 +89,27 @@ def cifar_test(shared_archive, cache_dir) -> dict:
     return {"images": images, "labels": labels, "classes": classes}
 
 
+N_QUESTIONS = 64  # in question_set
+
+
+@pytest.fixture(scope="session")
+def question_set(tmp_path_factory, cifar_test):
+    """N_QUESTIONS questions in LLaVA's format about real CIFAR-10 test images, with their class as answer."""
+    import json
+
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("questions")
+    (folder / "images").mkdir()
+    lines = []
+    for i in range(N_QUESTIONS):
+        Image.fromarray(cifar_test["images"][i]).save(folder / "images" / f"{i}.png")
+        lines.append({"question_id": i, "image": f"{i}.png", "text": "What is in the image?" + " Look closely." * (i % 3),
+                      "answer": cifar_test["classes"][cifar_test["labels"][i]]})
+    (folder / "questions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return folder
+
+
 def stratified_pixels(cifar_test: dict, checkpoint: Path, n: int = 2000):
     """`n` real test images (n / 10 per class, seeded) preprocessed as `checkpoint`'s config says,
     with their labels: ([n, 3, H, W], [n])."""

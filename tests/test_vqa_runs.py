@@ -12,29 +12,11 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, run_script
-from PIL import Image
+from conftest import N_QUESTIONS, ROOT, run_script
 from vlm_requests import LAYOUTS, requests
 
 from vlm_eff.generation import Runner
 from vlm_eff.results import read_results
-
-N_QUESTIONS = 64
-
-
-@pytest.fixture(scope="module")
-def question_set(tmp_path_factory, cifar_test):
-    """N_QUESTIONS questions in LLaVA's format about real CIFAR-10 test images, with their class as answer."""
-    folder = tmp_path_factory.mktemp("questions")
-    (folder / "images").mkdir()
-    lines = []
-    for i in range(N_QUESTIONS):
-        Image.fromarray(cifar_test["images"][i]).save(folder / "images" / f"{i}.png")
-        lines.append({"question_id": i, "image": f"{i}.png", "text": "What is in the image?" + " Look closely." * (i % 3),
-                      "answer": cifar_test["classes"][cifar_test["labels"][i]]})
-    (folder / "questions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return folder
-
 
 def command(tiny_llava_dir, question_set, run, *overrides, work_dir=None):
     return ["evaluate.py", "protocol=vqa", "model=llava_tiny", f"model.path={tiny_llava_dir}", "model.weights=pretrained",

@@ -173,6 +173,26 @@ class Runner:
                       position_ids=positions if self.layout.mrope else positions[0], cache=cache, use_cache=True)
         return self.head(out.last_hidden_state[:, -1])  # [B, V]
 
+    def forced(self, rows: list[torch.Tensor], images: dict, answers: torch.Tensor,
+               instructions: list[Instruction] | None = None) -> torch.Tensor:
+        """The request teacher-forced on `answers` [B, A] (token ids, each row's own length padded at its end): the
+        prefill as `generate` runs it (the strategy's selection made on the prompt alone), then the answer's tokens
+        through the cache in one step -> the logits predicting each answer token [B, A, V]. Differentiable: the
+        training step of label-free recovery."""
+        self.strategy.before_visual(instructions)
+        prompt = self.prompt(rows, self.visual(images))
+        self.strategy.before_prefill(prompt)
+        cache = DynamicCache(config=self.lm.config)
+        first = self._lm_step(prompt.embeds, prompt.mask, prompt.positions, cache)  # [B, V]: answer token 0
+        if answers.shape[1] == 1:
+            return first[:, None]
+        steps = torch.arange(1, answers.shape[1], device=self.device)  # the answer's own positions, after the prompt
+        mask = torch.cat([prompt.mask, prompt.mask.new_ones(len(rows), answers.shape[1] - 1)], dim=1)
+        positions = prompt.positions[..., -1:] + steps  # [P, B, A - 1]
+        out = self.lm(inputs_embeds=self.embed(answers[:, :-1]), attention_mask=mask,
+                      position_ids=positions if self.layout.mrope else positions[0], cache=cache, use_cache=True)
+        return torch.cat([first[:, None], self.head(out.last_hidden_state)], dim=1)  # [B, A, V]
+
     def stop_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id
         return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)

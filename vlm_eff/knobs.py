@@ -73,6 +73,8 @@ KNOBS = {  # dotted key -> what is allowed
     "align_weight": Range(0),
     "gpu_sample_interval_s": Range(0),
     "progress_every_s": Range(0, low_open=True),
+    "objective.temperature": Range(0, low_open=True),
+    "objective.max_new_tokens": Range(1, integer=True),
     "gen_tokens": Range(1, integer=True),
     "protocol.max_new_tokens": Range(1, integer=True),
     "panels": Range(1, integer=True),
@@ -115,7 +117,9 @@ def check_combinations(cfg: DictConfig) -> None:
     """Knobs fine alone but wrong together, where the fix is known: the line says it."""
     objective, data = OmegaConf.select(cfg, "objective.name"), OmegaConf.select(cfg, "data.name")
     root = OmegaConf.select(cfg, "data.root")
-    if objective == "distill" and data not in (None, "images") and root and _unlabelled_folder(Path(str(root))):
+    asks = OmegaConf.select(cfg, "data.questions", default=None) is not None or data == "cifar10_vqa"  # VLM questions
+    if objective == "distill" and data not in (None, "images") and not asks and root and \
+            _unlabelled_folder(Path(str(root))):
         raise ConfigError(f"objective=distill with data={data}: data.root={root} is a folder of unlabelled images "
                           f"(no <split>/<class>/ folders); add data=images to train on it")
     if objective == "labels" and data == "images":

@@ -5,7 +5,8 @@ plain `q_proj` would hit both towers):
 - `vision_attn`: q/k/v/out projections of every vision-tower attention layer;
 - `text_attn`: the same in the text tower;
 - `projections`: `visual_projection` and `text_projection`, the seed's "cross-modal low-rank
-  fusion" (a low-rank update of each tower's map into the shared space, W frozen).
+  fusion" (a low-rank update of each tower's map into the shared space, W frozen);
+- `llm_attn`: q/k/v/o of every decoder layer of a generative VLM's language model (label-free recovery).
 SigLIP has no projection layers (`projections` is an error there). The adapted model stays a
 `CLIPModel` / `SiglipModel` (PEFT injects the adapters in place), so token reduction and
 the rest of vlm-eff work on it unchanged; apply LoRA before `apply_patch`.
@@ -28,6 +29,7 @@ TARGETS = {
     "vision_attn": rf"vision_model\.{ATTENTION}",
     "text_attn": rf"text_model\.{ATTENTION}",
     "projections": r"visual_projection|text_projection",
+    "llm_attn": r"(?:.*\.)?language_model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)",  # a VLM's LLM
 }
 
 

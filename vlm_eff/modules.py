@@ -1,4 +1,5 @@
-"""LightningModules wrapping a dual encoder (any family in `towers.FAMILIES`)."""
+"""LightningModules wrapping a dual encoder (any family in `towers.FAMILIES`), and the label-free recovery of a
+reduced generative VLM (`VLMDistillModule`)."""
 
 from __future__ import annotations
 
@@ -257,3 +258,71 @@ class DistillModule(FineTuneModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self.log("val/distill_loss", self.distill_loss(batch[0]), prog_bar=True, sync_dist=True)
+
+
+VLM_DISTILL_LOSSES = ("kl", "ce")
+
+
+class VLMDistillModule(FineTuneModule):
+    """Label-free recovery of a reduced VLM: the unreduced model (frozen, never a submodule) answers each question
+    greedily (cached per question index when the same question comes back); the reduced model, teacher-forced on
+    that answer, learns the teacher's distributions on the answer's tokens (`kl`: KL at `temperature`, scaled by its
+    square) or its tokens (`ce`). The answer's tokens run up to and with the teacher's end of sequence."""
+
+    def __init__(self, student, teacher, loss: str = "kl", temperature: float = 1.0, max_new_tokens: int = 16,
+                 pad_id: int = 0, optimizer=None, scheduler=None, adapter_only: bool = False):
+        super().__init__(optimizer, scheduler, adapter_only)
+        if loss not in VLM_DISTILL_LOSSES:
+            raise ConfigError(f"objective.loss={loss!r} is unknown for a generative VLM; allowed: "
+                              f"{', '.join(VLM_DISTILL_LOSSES)}")
+        self.student, self.teacher = student, (teacher,)  # generation.Runner each; the teacher stays out of checkpoints
+        self.model = student.model.train()  # registered: what trains, what Lightning moves and checkpoints
+        self.loss_name, self.temperature, self.max_new_tokens, self.pad_id = loss, temperature, max_new_tokens, pad_id
+        self.answers: dict[int, torch.Tensor] = {}  # question index -> the teacher's answer [n]
+
+    def on_fit_start(self) -> None:
+        self.teacher[0].model.to(self.device)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        from vlm_eff.data.questions import requests_to
+
+        return requests_to(batch, device, self.student.embed.weight.dtype)
+
+    def teacher_answers(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's greedy answers [B, A] (padded) and where they are real [B, A]: up to and with its end of
+        sequence (or all max_new_tokens)."""
+        keys = [q.index for q in batch.questions] if batch.questions else [None] * batch.batch_size
+        fresh = {}
+        if any(key is None or key not in self.answers for key in keys):
+            output = self.teacher[0].generate(batch.rows, batch.images, self.max_new_tokens, pad_id=self.pad_id,
+                                              instructions=batch.instructions)
+            stops = torch.tensor(self.teacher[0].stop_ids(), dtype=torch.long)
+            for b, (key, tokens) in enumerate(zip(keys, output.tokens.cpu().clone())):
+                ended = torch.isin(tokens, stops).nonzero()
+                fresh[b] = tokens[: int(ended[0]) + 1] if len(ended) else tokens
+                if key is not None:
+                    self.answers[key] = fresh[b]
+        answers = [fresh[b] if b in fresh else self.answers[key] for b, key in enumerate(keys)]
+        A = max(len(a) for a in answers)
+        padded = torch.full((len(answers), A), self.pad_id, dtype=torch.long)
+        real = torch.zeros(len(answers), A, dtype=torch.bool)
+        for b, answer in enumerate(answers):
+            padded[b, : len(answer)], real[b, : len(answer)] = answer, True
+        return padded.to(self.device), real.to(self.device)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        answers, real = self.teacher_answers(batch)
+        with torch.no_grad():
+            target = self.teacher[0].forced(batch.rows, batch.images, answers, batch.instructions)  # [B, A, V]
+        logits = self.student.forced(batch.rows, batch.images, answers, batch.instructions)  # [B, A, V]
+        if self.loss_name == "kl":
+            T = self.temperature
+            per_token = F.kl_div(F.log_softmax(logits.float()[real] / T, dim=-1), F.log_softmax(target.float()[real] / T,
+                                 dim=-1), log_target=True, reduction="none").sum(dim=-1) * T * T
+        else:
+            per_token = F.cross_entropy(logits.float()[real], answers[real], reduction="none")
+        loss = per_token.mean()
+        self.log("train/distill_loss", loss, prog_bar=True, batch_size=batch.batch_size)
+        self.log("train/answer_agreement", (logits.argmax(-1)[real] == answers[real]).float().mean(),
+                 batch_size=batch.batch_size)  # the student's greedy token is the teacher's (teacher-forced)
+        return loss

@@ -66,6 +66,10 @@ class Layout:
     def lm_head(self, model: nn.Module) -> nn.Module:
         return model.lm_head
 
+    def projector(self, model: nn.Module) -> nn.Module:
+        """What maps the tower's features to the language model's inputs (what `objective.train=projector` trains)."""
+        return model.model.multi_modal_projector
+
     def image_token_id(self, config) -> int:
         return config.image_token_id
 
@@ -235,6 +239,9 @@ class QwenLayout(Layout):
 
     def vision(self, model):
         return model.model.visual
+
+    def projector(self, model):
+        return model.model.visual.merger  # the 2x2 PatchMerger: its MLP maps the ViT's patches to the LLM's width
 
     def tower_family(self, config):
         return None  # its own ViT (2-D RoPE over packed images, a 2x2 PatchMerger): no dual-encoder tower to patch

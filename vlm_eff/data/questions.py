@@ -5,6 +5,7 @@ asked exactly once (no sampler padding)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +31,12 @@ class Requests:
     @property
     def batch_size(self) -> int:
         return len(self.rows)
+
+
+def requests_to(batch: Requests, device, dtype: torch.dtype) -> Requests:
+    """A batch of requests on `device`, its images in `dtype`."""
+    images = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in batch.images.items()}
+    return dataclasses.replace(batch, rows=[ids.to(device) for ids in batch.rows], images=images)
 
 
 def instructions_of(processor, texts: list[str]) -> list[Instruction]:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from vlm_eff.benchmarks import Benchmark
 from vlm_eff.benchmarks.answers import AnswerLog, append, unfinished_run
 from vlm_eff.data.questions import (QuestionBatches, QuestionDataModule, Requests, instructions_of,
-                                    processor_requests)
+                                    processor_requests, requests_to)
 from vlm_eff.errors import ConfigError
 from vlm_eff.generation import Instruction, Output, Runner
 from vlm_eff.jobs.common import Prepared, closing_lines, run_dir, save_row, test_trainer
@@ -45,9 +45,7 @@ class RequestModule(pl.LightningModule):
         self.outputs: list[Output] = []
 
     def transfer_batch_to_device(self, batch: Requests, device, dataloader_idx: int) -> Requests:
-        dtype = self.runner.embed.weight.dtype
-        images = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in batch.images.items()}
-        return dataclasses.replace(batch, rows=[ids.to(device) for ids in batch.rows], images=images)
+        return requests_to(batch, device, self.runner.embed.weight.dtype)
 
     def test_step(self, batch: Requests, batch_idx: int):
         output = self.runner.generate(batch.rows, batch.images, self.max_new_tokens, self.stop_at_eos, self.pad_id,

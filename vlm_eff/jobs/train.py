@@ -22,6 +22,7 @@ from vlm_eff.errors import ConfigError
 from vlm_eff.jobs.common import RECORDED_REDUCTION, encoder_row, prepare, run_dir, save_row
 from vlm_eff.jobs.evaluate import test_row
 from vlm_eff.lora import add_lora, count_parameters, merge, new_adapters
+from vlm_eff.jobs.distill_vlm import distill_vlm
 from vlm_eff.jobs.train_vlm import train_vlm
 from vlm_eff.models import load_preprocess, load_tokenizer, model_config
 from vlm_eff.modules import DistillModule, FineTuneModule, ZeroShotModule
@@ -56,7 +57,7 @@ def training_module(cfg: DictConfig, model, teacher, tokenizer, class_names: lis
     common = {"optimizer": instantiate(cfg.optimizer), "scheduler": instantiate(cfg.scheduler),
               "adapter_only": adapter_only}
     if cfg.objective.name == "distill":
-        return DistillModule(model, teacher, size, cfg.objective.loss, **common)
+        return DistillModule(model, teacher, size, cfg.objective.loss or "cosine", **common)
     if not class_names:
         raise ConfigError(f"objective=labels needs labelled data, and data={cfg.data.name} has no classes; "
                           "use objective=distill to train without labels")
@@ -84,8 +85,8 @@ def check_checkpoint(path: Path, setting: str) -> str:
 
 
 def train(cfg: DictConfig) -> dict:
-    if is_vlm(model_config(cfg.model).model_type):
-        return train_vlm(cfg)  # a generative VLM: visual instruction tuning on CIFAR-10 mosaics
+    if is_vlm(model_config(cfg.model).model_type):  # a generative VLM: label-free recovery, or the small VLMs' recipe
+        return distill_vlm(cfg) if cfg.objective.name == "distill" else train_vlm(cfg)
     new_adapters(cfg.lora)  # bad lora.* values and prompts fail before anything loads
     prompts = load_prompts(cfg.prompts)
     device, _, loaded, size, strategy = prepare(cfg, "data.batch_size", "trainer.max_epochs", "warmup", "data.num_workers")
