@@ -10,7 +10,7 @@ from wandb_files import read_run
 from vlm_eff.results import COLUMNS, read_results
 
 NOT_MEASURED_BY_PROFILE = {"top1", "top5", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "trainable_params",
-                           "objective", "reduce_share_pct",  # trace=true only
+                           "objective", "train_steps", "reduce_share_pct",  # trace=true only
                            "site", "visual_tokens", "vision_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token",
                            "kv_cache_mib", "gflops_vision", "gflops_prefill", "gflops_per_decode_token",
                            "vqa_acc", "benchmark", "benchmark_score"}  # generative VLMs only (tests/test_vlm.py)

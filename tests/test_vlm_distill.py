@@ -8,6 +8,7 @@ import copy
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,16 +48,17 @@ def cases():
 
 @pytest.mark.parametrize("name, pruning, knobs", cases())
 def test_the_teacher_forced_pass_is_the_generation(tiny_vlms, name, pruning, knobs):
-    """forced() on the greedy answer gives, at every answer position, the logits whose argmax is the next generated
-    token; its first position is generate's prefill logits."""
+    """forced() on the greedy answer gives, at every answer position, generate's own logits (whose argmax is the next
+    generated token)."""
     model = copy.deepcopy(tiny_vlms[name])
     rows, images = requests(model, PREFIXES)
     applied = strategy(model, pruning, **knobs)
     runner = Runner(model, "compact", applied, layout_of(model))
-    output = runner.generate(rows, images, 5, stop_at_eos=False)
+    output = runner.generate(rows, images, 5, stop_at_eos=False, all_logits=True)
     with torch.no_grad():
         logits = runner.forced(rows, images, output.tokens)  # [B, 5, V]
     assert logits.shape[:2] == output.tokens.shape
+    torch.testing.assert_close(logits, output.logits, atol=1e-5, rtol=1e-5)  # the distillation targets
     torch.testing.assert_close(logits[:, 0], output.first_logits, atol=1e-5, rtol=1e-5)
     assert torch.equal(logits.argmax(-1), output.tokens)
 
@@ -233,3 +235,28 @@ def test_a_question_file_with_no_usable_question_is_one_line(tiny_llava_dir, que
     result = run_script(*distill_command(tiny_llava_dir, question_set / "images", empty, tmp_path / "run"))
     assert result.returncode != 0 and "empty.jsonl" in result.stderr and "Traceback" not in result.stderr, \
         result.stderr[-2000:]
+
+
+def test_the_report_puts_each_reduction_before_and_after_recovery(distilled, tiny_llava_dir, question_set, tmp_path):
+    run, export, _ = distilled
+    sweep = tmp_path / "sweep"
+    shutil.copytree(run, sweep / "train")
+    jobs = {"stock": (f"model.path={tiny_llava_dir}", "pruning=none"),
+            "before": (f"model.path={tiny_llava_dir}", "pruning=tome", "pruning.keep=0.25"),
+            "after": (f"model.path={export}",),  # its recorded reduction
+            "unreduced": (f"model.path={export}", "pruning=none")}  # what recovery cost the unreduced model
+    for job, overrides in jobs.items():
+        result = run_script("evaluate.py", "protocol=vqa", "model=llava_tiny", "model.weights=pretrained", "data=vqa",
+                            f"data.root={question_set / 'images'}", f"data.questions={question_set / 'questions.jsonl'}",
+                            "data.subset=8", "protocol.max_new_tokens=2", "logger=none", f"hydra.run.dir={sweep / job}",
+                            f"paths.work_dir={tmp_path}", *overrides)
+        assert result.returncode == 0, result.stderr[-3000:]
+    result = subprocess.run([sys.executable, "-m", "vlm_eff.report", str(sweep), "--no-wandb"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (sweep / "report.md").read_text()
+    (line,) = [line for line in table.splitlines() if line.startswith("| tome | 0.25 | encoder |")]
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert cells[6] == "6" and float(cells[7]) > 0  # steps, training minutes from the training row
+    assert cells[4] and cells[8]  # after, and the recovered weights unreduced
+    assert (sweep / "recovery_vs_steps.png").stat().st_size > 0

@@ -57,6 +57,7 @@ class Output:
     prefill_s: float
     decode_s: list[float] = field(default_factory=list)  # one per generated token after the first
     kv_cache_bytes: int = 0
+    logits: torch.Tensor | None = None  # [B, n, V] every step's logits, when asked for (`all_logits`)
 
     @property
     def ttft_s(self) -> float:
@@ -199,9 +200,10 @@ class Runner:
 
     @torch.inference_mode()
     def generate(self, rows: list[torch.Tensor], images: dict, max_new_tokens: int, stop_at_eos: bool = True,
-                 pad_id: int = 0, instructions: list[Instruction] | None = None) -> Output:
+                 pad_id: int = 0, instructions: list[Instruction] | None = None, all_logits: bool = False) -> Output:
         """Greedy generation of up to `max_new_tokens` per row (all of them unless `stop_at_eos`), timed;
-        `instructions` (one per row) for the strategies that condition on what is asked."""
+        `instructions` (one per row) for the strategies that condition on what is asked; `all_logits` keeps every
+        step's logits (a distillation teacher's targets)."""
         start = self._sync()
         self.strategy.before_visual(instructions)
         visual = self.visual(images)
@@ -215,7 +217,7 @@ class Runner:
         output = Output(token[:, None], logits, prompt.visual_tokens, vision_end - start, prefill_end - vision_end)
         stops = torch.tensor(self.stop_ids() if stop_at_eos else [], dtype=torch.long, device=self.device)
         done = torch.isin(token, stops)
-        mask, positions, tokens = prompt.mask, prompt.positions, [token]
+        mask, positions, tokens, steps = prompt.mask, prompt.positions, [token], [logits] if all_logits else None
         for _ in range(max_new_tokens - 1):
             if done.all():
                 break
@@ -226,8 +228,11 @@ class Runner:
             token = logits.argmax(-1).masked_fill(done, pad_id)  # [B]
             done |= torch.isin(token, stops)
             tokens.append(token)
+            if all_logits:
+                steps.append(logits)
             output.decode_s.append(self._sync() - step_start)
         output.tokens = torch.stack(tokens, dim=1)  # [B, n]
+        output.logits = torch.stack(steps, dim=1) if all_logits else None  # [B, n, V]
         output.kv_cache_bytes = kv_cache_bytes(cache)
         return output
 

@@ -172,6 +172,16 @@ def model_label(cfg: DictConfig, weights: str) -> str:
     return Path(cfg.path).name if cfg.get("path") and weights != "random" else cfg.name
 
 
+def training_of(cfg: DictConfig, weights: str) -> dict:
+    """The results' `objective` and `train_steps` columns of a job on a model train.py exported (`model.path` with
+    its training_summary.json): what it was trained with, e.g. `distill`, and for how many steps; else empty."""
+    summary = Path(cfg.path).expanduser() / "training_summary.json" if cfg.get("path") and weights != "random" else None
+    if summary is None or not summary.is_file():
+        return {"objective": "", "train_steps": ""}
+    recorded = json.loads(summary.read_text())
+    return {"objective": str(recorded.get("objective", {}).get("name", "")), "train_steps": recorded.get("steps", "")}
+
+
 def load_tokenizer(cfg: DictConfig):
     """The tokenizer at `model.tokenizer`, else beside the weights (`model.path` or the hub id, cached);
     `model.padding_side`, when set, overrides the side the tokenizer pads on."""

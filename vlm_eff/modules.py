@@ -288,32 +288,34 @@ class VLMDistillModule(FineTuneModule):
 
         return requests_to(batch, device, self.student.embed.weight.dtype)
 
-    def teacher_answers(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The teacher's greedy answers [B, A] (padded) and where they are real [B, A]: up to and with its end of
-        sequence (or all max_new_tokens)."""
+    def teacher_answers(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The teacher's greedy answers [B, A] (padded), where they are real [B, A] (up to and with its end of
+        sequence, or all max_new_tokens), and its logits on them [B, A, V]: generate's own when it answers now, a
+        teacher-forced pass when every answer is cached (the same logits)."""
         keys = [q.index for q in batch.questions] if batch.questions else [None] * batch.batch_size
-        fresh = {}
+        teacher, generated = self.teacher[0], None
         if any(key is None or key not in self.answers for key in keys):
-            output = self.teacher[0].generate(batch.rows, batch.images, self.max_new_tokens, pad_id=self.pad_id,
-                                              instructions=batch.instructions)
-            stops = torch.tensor(self.teacher[0].stop_ids(), dtype=torch.long)
-            for b, (key, tokens) in enumerate(zip(keys, output.tokens.cpu().clone())):
-                ended = torch.isin(tokens, stops).nonzero()
-                fresh[b] = tokens[: int(ended[0]) + 1] if len(ended) else tokens
-                if key is not None:
-                    self.answers[key] = fresh[b]
-        answers = [fresh[b] if b in fresh else self.answers[key] for b, key in enumerate(keys)]
+            generated = teacher.generate(batch.rows, batch.images, self.max_new_tokens, pad_id=self.pad_id,
+                                         instructions=batch.instructions, all_logits=True)
+            stops = torch.tensor(teacher.stop_ids(), dtype=torch.long)
+            answers = [tokens[: int(ended[0]) + 1] if len(ended := torch.isin(tokens, stops).nonzero()) else tokens
+                       for tokens in generated.tokens.cpu()]
+            self.answers.update({key: answer for key, answer in zip(keys, answers) if key is not None})
+        else:
+            answers = [self.answers[key] for key in keys]
         A = max(len(a) for a in answers)
         padded = torch.full((len(answers), A), self.pad_id, dtype=torch.long)
         real = torch.zeros(len(answers), A, dtype=torch.bool)
         for b, answer in enumerate(answers):
             padded[b, : len(answer)], real[b, : len(answer)] = answer, True
-        return padded.to(self.device), real.to(self.device)
+        padded, real = padded.to(self.device), real.to(self.device)
+        if generated is not None:
+            return padded, real, generated.logits[:, :A].clone()  # out of inference mode: a loss target
+        with torch.no_grad():
+            return padded, real, teacher.forced(batch.rows, batch.images, padded, batch.instructions)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        answers, real = self.teacher_answers(batch)
-        with torch.no_grad():
-            target = self.teacher[0].forced(batch.rows, batch.images, answers, batch.instructions)  # [B, A, V]
+        answers, real, target = self.teacher_answers(batch)  # [B, A], [B, A], [B, A, V]
         logits = self.student.forced(batch.rows, batch.images, answers, batch.instructions)  # [B, A, V]
         if self.loss_name == "kl":
             T = self.temperature

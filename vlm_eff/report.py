@@ -77,6 +77,8 @@ def baseline(rows: list[dict]) -> dict | None:
 def markdown(rows: list[dict]) -> str:
     """The sweep's table; a sweep over several models gets a model column, each row compared with its
     own model's stock row."""
+    if any(recovered(r) for r in rows):
+        return recovery_markdown(rows) + "\n" + request_markdown([r for r in rows if r["task"] != "train"])
     if any(r.get("benchmark") for r in rows):
         return benchmark_markdown(rows) + "\n" + request_markdown(rows)
     if any(r.get("ttft_ms") for r in rows):
@@ -168,6 +170,95 @@ def request_markdown(rows: list[dict]) -> str:
                      f"batches), GFLOPs per request; speed-up and FLOP ratio against the stock model (strategy none) "
                      f"in this sweep" + (" on the same benchmark" if benchmarks else "") + f"; git {first['git_sha']}")
     return "\n".join(lines) + "\n"
+
+
+def recovered(row: dict) -> bool:
+    """A job on a reduced VLM that label-free recovery trained (train.py objective=distill), not the training itself."""
+    return row.get("objective") == "distill" and row["task"] != "train" and bool(row.get("ttft_ms"))
+
+
+def recovery_stages(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """(strategy, budget) -> the evaluations of its recovered exports with that reduction on, by training steps."""
+    stages: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        if recovered(row) and row["strategy"] != "none":
+            stages.setdefault((row["strategy"], budget(row)), []).append(row)
+    return {key: sorted(group, key=lambda r: int(r["train_steps"] or 0)) for key, group in stages.items()}
+
+
+def training_minutes(rows: list[dict], key: tuple[str, str]) -> tuple[int, float]:
+    """The training steps of a reduction's recovery and their minutes on this machine (each run's time per step
+    times the steps it added; a run resumed for more steps is one more row)."""
+    runs = sorted((r for r in rows if r["task"] == "train" and r.get("objective") == "distill"
+                   and (r["strategy"], budget(r)) == key and r.get("train_steps")), key=lambda r: int(r["train_steps"]))
+    minutes, done = 0.0, 0
+    for run in runs:
+        steps = int(run["train_steps"])
+        minutes += float(run["latency_ms_mean"] or 0) * (steps - done) / 60000
+        done = steps
+    return done, minutes
+
+
+def recovery_markdown(rows: list[dict]) -> str:
+    """Label-free recovery of a reduced VLM: per reduction, the exact match before and after (in brackets: % of the
+    stock model's in the sweep) overall and per question kind, the training steps and minutes, what the recovered
+    weights score unreduced (pruning=none on the export), and the exact match after each number of steps."""
+    evaluated = [r for r in rows if r["task"] != "train" and r.get("vqa_acc")]
+    stock = next((r for r in evaluated if r["strategy"] == "none" and not recovered(r)), None)
+    reference = float(stock["vqa_acc"]) if stock else None
+    kinds = sorted({k for r in evaluated for k in r if k.startswith("vqa_acc_")})
+    before = {(r["strategy"], budget(r)): r for r in evaluated if r["strategy"] != "none" and not recovered(r)}
+    stages = recovery_stages(rows)
+    unreduced = {r["model"]: r for r in evaluated if recovered(r) and r["strategy"] == "none"}
+    percent = lambda r: "" if r is None else f"{100 * float(r['vqa_acc']):.1f}" + (  # noqa: E731
+        f" ({100 * float(r['vqa_acc']) / reference:.0f})" if reference else "")
+    per_kind = lambda r: "" if r is None else " / ".join(f"{100 * float(r[k]):.0f}" for k in kinds)  # noqa: E731
+    header = ["strategy", "budget", "site", "before", "after", f"{' / '.join(k.removeprefix('vqa_acc_') for k in kinds)}"
+              " before → after", "steps", "training min", "after, unreduced"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    if stock:
+        lines.append("| " + " | ".join(["none (stock)", "", "", percent(stock), "", per_kind(stock), "", "", ""]) + " |")
+    for key in sorted(set(before) | set(stages), key=lambda k: _sort_key({**(before.get(k) or stages[k][0])})):
+        last = stages.get(key, [None])[-1]
+        steps, minutes = training_minutes(rows, key)
+        site = (before.get(key) or last)["site"]
+        lines.append("| " + " | ".join([*key, site, percent(before.get(key)), percent(last),
+                                         f"{per_kind(before.get(key))} → {per_kind(last)}", str(steps or ""),
+                                         f"{minutes:.1f}" if minutes else "",
+                                         percent(unreduced.get(last["model"]) if last else None)]) + " |")
+    lines += ["", "Exact match % on the sweep's questions; in brackets % of the stock model's; per kind before → after; "
+              "training minutes: time per step x steps on this machine; after, unreduced: the recovered weights "
+              "evaluated with pruning=none."]
+    curves = {key: group for key, group in stages.items() if len(group) > 1}
+    if curves:
+        steps = sorted({int(r["train_steps"]) for group in curves.values() for r in group})
+        lines += ["", "| strategy | budget | 0 | " + " | ".join(map(str, steps)) + " |", "|" + "---|" * (len(steps) + 3)]
+        for key, group in curves.items():
+            at = {int(r["train_steps"]): r for r in group}
+            lines.append("| " + " | ".join([*key, percent(before.get(key)), *(percent(at.get(n)) for n in steps)]) + " |")
+        lines += ["", "Exact match % (in brackets % of stock) after each number of recovery steps (0: before)."]
+    return "\n".join(lines) + "\n"
+
+
+def recovery_figure(rows: list[dict], path: Path) -> Path:
+    """Exact match against recovery steps, a line per reduction from before (0 steps), the stock model dashed."""
+    evaluated = [r for r in rows if r["task"] != "train" and r.get("vqa_acc")]
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.6), dpi=150)
+    for row in evaluated:
+        if row["strategy"] == "none" and not recovered(row):
+            ax.axhline(100 * float(row["vqa_acc"]), color="black", linestyle="--", linewidth=1, label="stock")
+    for (name, budget_), group in recovery_stages(rows).items():
+        start = [r for r in evaluated if not recovered(r) and (r["strategy"], budget(r)) == (name, budget_)]
+        points = [(0, r) for r in start[:1]] + [(int(r["train_steps"]), r) for r in group]
+        ax.plot([n for n, _ in points], [100 * float(r["vqa_acc"]) for _, r in points], marker="o",
+                label=f"{name} {budget_}")
+    model = next((r["model"] for r in evaluated if not recovered(r)), "")
+    ax.set(xlabel="recovery steps (train.py objective=distill)", ylabel="exact match (%)",
+           title=f"{model}: label-free recovery")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def budget(row: dict) -> str:
@@ -385,17 +476,28 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
+def request_figures(rows: list[dict], out_dir: Path) -> list[Path]:
+    """The figures of generative VLM requests."""
+    paths = [request_figure(rows, out_dir / "ttft_vs_visual_tokens.png")]
+    if any(r.get("benchmark_score") for r in rows):
+        paths.append(benchmark_figure(rows, out_dir / "score_vs_flops.png"))
+    if any(r.get("vqa_acc") for r in rows):
+        paths.append(pareto_figure(rows, "ttft_ms", "time to first token (ms per batch)",
+                                   out_dir / "accuracy_vs_ttft.png", lower_is_better=True, metrics=VQA))
+        paths.append(pareto_figure(rows, "gflops_per_img", "GFLOPs per request (vision + prefill)",
+                                   out_dir / "accuracy_vs_flops.png", lower_is_better=True, metrics=VQA))
+    return paths
+
+
 def figures(rows: list[dict], out_dir: Path) -> list[Path]:
-    if any(r.get("ttft_ms") for r in rows):  # generative VLM requests
-        paths = [request_figure(rows, out_dir / "ttft_vs_visual_tokens.png")]
-        if any(r.get("benchmark_score") for r in rows):
-            paths.append(benchmark_figure(rows, out_dir / "score_vs_flops.png"))
-        if any(r.get("vqa_acc") for r in rows):
-            paths.append(pareto_figure(rows, "ttft_ms", "time to first token (ms per batch)",
-                                       out_dir / "accuracy_vs_ttft.png", lower_is_better=True, metrics=VQA))
-            paths.append(pareto_figure(rows, "gflops_per_img", "GFLOPs per request (vision + prefill)",
-                                       out_dir / "accuracy_vs_flops.png", lower_is_better=True, metrics=VQA))
-        return paths
+    if any(recovered(r) for r in rows):  # the curve, then the frontier with each recovery's last stage
+        last = {id(group[-1]) for group in recovery_stages(rows).values()}
+        stock = next((r["model"] for r in rows if r["task"] != "train" and not recovered(r)), "")
+        drawn = [{**r, "model": stock} if recovered(r) else r for r in rows  # drawn as the model they recover
+                 if r["task"] != "train" and (not recovered(r) or id(r) in last)]
+        return [recovery_figure(rows, out_dir / "recovery_vs_steps.png"), *request_figures(drawn, out_dir)]
+    if any(r.get("ttft_ms") for r in rows):
+        return request_figures(rows, out_dir)
     paths = [
         trend_figure(rows, "latency_ms_mean", "latency (ms per batch)", "Latency vs keep ratio",
                      out_dir / "latency_vs_keep.png", error="latency_ms_std"),

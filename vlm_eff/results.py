@@ -26,6 +26,7 @@ COLUMNS = (  # DESIGN.md's columns first, in its order; the later ones after the
     "gpu_power_w", "gpu_sm_clock_mhz", "gpu_temp_c", "compile", "reduce_share_pct", "versions",
     "site", "visual_tokens", "vision_ms", "prefill_ms", "ttft_ms", "decode_ms_per_token", "kv_cache_mib",
     "gflops_vision", "gflops_prefill", "gflops_per_decode_token", "vqa_acc", "benchmark", "benchmark_score",
+    "train_steps",
 )  # fmt: skip
 
 

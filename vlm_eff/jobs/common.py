@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vlm_eff.errors import ConfigError
 from vlm_eff.flops import flops_per_image
-from vlm_eff.models import RANDOM_WEIGHTS_WARNING, ImageEncoder, LoadedModel, load_model, model_config, model_label
+from vlm_eff.models import (RANDOM_WEIGHTS_WARNING, ImageEncoder, LoadedModel, load_model, model_config, model_label,
+                            training_of)
 from vlm_eff.profiling import ProfilingCallback
 from vlm_eff.progress import ProgressCallback
 from vlm_eff.reduction import Strategy, build, build_vlm
@@ -128,7 +129,8 @@ def encoder_row(task: str, cfg: DictConfig, weights: str, strategy: Strategy, de
     flops, tokens = cost_per_image(encoder, strategy, dataset, dtype)
     return {
         **base_row(task, Path(cfg.paths.root_dir)),
-        "model": model_label(cfg.model, weights), "weights": weights, "strategy": cfg.pruning.name, **strategy.columns(),
+        "model": model_label(cfg.model, weights), "weights": weights, **training_of(cfg.model, weights),
+        "strategy": cfg.pruning.name, **strategy.columns(),
         "device": device_label(device), "dtype": cfg.dtype, "batch_size": cfg.data.batch_size,
         "image_size": encoder.image_size, "tokens": round(tokens, 2),
         "gflops_per_img": flops / 1e9, "gmacs_per_img": flops / 2e9,

@@ -15,6 +15,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -78,9 +79,10 @@ class MosaicRequests:
         return Requests(rows, self.layout.image_inputs(inputs), None, prompts, instructions_of(self.processor, texts))
 
 
-def question_loader(cfg: DictConfig, processor, layout) -> DataLoader:
-    """Batches of requests: a question file's (or benchmark's), shuffled by the seed and resumable, or the mosaics'
-    training stream (data=cifar10_vqa without a question file)."""
+def question_loader(cfg: DictConfig, processor, layout, steps_done: int) -> DataLoader:
+    """Batches of requests: a question file's (or benchmark's), shuffled by the seed and resumable exactly, or the
+    mosaics' training stream (data=cifar10_vqa without a question file), seeded by the seed and the steps a resumed
+    run has done (fresh mosaics, not the first run's again)."""
     workers = default_workers() if cfg.data.get("num_workers") is None else cfg.data.num_workers
     if cfg.data.name == "cifar10_vqa" and not cfg.data.get("questions"):
         from vlm_eff.data.cifar10 import load_split
@@ -91,7 +93,9 @@ def question_loader(cfg: DictConfig, processor, layout) -> DataLoader:
         if cfg.trainer.max_steps < 1:
             raise ConfigError("data=cifar10_vqa trains on an endless stream of mosaics: set trainer.max_steps=<steps>")
         images, labels, classes = load_split(Path(cfg.data.root).expanduser(), "train", Path(cfg.data.cache_dir))
-        stream = TrainingMosaics(images, labels, classes, seed=cfg.seed)
+        seed = int(np.random.SeedSequence([cfg.seed, steps_done]).generate_state(1)[0])
+        stream = TrainingMosaics(images, labels, classes, seed=seed,
+                                 mix=OmegaConf.to_container(cfg.data.train_mix) if cfg.data.get("train_mix") else None)
         return DataLoader(stream, batch_size=cfg.data.batch_size, collate_fn=MosaicRequests(processor, layout),
                           num_workers=workers)
     bench = benchmark(cfg.data)
@@ -135,7 +139,10 @@ def distill_vlm(cfg: DictConfig) -> dict:
     adapters = train_parts(model, layout, cfg, parts)
     prepared.strategy.apply_to_vlm(model, layout)
     processor = load_processor(cfg.model)
-    loader = question_loader(cfg, processor, layout)
+    out_dir = run_dir()
+    ckpt_path = resume_from(cfg, out_dir)
+    steps_done = torch.load(ckpt_path, map_location="cpu", weights_only=False)["global_step"] if ckpt_path else 0
+    loader = question_loader(cfg, processor, layout, steps_done)
     print("vlm-eff train: label-free recovery: the answers are the unreduced model's; any answers in the question "
           "file are never read", flush=True)
     student = Runner(model, cfg.pruning.get("positions", "compact"), prepared.strategy, layout)
@@ -143,13 +150,13 @@ def distill_vlm(cfg: DictConfig) -> dict:
                               cfg.objective.get("max_new_tokens", 16), processor.tokenizer.pad_token_id or 0,
                               instantiate(cfg.optimizer), instantiate(cfg.scheduler), adapter_only=True)
     trainable, total = count_parameters(model)
-    out_dir = run_dir()
-    ckpt_path = resume_from(cfg, out_dir)
     logger = make_logger(cfg, out_dir)
     profiler = ProfilingCallback(warmup=cfg.warmup, gpu_sample_interval_s=cfg.gpu_sample_interval_s)
     checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
                                   every_n_train_steps=cfg.checkpoint_every_n_steps)
+    endless = isinstance(loader.dataset, torch.utils.data.IterableDataset)  # the mosaics: max_steps alone decides
     trainer = instantiate(cfg.trainer, accelerator=prepared.device.type, logger=logger or False,
+                          **({"max_epochs": -1} if endless else {}),
                           enable_progress_bar=False, default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
                           callbacks=[profiler, checkpoints, ProgressCallback("train", "questions", cfg.progress_every_s)])
     print(f"vlm-eff train: {cfg.model.name} reduced by pruning={cfg.pruning.name}: training the "
@@ -164,7 +171,8 @@ def distill_vlm(cfg: DictConfig) -> dict:
            "weights": prepared.loaded.weights, "strategy": cfg.pruning.name, **prepared.strategy.columns(),
            "site": prepared.strategy.site, "device": device_label(prepared.device), "dtype": cfg.dtype,
            "batch_size": cfg.data.batch_size, **timing, "n_images": trainer.global_step * cfg.data.batch_size,
-           "trainable_params": trainable, "objective": "distill"}
+           "trainable_params": trainable, "objective": "distill",
+           "train_steps": trainer.global_step}
     if not trainer.is_global_zero:
         return row
     save_row(row, cfg, out_dir, logger, "train")

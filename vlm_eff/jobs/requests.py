@@ -24,7 +24,7 @@ from vlm_eff.data.questions import (QuestionBatches, QuestionDataModule, Request
 from vlm_eff.errors import ConfigError
 from vlm_eff.generation import Instruction, Output, Runner
 from vlm_eff.jobs.common import Prepared, closing_lines, run_dir, save_row, test_trainer
-from vlm_eff.models import hub_reachable, model_label
+from vlm_eff.models import hub_reachable, model_label, training_of
 from vlm_eff.results import base_row, write_atomic
 from vlm_eff.runtime import device_label
 from vlm_eff.vlms import PROMPT_TEXT_TOKENS, layout_of
@@ -93,6 +93,7 @@ def request_row(cfg: DictConfig, prepared: Prepared, runner: Runner, module: Req
     return {
         **base_row(cfg.task, Path(cfg.paths.root_dir)),
         "model": model_label(cfg.model, prepared.loaded.weights), "weights": prepared.loaded.weights,
+        **training_of(cfg.model, prepared.loaded.weights),
         "strategy": cfg.pruning.name, **strategy.columns(), "site": strategy.site if cfg.pruning.name != "none" else "",
         "device": device_label(device), "dtype": cfg.dtype, "batch_size": cfg.data.batch_size,
         "tokens": tower_tokens[-1] if tower_tokens else "",

@@ -138,7 +138,7 @@ def train(cfg: DictConfig) -> dict:
         counted = data.val_set if len(data.val_set) else data.train_set  # unaugmented images, where there are any
         row = {**encoder_row("train", cfg, weights, strategy, device, module.encoder, module.dtype, counted),
                **timing, "n_images": len(data.train_set)}
-    row |= {"trainable_params": trainable, "objective": cfg.objective.name}
+    row |= {"trainable_params": trainable, "objective": cfg.objective.name, "train_steps": trainer.global_step}
     if not trainer.is_global_zero:  # DDP: rank 0 writes the results
         return row
     save_row(row, cfg, out_dir, logger, "test")
@@ -148,6 +148,7 @@ def train(cfg: DictConfig) -> dict:
         strategy.remove(loaded.model)
         summary = {
             "objective": OmegaConf.to_container(cfg.objective), "epochs": cfg.trainer.max_epochs,
+            "steps": trainer.global_step,
             "train_images": len(data.train_set), "val_images": len(data.val_set),
             "wall_time_s_this_run": round(train_seconds, 1), "test_top1": row.get("top1"), "test_top5": row.get("top5"),
             "test_templates": prompts.templates, val_metric.replace("/", "_"): val_value,
