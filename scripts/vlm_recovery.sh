@@ -25,19 +25,23 @@ once() {  # once RUN_DIR SCRIPT OVERRIDES...: run unless RUN_DIR already has its
   shift 2
   [[ -f $dir/results.csv ]] || python "$script" "$@" "hydra.run.dir=$dir"
 }
+sorted_steps=$(printf '%s\n' $steps | sort -n | tr '\n' ' ')
+[[ -n ${steps// } && ${sorted_steps% } == "$(echo $steps)" ]] || { echo "STEPS=\"$steps\" must be ascending step counts" >&2; exit 2; }
 once "$sweep/none" evaluate.py "${evaluate[@]}" pruning=none
 for method in $methods; do
+  [[ $method == *:*=* ]] || { echo "METHODS: $method is not <pruning>:<knob>=<value>" >&2; exit 2; }
   name=${method%%:*} knob=${method#*:}
   label=$name-${knob//=/}
-  [[ $name == cdpruner ]] && extra=('pruning.text_tower=${model.init_tower}') || extra=()
-  reduce=(pruning=$name "pruning.$knob" pruning.positions=original "${extra[@]}")
+  reduce=(pruning=$name "pruning.$knob" pruning.positions=original)
+  [[ $name == cdpruner ]] && reduce+=('pruning.text_tower=${model.init_tower}')
   once "$sweep/before-$label" evaluate.py "${evaluate[@]}" "${reduce[@]}"
-  previous=()
+  previous=resume=true  # the first stage starts fresh (or goes on from its own checkpoint after a kill)
   for n in $steps; do  # each stage in its own run dir, going on from the last stage's checkpoint
-    export_dir=$sweep/exports/$label-$n
-    [[ -f $export_dir/training_summary.json ]] || python train.py "${recover[@]}" "${reduce[@]}" trainer.max_steps=$n \
-      "${previous[@]}" "hydra.run.dir=$sweep/train-$label-$n" "export_dir=$export_dir"
-    previous=("resume=$sweep/train-$label-$n/checkpoints/last.ckpt")
+    run=$sweep/train-$label-$n export_dir=$sweep/exports/$label-$n
+    [[ -f $run/checkpoints/last.ckpt ]] && previous=resume=true  # this stage was cut short: its own checkpoint
+    [[ -f $export_dir/training_summary.json ]] || python train.py "${recover[@]}" "${reduce[@]}" \
+      trainer.max_steps=$n "$previous" "hydra.run.dir=$run" "export_dir=$export_dir"
+    previous=resume=$run/checkpoints/last.ckpt
     once "$sweep/after-$label-$n" evaluate.py "${evaluate[@]}" "model.path=$export_dir"
   done
   once "$sweep/unreduced-$label" evaluate.py "${evaluate[@]}" "model.path=$export_dir" pruning=none

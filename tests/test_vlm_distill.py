@@ -182,24 +182,33 @@ def test_the_export_evaluates_reduced_without_flags(distilled, question_set, tmp
     assert rows["none"]["strategy"] == "none" and float(rows["none"]["visual_tokens"]) == 64
 
 
-def test_kill_9_mid_run_then_rerun_ends_bit_exact(distilled, tiny_llava_dir, question_set, tmp_path):
-    straight, _, _ = distilled
+def test_kill_9_in_the_second_epoch_then_rerun_ends_bit_exact(tiny_llava_dir, question_set, tmp_path):
+    """16 questions at batch 4: 8 steps run two epochs, the second on the teacher's cached answers; a run killed at
+    its checkpoint after step 5 (inside the second epoch) and rerun ends with the uninterrupted run's weights."""
+    def args(run):
+        return distill_command(tiny_llava_dir, question_set / "images", question_set / "questions.jsonl", run,
+                               "data.subset=16", "trainer.max_steps=8", "checkpoint_every_n_steps=5")
+
+    straight = run_script(*args(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
     run = tmp_path / "killed"
-    args = distill_command(tiny_llava_dir, question_set / "images", question_set / "questions.jsonl", run)
     checkpoint = run / "checkpoints" / "last.ckpt"
-    job = subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**os.environ, "WANDB_MODE": "offline"},
+    job = subprocess.Popen([sys.executable, *args(run)], cwd=ROOT, env={**os.environ, "WANDB_MODE": "offline"},
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not checkpoint.exists() and job.poll() is None:
         time.sleep(0.005)
     job.send_signal(signal.SIGKILL)
     job.wait()
     assert job.returncode == -signal.SIGKILL
-    assert 0 < torch.load(checkpoint, weights_only=False)["global_step"] < 6
-    rerun = run_script(*args)
+    saved = torch.load(checkpoint, weights_only=False)
+    assert saved["global_step"] == 5 and len(saved["teacher_answers"]) == 16  # inside epoch 2, every answer cached
+    rerun = run_script(*args(run))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming from" in rerun.stdout
-    whole = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    resumed = torch.load(checkpoint, weights_only=False)["state_dict"]
+    whole = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)
+    resumed = torch.load(checkpoint, weights_only=False)
+    assert whole["global_step"] == resumed["global_step"] == 8  # max_steps decides, over two epochs
+    whole, resumed = whole["state_dict"], resumed["state_dict"]
     assert whole.keys() == resumed.keys() and any("lora_B" in key for key in whole)
     assert all(torch.equal(whole[key], resumed[key]) for key in whole)
 
@@ -244,7 +253,8 @@ def test_the_report_puts_each_reduction_before_and_after_recovery(distilled, tin
     jobs = {"stock": (f"model.path={tiny_llava_dir}", "pruning=none"),
             "before": (f"model.path={tiny_llava_dir}", "pruning=tome", "pruning.keep=0.25"),
             "after": (f"model.path={export}",),  # its recorded reduction
-            "unreduced": (f"model.path={export}", "pruning=none")}  # what recovery cost the unreduced model
+            "unreduced": (f"model.path={export}", "pruning=none"),  # what recovery cost the unreduced model
+            "unscored": (f"model.path={export}", f"data.questions={unanswered(question_set, tmp_path)}")}
     for job, overrides in jobs.items():
         result = run_script("evaluate.py", "protocol=vqa", "model=llava_tiny", "model.weights=pretrained", "data=vqa",
                             f"data.root={question_set / 'images'}", f"data.questions={question_set / 'questions.jsonl'}",

@@ -272,9 +272,6 @@ class VLMDistillModule(FineTuneModule):
     def __init__(self, student, teacher, loss: str = "kl", temperature: float = 1.0, max_new_tokens: int = 16,
                  pad_id: int = 0, optimizer=None, scheduler=None, adapter_only: bool = False):
         super().__init__(optimizer, scheduler, adapter_only)
-        if loss not in VLM_DISTILL_LOSSES:
-            raise ConfigError(f"objective.loss={loss!r} is unknown for a generative VLM; allowed: "
-                              f"{', '.join(VLM_DISTILL_LOSSES)}")
         self.student, self.teacher = student, (teacher,)  # generation.Runner each; the teacher stays out of checkpoints
         self.model = student.model.train()  # registered: what trains, what Lightning moves and checkpoints
         self.loss_name, self.temperature, self.max_new_tokens, self.pad_id = loss, temperature, max_new_tokens, pad_id
@@ -282,6 +279,14 @@ class VLMDistillModule(FineTuneModule):
 
     def on_fit_start(self) -> None:
         self.teacher[0].model.to(self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["teacher_answers"] = {key: answer.tolist() for key, answer in self.answers.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)  # a resumed run takes its targets from where the first one would
+        self.answers = {key: torch.tensor(answer) for key, answer in checkpoint.get("teacher_answers", {}).items()}
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
         from vlm_eff.data.questions import requests_to

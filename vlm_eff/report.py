@@ -78,7 +78,9 @@ def markdown(rows: list[dict]) -> str:
     """The sweep's table; a sweep over several models gets a model column, each row compared with its
     own model's stock row."""
     if any(recovered(r) for r in rows):
-        return recovery_markdown(rows) + "\n" + request_markdown([r for r in rows if r["task"] != "train"])
+        evaluated = [r for r in rows if r["task"] != "train"]
+        return (recovery_markdown(rows) + "\n" + (benchmark_markdown(evaluated) + "\n") * any(
+            r.get("benchmark_score") for r in evaluated) + request_markdown(evaluated))
     if any(r.get("benchmark") for r in rows):
         return benchmark_markdown(rows) + "\n" + request_markdown(rows)
     if any(r.get("ttft_ms") for r in rows):
@@ -177,25 +179,34 @@ def recovered(row: dict) -> bool:
     return row.get("objective") == "distill" and row["task"] != "train" and bool(row.get("ttft_ms"))
 
 
-def recovery_stages(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """(strategy, budget) -> the evaluations of its recovered exports with that reduction on, by training steps."""
-    stages: dict[tuple[str, str], list[dict]] = {}
+def reduction(row: dict) -> tuple[str, str, str]:
+    """What the recovery table keys a row by: (strategy, budget, layer). One base model and one training recipe per
+    sweep: rows of two recoveries of the same reduction are one recovery's stages."""
+    return row["strategy"], budget(row), row["layer"]
+
+
+def steps(row: dict) -> int:
+    return int(row.get("train_steps") or 0)
+
+
+def recovery_stages(rows: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
+    """reduction -> the exact-match evaluations of its recovered exports with that reduction on, by training steps."""
+    stages: dict[tuple[str, str, str], list[dict]] = {}
     for row in rows:
-        if recovered(row) and row["strategy"] != "none":
-            stages.setdefault((row["strategy"], budget(row)), []).append(row)
-    return {key: sorted(group, key=lambda r: int(r["train_steps"] or 0)) for key, group in stages.items()}
+        if recovered(row) and row["strategy"] != "none" and row.get("vqa_acc"):
+            stages.setdefault(reduction(row), []).append(row)
+    return {key: sorted(group, key=steps) for key, group in stages.items()}
 
 
-def training_minutes(rows: list[dict], key: tuple[str, str]) -> tuple[int, float]:
+def training_minutes(rows: list[dict], key: tuple[str, str, str]) -> tuple[int, float]:
     """The training steps of a reduction's recovery and their minutes on this machine (each run's time per step
     times the steps it added; a run resumed for more steps is one more row)."""
     runs = sorted((r for r in rows if r["task"] == "train" and r.get("objective") == "distill"
-                   and (r["strategy"], budget(r)) == key and r.get("train_steps")), key=lambda r: int(r["train_steps"]))
+                   and reduction(r) == key and steps(r)), key=steps)
     minutes, done = 0.0, 0
     for run in runs:
-        steps = int(run["train_steps"])
-        minutes += float(run["latency_ms_mean"] or 0) * (steps - done) / 60000
-        done = steps
+        minutes += float(run["latency_ms_mean"] or 0) * (steps(run) - done) / 60000
+        done = steps(run)
     return done, minutes
 
 
@@ -207,23 +218,31 @@ def recovery_markdown(rows: list[dict]) -> str:
     stock = next((r for r in evaluated if r["strategy"] == "none" and not recovered(r)), None)
     reference = float(stock["vqa_acc"]) if stock else None
     kinds = sorted({k for r in evaluated for k in r if k.startswith("vqa_acc_")})
-    before = {(r["strategy"], budget(r)): r for r in evaluated if r["strategy"] != "none" and not recovered(r)}
+    before = {reduction(r): r for r in evaluated if r["strategy"] != "none" and not recovered(r)}
     stages = recovery_stages(rows)
     unreduced = {r["model"]: r for r in evaluated if recovered(r) and r["strategy"] == "none"}
-    percent = lambda r: "" if r is None else f"{100 * float(r['vqa_acc']):.1f}" + (  # noqa: E731
-        f" ({100 * float(r['vqa_acc']) / reference:.0f})" if reference else "")
-    per_kind = lambda r: "" if r is None else " / ".join(f"{100 * float(r[k]):.0f}" for k in kinds)  # noqa: E731
+
+    def percent(row: dict | None) -> str:
+        if row is None:
+            return ""
+        score = float(row["vqa_acc"])
+        return f"{100 * score:.1f}" + (f" ({100 * score / reference:.0f})" if reference else "")
+
+    def per_kind(row: dict | None) -> str:
+        return "" if row is None else " / ".join(f"{100 * float(row[k]):.0f}" if row.get(k) not in ("", None) else "-"
+                                                 for k in kinds)
+
     header = ["strategy", "budget", "site", "before", "after", f"{' / '.join(k.removeprefix('vqa_acc_') for k in kinds)}"
               " before → after", "steps", "training min", "after, unreduced"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     if stock:
         lines.append("| " + " | ".join(["none (stock)", "", "", percent(stock), "", per_kind(stock), "", "", ""]) + " |")
-    for key in sorted(set(before) | set(stages), key=lambda k: _sort_key({**(before.get(k) or stages[k][0])})):
+    for key in sorted(set(before) | set(stages), key=lambda k: _sort_key(before.get(k) or stages[k][0])):
         last = stages.get(key, [None])[-1]
-        steps, minutes = training_minutes(rows, key)
+        trained, minutes = training_minutes(rows, key)
         site = (before.get(key) or last)["site"]
-        lines.append("| " + " | ".join([*key, site, percent(before.get(key)), percent(last),
-                                         f"{per_kind(before.get(key))} → {per_kind(last)}", str(steps or ""),
+        lines.append("| " + " | ".join([*key[:2], site, percent(before.get(key)), percent(last),
+                                         f"{per_kind(before.get(key))} → {per_kind(last)}", str(trained or ""),
                                          f"{minutes:.1f}" if minutes else "",
                                          percent(unreduced.get(last["model"]) if last else None)]) + " |")
     lines += ["", "Exact match % on the sweep's questions; in brackets % of the stock model's; per kind before → after; "
@@ -231,11 +250,12 @@ def recovery_markdown(rows: list[dict]) -> str:
               "evaluated with pruning=none."]
     curves = {key: group for key, group in stages.items() if len(group) > 1}
     if curves:
-        steps = sorted({int(r["train_steps"]) for group in curves.values() for r in group})
-        lines += ["", "| strategy | budget | 0 | " + " | ".join(map(str, steps)) + " |", "|" + "---|" * (len(steps) + 3)]
+        counts = sorted({steps(r) for group in curves.values() for r in group})
+        lines += ["", "| strategy | budget | 0 | " + " | ".join(map(str, counts)) + " |", "|" + "---|" * (len(counts) + 3)]
         for key, group in curves.items():
-            at = {int(r["train_steps"]): r for r in group}
-            lines.append("| " + " | ".join([*key, percent(before.get(key)), *(percent(at.get(n)) for n in steps)]) + " |")
+            at = {steps(r): r for r in group}
+            lines.append("| " + " | ".join([*key[:2], percent(before.get(key)), *(percent(at.get(n)) for n in counts)])
+                         + " |")
         lines += ["", "Exact match % (in brackets % of stock) after each number of recovery steps (0: before)."]
     return "\n".join(lines) + "\n"
 
@@ -244,12 +264,12 @@ def recovery_figure(rows: list[dict], path: Path) -> Path:
     """Exact match against recovery steps, a line per reduction from before (0 steps), the stock model dashed."""
     evaluated = [r for r in rows if r["task"] != "train" and r.get("vqa_acc")]
     fig, ax = pyplot().subplots(figsize=(7.5, 4.6), dpi=150)
-    for row in evaluated:
-        if row["strategy"] == "none" and not recovered(row):
-            ax.axhline(100 * float(row["vqa_acc"]), color="black", linestyle="--", linewidth=1, label="stock")
-    for (name, budget_), group in recovery_stages(rows).items():
-        start = [r for r in evaluated if not recovered(r) and (r["strategy"], budget(r)) == (name, budget_)]
-        points = [(0, r) for r in start[:1]] + [(int(r["train_steps"]), r) for r in group]
+    stock = [r for r in evaluated if r["strategy"] == "none" and not recovered(r)]
+    if stock:
+        ax.axhline(100 * float(stock[0]["vqa_acc"]), color="black", linestyle="--", linewidth=1, label="stock")
+    for (name, budget_, layer), group in recovery_stages(rows).items():
+        start = [r for r in evaluated if not recovered(r) and reduction(r) == (name, budget_, layer)]
+        points = [(0, r) for r in start[:1]] + [(steps(r), r) for r in group]
         ax.plot([n for n, _ in points], [100 * float(r["vqa_acc"]) for _, r in points], marker="o",
                 label=f"{name} {budget_}")
     model = next((r["model"] for r in evaluated if not recovered(r)), "")
@@ -494,7 +514,7 @@ def figures(rows: list[dict], out_dir: Path) -> list[Path]:
         last = {id(group[-1]) for group in recovery_stages(rows).values()}
         stock = next((r["model"] for r in rows if r["task"] != "train" and not recovered(r)), "")
         drawn = [{**r, "model": stock} if recovered(r) else r for r in rows  # drawn as the model they recover
-                 if r["task"] != "train" and (not recovered(r) or id(r) in last)]
+                 if r["task"] != "train" and (not recovered(r) or id(r) in last or not r.get("vqa_acc"))]
         return [recovery_figure(rows, out_dir / "recovery_vs_steps.png"), *request_figures(drawn, out_dir)]
     if any(r.get("ttft_ms") for r in rows):
         return request_figures(rows, out_dir)

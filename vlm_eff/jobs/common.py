@@ -44,6 +44,7 @@ def image_size(cfg: DictConfig, vision_config) -> int:
     return size
 
 
+PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}  # training: half precision = autocast
 RECORDED_REDUCTION = "reduction.yaml"  # in an exported checkpoint: the `pruning` config it was trained for
 
 

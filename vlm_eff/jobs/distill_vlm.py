@@ -29,11 +29,11 @@ from vlm_eff.data.loading import ResumableLoader, default_workers
 from vlm_eff.data.questions import QuestionBatches, Requests, instructions_of, processor_requests
 from vlm_eff.errors import ConfigError
 from vlm_eff.generation import Runner
-from vlm_eff.jobs.common import RECORDED_REDUCTION, check_counts, prepare, run_dir, save_row
-from vlm_eff.jobs.requests import load_processor
+from vlm_eff.jobs.common import PRECISION, RECORDED_REDUCTION, check_counts, prepare, run_dir, save_row
+from vlm_eff.jobs.requests import load_processor, selected
 from vlm_eff.lora import count_parameters, lora_config, merge
 from vlm_eff.models import model_label
-from vlm_eff.modules import VLMDistillModule
+from vlm_eff.modules import VLM_DISTILL_LOSSES, VLMDistillModule
 from vlm_eff.profiling import ProfilingCallback
 from vlm_eff.progress import ProgressCallback
 from vlm_eff.results import base_row, write_atomic
@@ -55,16 +55,16 @@ def trained_parts(value: str) -> set[str]:
 
 
 class Indices(Dataset):
-    """Question indices 0..n-1 for the resumable loader (its sampler hands out (index, seed) pairs)."""
+    """The question indices trained on, for the resumable loader (its sampler hands out (position, seed) pairs)."""
 
-    def __init__(self, n: int):
-        self.n = n
+    def __init__(self, indices: list[int]):
+        self.indices = indices
 
     def __len__(self) -> int:
-        return self.n
+        return len(self.indices)
 
     def __getitem__(self, item) -> int:
-        return item[0]
+        return self.indices[item[0]]
 
 
 class MosaicRequests:
@@ -90,7 +90,7 @@ def question_loader(cfg: DictConfig, processor, layout, steps_done: int) -> Data
 
         if not cfg.data.root:
             raise ConfigError("data=cifar10_vqa needs data.root=<the CIFAR-10 archive or folder> for its train split")
-        if cfg.trainer.max_steps < 1:
+        if (cfg.trainer.max_steps or -1) < 1:
             raise ConfigError("data=cifar10_vqa trains on an endless stream of mosaics: set trainer.max_steps=<steps>")
         images, labels, classes = load_split(Path(cfg.data.root).expanduser(), "train", Path(cfg.data.cache_dir))
         seed = int(np.random.SeedSequence([cfg.seed, steps_done]).generate_state(1)[0])
@@ -99,10 +99,11 @@ def question_loader(cfg: DictConfig, processor, layout, steps_done: int) -> Data
         return DataLoader(stream, batch_size=cfg.data.batch_size, collate_fn=MosaicRequests(processor, layout),
                           num_workers=workers)
     bench = benchmark(cfg.data)
-    if len(bench.questions) < cfg.data.batch_size:
-        raise ConfigError(f"data={bench.name}: {len(bench.questions)} usable question(s) in {bench.questions.file}, "
+    indices = selected(cfg, len(bench.questions))  # all, or a seeded data.subset
+    if len(indices) < cfg.data.batch_size:
+        raise ConfigError(f"data={bench.name}: {len(indices)} usable question(s) in {bench.questions.file}, "
                           f"fewer than one batch of data.batch_size={cfg.data.batch_size}")
-    return ResumableLoader(Indices(len(bench.questions)), cfg.data.batch_size, cfg.seed, num_workers=workers,
+    return ResumableLoader(Indices(indices), cfg.data.batch_size, cfg.seed, num_workers=workers,
                            collate_fn=QuestionBatches(processor, layout, bench))
 
 
@@ -132,10 +133,16 @@ def distill_vlm(cfg: DictConfig) -> dict:
                           "is nothing to recover: choose a reduction (e.g. pruning=tome pruning.keep=0.125)")
     parts = trained_parts(cfg.objective.get("train", "projector"))
     loss = cfg.objective.get("loss") or "kl"
+    if loss not in VLM_DISTILL_LOSSES:
+        raise ConfigError(f"objective.loss={loss!r} is unknown for a generative VLM; allowed: "
+                          f"{', '.join(VLM_DISTILL_LOSSES)}")
+    if cfg.lora.get("checkpoint"):
+        raise ConfigError(f"lora.checkpoint={cfg.lora.checkpoint}: recovery of a VLM starts fresh adapters on its "
+                          "language model; continue a run by rerunning it (resume), or distill from model.path=<export>")
     prepared = prepare(cfg)
     model = prepared.loaded.model.float()
     layout = layout_of(model)
-    teacher = Runner(copy.deepcopy(model).eval().requires_grad_(False))  # unreduced, as loaded
+    teacher = Runner(copy.deepcopy(model).to(prepared.dtype).eval().requires_grad_(False))  # unreduced, as loaded
     adapters = train_parts(model, layout, cfg, parts)
     prepared.strategy.apply_to_vlm(model, layout)
     processor = load_processor(cfg.model)
@@ -154,9 +161,9 @@ def distill_vlm(cfg: DictConfig) -> dict:
     profiler = ProfilingCallback(warmup=cfg.warmup, gpu_sample_interval_s=cfg.gpu_sample_interval_s)
     checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
                                   every_n_train_steps=cfg.checkpoint_every_n_steps)
-    endless = isinstance(loader.dataset, torch.utils.data.IterableDataset)  # the mosaics: max_steps alone decides
+    by_steps = (cfg.trainer.max_steps or -1) > 0  # max_steps decides, over as many epochs as it takes
     trainer = instantiate(cfg.trainer, accelerator=prepared.device.type, logger=logger or False,
-                          **({"max_epochs": -1} if endless else {}),
+                          precision=PRECISION[cfg.dtype], **({"max_epochs": -1} if by_steps else {}),
                           enable_progress_bar=False, default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
                           callbacks=[profiler, checkpoints, ProgressCallback("train", "questions", cfg.progress_every_s)])
     print(f"vlm-eff train: {cfg.model.name} reduced by pruning={cfg.pruning.name}: training the "
@@ -183,7 +190,7 @@ def distill_vlm(cfg: DictConfig) -> dict:
         export_dir.mkdir(parents=True, exist_ok=True)
         export_model.to(torch.float16).save_pretrained(export_dir)
         processor.save_pretrained(export_dir)
-        write_atomic(export_dir / RECORDED_REDUCTION, OmegaConf.to_yaml(cfg.pruning))
+        write_atomic(export_dir / RECORDED_REDUCTION, OmegaConf.to_yaml(cfg.pruning, resolve=True))
         summary = {"objective": {**OmegaConf.to_container(cfg.objective), "loss": loss}, "steps": trainer.global_step,
                    "batch_size": cfg.data.batch_size, "data": cfg.data.name, "trained": sorted(parts),
                    "wall_time_s_this_run": round(seconds, 1),

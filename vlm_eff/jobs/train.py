@@ -19,7 +19,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from vlm_eff.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 from vlm_eff.errors import ConfigError
-from vlm_eff.jobs.common import RECORDED_REDUCTION, encoder_row, prepare, run_dir, save_row
+from vlm_eff.jobs.common import PRECISION, RECORDED_REDUCTION, encoder_row, prepare, run_dir, save_row
 from vlm_eff.jobs.evaluate import test_row
 from vlm_eff.lora import add_lora, count_parameters, merge, new_adapters
 from vlm_eff.jobs.distill_vlm import distill_vlm
@@ -33,7 +33,6 @@ from vlm_eff.results import write_atomic
 from vlm_eff.vlms import is_vlm
 from vlm_eff.wandb_logging import finish, make_logger
 
-PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}  # half precision = autocast
 
 
 def export(model, tokenizer, preprocess, export_dir: Path, summary: dict, pruning: DictConfig) -> None:
@@ -48,7 +47,7 @@ def export(model, tokenizer, preprocess, export_dir: Path, summary: dict, prunin
     if pruning.name == "none":
         recorded.unlink(missing_ok=True)
     else:
-        write_atomic(recorded, OmegaConf.to_yaml(pruning))
+        write_atomic(recorded, OmegaConf.to_yaml(pruning, resolve=True))
 
 
 def training_module(cfg: DictConfig, model, teacher, tokenizer, class_names: list[str], prompts: Prompts,

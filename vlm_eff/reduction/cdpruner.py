@@ -88,7 +88,7 @@ class TextTower:
     @torch.no_grad()
     def image_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feature-layer tokens [N, D_v] -> their embeddings in the shared space [N, P]."""
-        vision = self.model.vision_model
+        vision = self.model.to(tokens.device).vision_model  # the VLM's device, wherever it went after apply_to_vlm
         x = vision.post_layernorm(tokens.float())
         if self.siglip:
             return vision.head(x[:, None]).reshape(len(x), -1)  # the probe pools each one-token sequence
@@ -151,7 +151,6 @@ class CDPruner(AfterProjector):
         self.remove_from_vlm(model, layout)
         self.embed = model.get_input_embeddings()
         if self.relevance == "tower":  # what the projector receives: the feature-layer tokens, CLS dropped
-            self.text_tower.model.to(self.embed.weight.device)
             self.hook = model.model.multi_modal_projector.register_forward_pre_hook(
                 lambda module, args: self.features.append(args[0]))
 
