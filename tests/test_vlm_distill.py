@@ -183,11 +183,12 @@ def test_the_export_evaluates_reduced_without_flags(distilled, question_set, tmp
 
 
 def test_kill_9_in_the_second_epoch_then_rerun_ends_bit_exact(tiny_llava_dir, question_set, tmp_path):
-    """16 questions at batch 4: 8 steps run two epochs, the second on the teacher's cached answers; a run killed at
-    its checkpoint after step 5 (inside the second epoch) and rerun ends with the uninterrupted run's weights."""
+    """16 questions at batch 4: 10 steps run three epochs, the later ones on the teacher's cached answers; a run killed
+    at its checkpoint after step 5 (inside the second epoch) and rerun ends with the uninterrupted run's weights, and
+    times its own steps after its own warm-up."""
     def args(run):
         return distill_command(tiny_llava_dir, question_set / "images", question_set / "questions.jsonl", run,
-                               "data.subset=16", "trainer.max_steps=8", "checkpoint_every_n_steps=5")
+                               "data.subset=16", "trainer.max_steps=10", "checkpoint_every_n_steps=5")
 
     straight = run_script(*args(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -207,7 +208,9 @@ def test_kill_9_in_the_second_epoch_then_rerun_ends_bit_exact(tiny_llava_dir, qu
     assert "resuming from" in rerun.stdout
     whole = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)
     resumed = torch.load(checkpoint, weights_only=False)
-    assert whole["global_step"] == resumed["global_step"] == 8  # max_steps decides, over two epochs
+    assert whole["global_step"] == resumed["global_step"] == 10  # max_steps decides, over three epochs
+    (row,) = read_results(run / "results.csv")
+    assert float(row["latency_ms_mean"]) > 0 and int(row["train_steps"]) == 10  # 5 steps: 3 warm-up, 2 timed
     whole, resumed = whole["state_dict"], resumed["state_dict"]
     assert whole.keys() == resumed.keys() and any("lora_B" in key for key in whole)
     assert all(torch.equal(whole[key], resumed[key]) for key in whole)

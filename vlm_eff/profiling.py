@@ -194,7 +194,7 @@ class ProfilingCallback(Callback):
 
     def _begin(self, stage: str, pl_module) -> None:
         self.latencies_s[stage], self.timed_images[stage], self._wall_s = [], 0, 0.0
-        self._wall_start = None
+        self._wall_start = self._first_index = None
         self._memory = PeakMemory(pl_module.device)
         if stage == "train":
             self._memory.reset()
@@ -207,7 +207,15 @@ class ProfilingCallback(Callback):
             self._wall_s += self._last_end - self._wall_start
             self._wall_start = None
 
+    def _in_run(self, batch_idx: int) -> int:
+        """The batch's index among this run's batches of the epoch: a resumed run's first batch is 0 (its warm-up
+        too), whatever index the epoch had reached."""
+        if self._first_index is None:
+            self._first_index = batch_idx
+        return batch_idx - self._first_index
+
     def _batch_start(self, stage: str, pl_module, batch_idx: int) -> None:
+        batch_idx = self._in_run(batch_idx)
         if batch_idx == self.warmup and not self.latencies_s[stage]:  # the first timed batch of the stage
             if stage == "test":
                 self._memory.reset()
@@ -219,6 +227,7 @@ class ProfilingCallback(Callback):
             self._wall_start = self._start  # no warm-up: the segment starts with the first batch
 
     def _batch_end(self, stage: str, pl_module, batch, batch_idx: int) -> None:
+        batch_idx = self._in_run(batch_idx)
         self._sync(pl_module)
         self._last_end = time.perf_counter()
         elapsed = self._last_end - self._start
@@ -267,6 +276,7 @@ class ProfilingCallback(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._close_segment()
+        self._first_index = None
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._end("train")

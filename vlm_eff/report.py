@@ -267,6 +267,7 @@ def recovery_figure(rows: list[dict], path: Path) -> Path:
     stock = [r for r in evaluated if r["strategy"] == "none" and not recovered(r)]
     if stock:
         ax.axhline(100 * float(stock[0]["vqa_acc"]), color="black", linestyle="--", linewidth=1, label="stock")
+        ax.axhline(97 * float(stock[0]["vqa_acc"]), color="gray", linestyle=":", linewidth=1, label="97 % of stock")
     for (name, budget_, layer), group in recovery_stages(rows).items():
         start = [r for r in evaluated if not recovered(r) and reduction(r) == (name, budget_, layer)]
         points = [(0, r) for r in start[:1]] + [(steps(r), r) for r in group]
