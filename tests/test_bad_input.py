@@ -35,8 +35,9 @@ CASES = {  # id: (command, the text the error line must hold)
                             "allowed at most 32 per layer"),
     "layer out of range": (PROFILE + ("pruning=late_layer", "pruning.layer=99"),
                            "pruning.layer=99 is out of range for a 4-layer encoder; allowed -1..3"),
-    "unknown strategy": (PROFILE + ("pruning=bogus",), "unknown pruning 'bogus'; allowed: cls_preserving, divprune, "
-                         "evit, fastv, late_layer, naive, none, pitome, position_aware, pyramiddrop, tome, visionzip"),
+    "unknown strategy": (PROFILE + ("pruning=bogus",), "unknown pruning 'bogus'; allowed: cdpruner, cls_preserving, "
+                         "dart, divprune, evit, fastv, late_layer, naive, none, pitome, position_aware, pyramiddrop, "
+                         "random, sparsevlm, tome, visionzip, vispruner"),
     "unknown model": (PROFILE + ("model=bogus",), "unknown model 'bogus'; allowed: clip_laion_b32, clip_tiny"),
     "compile without warm-up": (PROFILE + ("compile=true", "warmup=0"),
                                 "compile=true needs warmup >= 1 (the first batch compiles), got warmup=0"),
@@ -108,7 +109,8 @@ CASES = {  # id: (command, the text the error line must hold)
     "LLM layer beyond the depth": (("profile.py", "model=llava_tiny", "pruning=fastv", "pruning.layer=5"),
                                    "pruning.layer=5 is out of range for a 2-layer language model; allowed 1..1"),
     "visionzip on Qwen2-VL": (("profile.py", "model=qwen2_vl_tiny", "pruning=visionzip"),
-                              "allowed here: none, divprune, fastv, pyramiddrop"),
+                              "allowed here: none, divprune, random, fastv, pyramiddrop, dart, sparsevlm, "
+                              "cdpruner with pruning.relevance=llm"),
     "train size beyond the split": (TRAIN[:3] + ("data.train_size=0",), "data.train_size=0 must be in 1..45000"),
     "zero learning rate": (TRAIN + ("optimizer.lr=0",), "optimizer.lr=0 must be a number > 0"),
     "negative weight decay": (TRAIN + ("optimizer.weight_decay=-0.1",), "optimizer.weight_decay=-0.1 must be a number >= 0"),

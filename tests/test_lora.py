@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, CLIPModel
 from vlm_eff.data.cifar10 import CIFAR10_CLASSES, stratified_subset
 from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.errors import ConfigError
-from vlm_eff.lora import TARGETS, add_lora, count_parameters, expected_trainable, load_adapter, lora_config, merge
+from vlm_eff.lora import add_lora, count_parameters, expected_trainable, load_adapter, lora_config, merge
 from vlm_eff.models import random_model
 from vlm_eff.modules import ZeroShotModule
 from vlm_eff.reduction.dropping import apply_patch, remove_patch
@@ -20,7 +20,10 @@ from vlm_eff.reduction.dropping import apply_patch, remove_patch
 TOKENIZER = ROOT / "assets" / "clip-tokenizer"
 
 
-def lora_cfg(rank=4, targets=("vision_attn", "text_attn", "projections"), **extra):
+CLIP_TARGETS = ("vision_attn", "text_attn", "projections")  # llm_attn is a generative VLM's (test_vlm_distill)
+
+
+def lora_cfg(rank=4, targets=CLIP_TARGETS, **extra):
     return OmegaConf.create({"name": "default", "rank": rank, "alpha": 2 * rank, "dropout": 0.0,
                              "targets": list(targets), "checkpoint": None, **extra})
 
@@ -71,7 +74,7 @@ def trained(cifar_batch, tmp_path_factory):
 
 
 @pytest.mark.parametrize("targets", [["vision_attn"], ["text_attn"], ["projections"],
-                                     ["vision_attn", "projections"], list(TARGETS)])
+                                     ["vision_attn", "projections"], list(CLIP_TARGETS)])
 @pytest.mark.parametrize("rank", [1, 8])
 def test_trainable_parameters_match_the_formula(targets, rank):
     clip = random_clip_seeded()

@@ -127,3 +127,26 @@ def test_resuming_from_a_checkpoint_at_an_epochs_end_or_middle_sees_the_uninterr
     assert len(straight) == 12 and straight[0] != straight[4]  # a new order every epoch
     for step in (4, 6):
         assert fit(_recording_module(), tmp_path / "ckpt" / f"step={step}.ckpt") == straight[step:], step
+
+
+def test_a_run_stopped_by_max_steps_mid_epoch_and_extended_sees_the_longer_runs_batches(tmp_path):
+    """4 batches an epoch: a 6-step run (stopped inside epoch 1, its last checkpoint written after fit) extended to
+    12 steps sees the rest of epoch 1 and then epoch 2, as one 12-step run does; Lightning's own loop counts epoch 1
+    as done there, so the loader keeps its own count."""
+    import pytorch_lightning as pl
+
+    from vlm_eff.checkpoint_io import AtomicCheckpointIO
+    from vlm_eff.data.loading import ResumableLoader
+
+    def fit(module, max_steps, ckpt_path=None):
+        trainer = pl.Trainer(accelerator="cpu", max_steps=max_steps, max_epochs=-1, logger=False,
+                             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                             use_distributed_sampler=False, plugins=[AtomicCheckpointIO()])
+        trainer.fit(module, ResumableLoader(_Items(), batch_size=4, seed=0), ckpt_path=ckpt_path)
+        trainer.save_checkpoint(tmp_path / f"after-{max_steps}.ckpt")
+        return module.seen
+
+    straight = fit(_recording_module(), 12)
+    assert len(straight) == 12
+    assert fit(_recording_module(), 6) == straight[:6]
+    assert fit(_recording_module(), 12, tmp_path / "after-6.ckpt") == straight[6:]

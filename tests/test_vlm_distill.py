@@ -2,7 +2,7 @@
 the teacher-forced pass the student trains through is the generation's own (its logits are the ones `generate`
 acts on), and a few steps move only what `objective.train` names. As a user runs it: a saved tiny LLaVA distilled on
 real CIFAR-10 images with a question file, the file's answers never read, the export evaluated reduced without
-flags, a SIGKILL mid-run resumed bit-exactly; the one-line errors."""
+flags, a SIGKILL mid-run resumed where the uninterrupted run goes; the one-line errors."""
 
 import copy
 import functools
@@ -182,10 +182,13 @@ def test_the_export_evaluates_reduced_without_flags(distilled, question_set, tmp
     assert rows["none"]["strategy"] == "none" and float(rows["none"]["visual_tokens"]) == 64
 
 
-def test_kill_9_in_the_second_epoch_then_rerun_ends_bit_exact(tiny_llava_dir, question_set, tmp_path):
+def test_kill_9_in_the_second_epoch_then_rerun_ends_where_the_uninterrupted_run_ends(tiny_llava_dir, question_set,
+                                                                                      tmp_path):
     """16 questions at batch 4: 10 steps run three epochs, the later ones on the teacher's cached answers; a run killed
-    at its checkpoint after step 5 (inside the second epoch) and rerun ends with the uninterrupted run's weights, and
-    times its own steps after its own warm-up."""
+    at its checkpoint after step 5 (inside the second epoch) and rerun ends with the uninterrupted run's teacher answers
+    and weights, and times its own steps after its own warm-up. Weights to float rounding: now and then (about one run
+    in four here) the CPU's BLAS sums a product in another order, ~3e-8 apart; a batch out of order or an optimizer
+    state lost moves them by ~lr = 1e-3."""
     def args(run):
         return distill_command(tiny_llava_dir, question_set / "images", question_set / "questions.jsonl", run,
                                "data.subset=16", "trainer.max_steps=10", "checkpoint_every_n_steps=5")
@@ -211,9 +214,11 @@ def test_kill_9_in_the_second_epoch_then_rerun_ends_bit_exact(tiny_llava_dir, qu
     assert whole["global_step"] == resumed["global_step"] == 10  # max_steps decides, over three epochs
     (row,) = read_results(run / "results.csv")
     assert float(row["latency_ms_mean"]) > 0 and int(row["train_steps"]) == 10  # 5 steps: 3 warm-up, 2 timed
+    assert whole["teacher_answers"] == resumed["teacher_answers"]
     whole, resumed = whole["state_dict"], resumed["state_dict"]
     assert whole.keys() == resumed.keys() and any("lora_B" in key for key in whole)
-    assert all(torch.equal(whole[key], resumed[key]) for key in whole)
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=1e-6, msg=key)
 
 
 def test_the_cifar10_mosaics_training_stream_trains(tiny_llava_dir, shared_archive, cache_dir, tmp_path):

@@ -170,10 +170,11 @@ def latency_summary(latencies_s: list[float], n_images: int) -> dict:
 
 class ProfilingCallback(Callback):
     """Times each train and test batch (the step and the hooks around it), skipping the first `warmup`
-    of each stage (of each epoch); `summaries["test"]` / `summaries["train"]` hold the results. Beside
-    the per-batch latencies, `e2e_throughput_img_s` divides the timed images by the wall time from the
-    end of the last warm-up batch to the end of the last batch, summed over epochs: waiting for the
-    loader counts there.
+    batches this run makes of each stage (a resumed run warms up again, wherever its epoch starts);
+    `summaries["test"]` / `summaries["train"]` hold the results. Beside the per-batch latencies,
+    `e2e_throughput_img_s` divides the timed images by the wall time from the end of the last warm-up
+    batch to the end of the last batch, summed over epochs (a later epoch from its first batch's
+    start): waiting for the loader counts there.
 
     Peak memory: for test, over the timed batches (inference's one-time warm-up allocations left
     out); for train, from the start of training, so gradients and optimizer state count."""
@@ -187,6 +188,7 @@ class ProfilingCallback(Callback):
         self._sampler: Sampler | None = None
         self._start = self._last_end = self._wall_s = 0.0
         self._wall_start: float | None = None
+        self._batches_seen = 0  # this run's batches of the current stage, warm-up included
 
     def _sync(self, pl_module) -> None:
         if pl_module.device.type == "cuda":
@@ -194,7 +196,7 @@ class ProfilingCallback(Callback):
 
     def _begin(self, stage: str, pl_module) -> None:
         self.latencies_s[stage], self.timed_images[stage], self._wall_s = [], 0, 0.0
-        self._wall_start = self._first_index = None
+        self._wall_start, self._batches_seen = None, 0
         self._memory = PeakMemory(pl_module.device)
         if stage == "train":
             self._memory.reset()
@@ -207,35 +209,27 @@ class ProfilingCallback(Callback):
             self._wall_s += self._last_end - self._wall_start
             self._wall_start = None
 
-    def _in_run(self, batch_idx: int) -> int:
-        """The batch's index among this run's batches of the epoch: a resumed run's first batch is 0 (its warm-up
-        too), whatever index the epoch had reached."""
-        if self._first_index is None:
-            self._first_index = batch_idx
-        return batch_idx - self._first_index
-
-    def _batch_start(self, stage: str, pl_module, batch_idx: int) -> None:
-        batch_idx = self._in_run(batch_idx)
-        if batch_idx == self.warmup and not self.latencies_s[stage]:  # the first timed batch of the stage
+    def _batch_start(self, stage: str, pl_module) -> None:
+        if self._batches_seen == self.warmup and not self.latencies_s[stage]:  # the first timed batch of the stage
             if stage == "test":
                 self._memory.reset()
             if self._sampler is not None:
                 self._sampler.start()
         self._sync(pl_module)
         self._start = time.perf_counter()
-        if batch_idx == self.warmup == 0:
-            self._wall_start = self._start  # no warm-up: the segment starts with the first batch
+        if self._batches_seen >= self.warmup and self._wall_start is None:
+            self._wall_start = self._start  # no warm-up, or a later epoch: the segment starts with this batch
 
-    def _batch_end(self, stage: str, pl_module, batch, batch_idx: int) -> None:
-        batch_idx = self._in_run(batch_idx)
+    def _batch_end(self, stage: str, pl_module, batch) -> None:
         self._sync(pl_module)
         self._last_end = time.perf_counter()
         elapsed = self._last_end - self._start
-        if batch_idx >= self.warmup:
+        if self._batches_seen >= self.warmup:
             self.latencies_s[stage].append(elapsed)
             self.timed_images[stage] += _batch_size(batch)
-        elif batch_idx == self.warmup - 1:
+        elif self._batches_seen == self.warmup - 1:
             self._wall_start = self._last_end  # this epoch's end-to-end time runs from here: loading the next batch counts
+        self._batches_seen += 1
 
     def _end(self, stage: str) -> None:
         self._close_segment()
@@ -257,10 +251,10 @@ class ProfilingCallback(Callback):
         self._begin("test", pl_module)
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self._batch_start("test", pl_module, batch_idx)
+        self._batch_start("test", pl_module)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._batch_end("test", pl_module, batch, batch_idx)
+        self._batch_end("test", pl_module, batch)
 
     def on_test_end(self, trainer, pl_module) -> None:
         self._end("test")
@@ -269,14 +263,13 @@ class ProfilingCallback(Callback):
         self._begin("train", pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._batch_start("train", pl_module, batch_idx)
+        self._batch_start("train", pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._batch_end("train", pl_module, batch, batch_idx)
+        self._batch_end("train", pl_module, batch)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._close_segment()
-        self._first_index = None
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._end("train")

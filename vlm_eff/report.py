@@ -243,7 +243,7 @@ def recovery_markdown(rows: list[dict]) -> str:
         site = (before.get(key) or last)["site"]
         lines.append("| " + " | ".join([*key[:2], site, percent(before.get(key)), percent(last),
                                          f"{per_kind(before.get(key))} → {per_kind(last)}", str(trained or ""),
-                                         f"{minutes:.1f}" if minutes else "",
+                                         f"{minutes:.3g}" if minutes else "",
                                          percent(unreduced.get(last["model"]) if last else None)]) + " |")
     lines += ["", "Exact match % on the sweep's questions; in brackets % of the stock model's; per kind before → after; "
               "training minutes: time per step x steps on this machine; after, unreduced: the recovered weights "

@@ -35,15 +35,11 @@ def evaluation_sampler(dataset: Dataset) -> Sampler | None:
 
 class ResumableSampler(Sampler):
     """Yields `(index, augmentation seed)` for every item (this process's share of them under DDP), in a
-    permutation seeded by (seed, epoch); `resume_at = (epoch, items)` passes over the first `items` of
-    that epoch (a resumed epoch; a later epoch, as when the checkpoint ended its epoch, starts whole)."""
+    permutation seeded by (seed, `epoch`), passing over the first `skip` items; `ResumableLoader` sets both."""
 
     def __init__(self, n_items: int, seed: int):
-        self.n_items, self.seed, self.epoch = n_items, seed, 0
-        self.resume_at: tuple[int, int] | None = None
-
-    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
-        self.epoch = epoch
+        self.n_items, self.seed = n_items, seed
+        self.epoch = self.skip = 0
 
     def __len__(self) -> int:
         return self.n_items // process_share()[1]
@@ -54,31 +50,29 @@ class ResumableSampler(Sampler):
         seeds = torch.randint(2**31, (self.n_items,), generator=generator)  # [N]
         rank, world = process_share()
         share = slice(rank, len(self) * world, world)  # equal shares; the last N mod world items sit this epoch out
-        skip = self.resume_at[1] if self.resume_at and self.resume_at[0] == self.epoch else 0
-        self.resume_at = None
-        yield from zip(order[share][skip:].tolist(), seeds[share][skip:].tolist())
-
-    def skipped(self) -> int:
-        """Items the next iteration passes over."""
-        return self.resume_at[1] if self.resume_at and self.resume_at[0] == self.epoch else 0
+        yield from zip(order[share][self.skip:].tolist(), seeds[share][self.skip:].tolist())
 
 
 class ResumableLoader(DataLoader):
     """A shuffling loader of full batches over `ResumableSampler`, with Lightning's `state_dict` /
-    `load_state_dict` interface: the epoch and the batches of it already handed out."""
+    `load_state_dict` interface: the epoch and the batches of it already handed out. The loader counts its
+    own epochs (a pass that ran to its end), not Lightning's: a run that `max_steps` stopped mid-epoch and a
+    rerun extends goes on with the rest of that epoch, as one longer run would."""
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, **options):
         super().__init__(dataset, batch_size, sampler=ResumableSampler(len(dataset), seed), drop_last=True, **options)
-        self.batches_done = 0
+        self.epoch = self.batches_done = 0
 
     def __iter__(self):
-        self.batches_done = self.sampler.skipped() // self.batch_size
+        if self.batches_done >= len(self):  # the last pass ran to its end: the next epoch, whole
+            self.epoch, self.batches_done = self.epoch + 1, 0
+        self.sampler.epoch, self.sampler.skip = self.epoch, self.batches_done * self.batch_size
         for batch in super().__iter__():
             self.batches_done += 1
             yield batch
 
     def state_dict(self) -> dict:
-        return {"epoch": self.sampler.epoch, "batches_done": self.batches_done}
+        return {"epoch": self.epoch, "batches_done": self.batches_done}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sampler.resume_at = (state["epoch"], state["batches_done"] * self.batch_size)
+        self.epoch, self.batches_done = state["epoch"], state["batches_done"]
