@@ -32,16 +32,19 @@ def vispruner_keep(features: torch.Tensor, importance: torch.Tensor, budget: int
     order = importance.argsort(dim=1, descending=True, stable=True)  # [B, N]
     important, residual = order[:, :n_important], order[:, n_important:]
     unit = F.normalize(features.double(), dim=-1)  # [B, N, D] in float64: the rounds are not reproducible in float32
+    similarity = unit @ unit.transpose(1, 2)  # [B, N, N] cosines, once: each round reads its pairs from here
+    N = similarity.shape[-1]
     while n_diverse > 0:
         R = residual.shape[1]
         dropped = min(ROUND, R - n_diverse)
         if dropped <= 0:
             break
-        tokens = unit.gather(1, residual[..., None].expand(-1, -1, unit.shape[-1]))  # [B, R, D]
-        a, b = tokens[:, ::2], tokens[:, 1::2]  # [B, ceil(R/2), D], [B, floor(R/2), D]
-        scores = (a @ b.transpose(1, 2)).max(dim=-1).values  # [B, ceil(R/2)]: each even token's closest odd one
+        even, odd = residual[:, ::2], residual[:, 1::2]  # [B, ceil(R/2)], [B, floor(R/2)]
+        rows = similarity.gather(1, even[..., None].expand(-1, -1, N))  # [B, ceil(R/2), N]
+        pairs = rows.gather(2, odd[:, None].expand(-1, even.shape[1], -1))  # [B, ceil(R/2), floor(R/2)]
+        scores = pairs.max(dim=-1).values  # [B, ceil(R/2)]: each even token's closest odd one
         distinct = scores.argsort(dim=-1, descending=True, stable=True)[:, dropped:]  # [B, ceil(R/2) - r']
-        residual = torch.cat([residual[:, ::2].gather(1, distinct), residual[:, 1::2]], dim=1)  # [B, R - r']
+        residual = torch.cat([even.gather(1, distinct), odd], dim=1)  # [B, R - r']
     kept = torch.cat([important, residual], dim=1) if n_diverse > 0 else important
     return kept.sort(dim=1).values[:, :budget]
 
