@@ -7,6 +7,7 @@
 #   bash scripts/vlm_frontier.sh tiny_llava_siglip_cifar10
 # Budgets: encoder dropping and merging, FastV: keep = the share of visual tokens; VisionZip, DivPrune, and the 2025
 # baselines random, VisPruner, CDPruner (relevance from the twin's own dual encoder, model.init_tower) and DART: tokens;
+# SparseVLM: the paper's retained counts of 576 (192 / 128 / 64), scaled to the image's tokens;
 # EViT and PyramidDrop compound over 3 steps / stages: keep = share^(1/3) per step, so that the last step
 # (PyramidDrop: its last stage) holds the share (EViT: + its fused token).
 set -euo pipefail
@@ -23,4 +24,5 @@ python evaluate.py -m "${sweeps[@]}" pruning=pyramiddrop pruning.keep=0.7937,0.6
 python evaluate.py -m "${sweeps[@]}" pruning=visionzip,divprune pruning.tokens=128,64,32
 python evaluate.py -m "${sweeps[@]}" pruning=random,vispruner,dart pruning.tokens=128,64,32
 python evaluate.py -m "${sweeps[@]}" pruning=cdpruner 'pruning.text_tower=${model.init_tower}' pruning.tokens=128,64,32
+python evaluate.py -m "${sweeps[@]}" pruning=sparsevlm pruning.tokens=192,128,64  # the paper's counts of 576: 33 / 22 / 11 %
 python -m vlm_eff.report "$sweep" --no-wandb --token-maps 2   # + the first two test mosaics' token maps

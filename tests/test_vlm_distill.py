@@ -272,9 +272,12 @@ def test_the_report_puts_each_reduction_before_and_after_recovery(distilled, tin
     result = subprocess.run([sys.executable, "-m", "vlm_eff.report", str(sweep), "--no-wandb"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    table = (sweep / "report.md").read_text()
-    (line,) = [line for line in table.splitlines() if line.startswith("| tome | 0.25 | encoder |")]
+    blocks = (sweep / "report.md").read_text().split("\n\n")
+    (line,) = [line for line in blocks[0].splitlines() if line.startswith("| tome | 0.25 | encoder |")]
     cells = [cell.strip() for cell in line.strip("|").split("|")]
     assert cells[6] == "6" and float(cells[7]) > 0  # steps, training minutes from the training row
     assert cells[4] and cells[8]  # after, and the recovered weights unreduced
+    (papers,) = [block for block in blocks if "mean retention %" in block.splitlines()[0]]
+    assert sorted(row.split("|")[1].strip() for row in papers.splitlines()[2:]) == ["none", "tome"]  # no export:
+    # its rows are in the recovery table, against the stock model, not against itself unreduced
     assert (sweep / "recovery_vs_steps.png").stat().st_size > 0

@@ -486,7 +486,10 @@ def pyplot():
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from cycler import cycler
 
+    tab20 = plt.cm.tab20.colors  # tab10's colours, then their light shades: a sweep's 14 strategies stay apart
+    plt.rcParams["axes.prop_cycle"] = cycler(color=[*tab20[::2], *tab20[1::2]])
     return plt
 
 
