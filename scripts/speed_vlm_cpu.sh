@@ -2,7 +2,7 @@
 # Generative VLMs on this machine (random weights: timing only), batch 1 and 4, every site: encoder strategies
 # at keep 0.5, boundary (visionzip, divprune) and LLM-site (fastv) strategies at 25 % of the visual tokens,
 # pyramiddrop at its default stages (keep 0.5 at L/4, L/2, 3L/4), and the 2025 baselines (random, vispruner, cdpruner
-# with the language model's relevance, dart) at 25 % and 12.5 % (batch 1). TTFT speed-up against the (vision + prefill)
+# with the language model's relevance, dart) at 25 % and 12.5 %, sparsevlm at 128 and 64 of 576 (batch 1). TTFT speed-up against the (vision + prefill)
 # FLOP ratio, decode ms/token and KV cache, timed in alternating stock / reduced request pairs (docs/RESULTS.md
 # section 10). LLaVA-OneVision-0.5B first (about 35 minutes on 2 CPU cores), then the tiny LLaVA (a minute).
 #   bash scripts/speed_vlm_cpu.sh [out dir] [model ...]     run it on an otherwise idle machine
@@ -31,5 +31,9 @@ for model in "${models[@]}"; do
         python scripts/paired_vlm_speed.py --keep $keep --pairs 3 --strategies random,vispruner,cdpruner,dart \
             "model=$model" data.batch_size=1 ++pruning.relevance=llm "${extra[@]/#/++}" \
             | tail -n +5 | tee -a "$out/${model}_2025.md"
+    done
+    for tokens in 128 64; do  # SparseVLM: the paper's retained counts of 576 (22 % and 11 %), not keep
+        python scripts/paired_vlm_speed.py --tokens $tokens --pairs 3 --strategies sparsevlm \
+            "model=$model" data.batch_size=1 | tail -n +5 | tee -a "$out/${model}_2025.md"
     done
 done
