@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from vlm_eff.results import write_atomic
+from vlm_eff.atomic import write_atomic
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "conf" / "prompts" / "cifar10_ensemble.yaml"
 

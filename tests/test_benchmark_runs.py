@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from vlm_eff.cli import CONF_DIR
 from vlm_eff.jobs.score import score
-from vlm_eff.report import report
+from vlm_eff.report.summary import report
 from vlm_eff.results import read_results
 
 SWEPT = ("pope", "mme", "textvqa", "gqa", "scienceqa", "mmbench", "seed_bench")

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from conftest import model_config
 
+from vlm_eff.atomic import write_atomic
 from vlm_eff.data import SyntheticDataModule
 from vlm_eff.flops import flops_per_image
 from vlm_eff.models import ImageEncoder, random_model
@@ -15,7 +16,7 @@ from vlm_eff.modules import ImageEncoderModule
 from vlm_eff.profiling import ProfilingCallback, reduction_share
 from vlm_eff.reduction.dropping import apply_patch, remove_patch
 from vlm_eff.reduction.merging import apply_tome, remove_tome
-from vlm_eff.results import COLUMNS, append_locked, read_results, write_atomic
+from vlm_eff.results import COLUMNS, append_locked, read_results
 
 
 def test_image_encoder_is_exactly_the_stock_hugging_face_output(tiny_clip):

@@ -17,7 +17,7 @@ from vlm_eff.data.cifar10 import extract
 from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.errors import ConfigError
 from vlm_eff.prompts import Prompts, load_prompts, read_prompt_file
-from vlm_eff.report import main as report_main
+from vlm_eff.report.__main__ import main as report_main
 from vlm_eff.results import read_results
 from vlm_eff.retrieval import retrieval_recalls
 

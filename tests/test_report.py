@@ -11,8 +11,9 @@ from PIL import Image
 from wandb_files import read_run
 
 from vlm_eff.profiling import Sampler, nvml_sampler
-from vlm_eff.report import main as report_main
-from vlm_eff.report import markdown, pareto_front, variant
+from vlm_eff.report.__main__ import main as report_main
+from vlm_eff.report.figures import pareto_front
+from vlm_eff.report.tables import markdown, variant
 from vlm_eff.results import COLUMNS, read_results
 
 SWEEP = ("profile.py", "-m", "model=clip_tiny", "pruning=naive,cls_preserving", "pruning.keep=1.0,0.5", "runs=4")

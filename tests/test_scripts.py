@@ -16,9 +16,3 @@ def test_paired_speed_prints_one_row_per_strategy_with_its_flop_ratio():
         flop_ratio = float(cells[8].strip().rstrip("x"))
         assert 1.5 < flop_ratio < 2.6  # keep 0.5 of the tokens: about half the FLOPs
 
-
-def test_tome_merge_share_times_the_merges():
-    out = run_script("scripts/tome_merge_share.py", "--r", "16", "--batch", "1", "--rounds", "1")
-    assert out.returncode == 0, out.stderr
-    share = float(re.search(r"= ([0-9.]+) %", out.stdout).group(1))
-    assert 0 < share < 100

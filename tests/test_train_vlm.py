@@ -102,7 +102,7 @@ def test_stage_one_given_more_steps_goes_on_from_the_saved_tower(tmp_path, share
 
 def test_the_language_stage_teaches_the_lookup_past_the_chat_words(cifar_test):
     """Stage 2 on a fresh small Llama: within 150 text-only steps the answer to "USER: {question} ASSISTANT:" is
-    the question's subject, for every kind (scripts/binding_probe.py: without it, reading a quadrant stalls)."""
+    the question's subject, for every kind (the binding probe, docs/RESULTS.md 11.1: without it, reading a quadrant stalls)."""
     torch.manual_seed(0)
     model = random_model(model_config("tiny_llava_cifar10"))
     proc = processor(word_tokenizer(), ROOT / "checkpoints" / "tiny_clip_cifar10", 64, 4, "default")

@@ -10,7 +10,6 @@ import pytest
 import torch
 from conftest import run_script
 from PIL import Image
-
 from vlm_requests import LAYOUTS, SUFFIX, capture_prefill, requests, run_capturing, stock_generate, strategy
 
 from vlm_eff.generation import Runner
@@ -214,7 +213,7 @@ def test_evaluate_vqa_writes_llava_answers_equal_to_stock_generate(tmp_path, tin
 def test_sweep_report_of_requests(tmp_path):
     """A -m sweep over the three sites on the tiny LLaVA: the report's request table compares each row's TTFT and
     (vision + prefill) FLOPs with the stock row, and draws TTFT and prefill GFLOPs against visual tokens."""
-    from vlm_eff.report import report
+    from vlm_eff.report.summary import report
 
     sweep = tmp_path / "sweep"
     result = run_script("profile.py", "-m", "model=llava_tiny", "pruning=none,cls_preserving,divprune,fastv",

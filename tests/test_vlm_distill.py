@@ -17,9 +17,8 @@ import time
 import pytest
 import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
 from conftest import ROOT, run_script
-from PIL import Image
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from vlm_requests import LAYOUTS, requests, strategy

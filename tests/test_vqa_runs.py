@@ -18,6 +18,7 @@ from vlm_requests import LAYOUTS, requests
 from vlm_eff.generation import Runner
 from vlm_eff.results import read_results
 
+
 def command(tiny_llava_dir, question_set, run, *overrides, work_dir=None):
     return ["evaluate.py", "protocol=vqa", "model=llava_tiny", f"model.path={tiny_llava_dir}", "model.weights=pretrained",
             "data=vqa", f"data.root={question_set / 'images'}", f"data.questions={question_set / 'questions.jsonl'}",

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
-
 from wandb.proto import wandb_internal_pb2
 
 BLOCK = 32768

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from vlm_eff.results import replace_atomically
+from vlm_eff.atomic import replace_atomically
 
 TEMPORARY_PREFIX = ".tmp-"
 

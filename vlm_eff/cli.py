@@ -13,8 +13,8 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -123,7 +123,7 @@ def in_sweep() -> bool:
 
 def record_failure(message: str) -> None:
     """A failed sweep job: its reason in `<job dir>/error.txt` (the report reads it); the sweep goes on."""
-    from vlm_eff.results import write_atomic
+    from vlm_eff.atomic import write_atomic
 
     job_dir = Path(HydraConfig.get().runtime.output_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -135,12 +135,13 @@ def record_failure(message: str) -> None:
 def run(job_path: str, cfg: DictConfig) -> dict | None:
     """Import and run the job `module:function`. Bad input becomes `error: <message>` and exit 2; in a
     `-m` sweep any failure is recorded in the job's dir instead and the other jobs still run."""
+    from vlm_eff.knobs import check_knobs
+
     quiet_third_party()
     module, function = job_path.split(":")
-    job = getattr(importlib.import_module(module), function)  # torch etc. load after the cheap checks
-    from vlm_eff.knobs import check_knobs
     try:
-        check_knobs(cfg)  # every numeric knob, before any data or model loads
+        check_knobs(cfg)  # every numeric knob, before torch, any data or any model loads
+        job = getattr(importlib.import_module(module), function)
         return job(cfg)
     except Exception as error:
         message = job_error(error)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from vlm_eff.data.cifar10 import IMAGE_SUFFIXES
-from vlm_eff.data.cifar10_vqa import check_mix
 from vlm_eff.errors import ConfigError
-from vlm_eff.runtime import DEVICES, DTYPES
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("fp32", "bf16", "fp16")
 
 
 class Range:
@@ -82,7 +82,7 @@ KNOBS = {  # dotted key -> what is allowed
 }
 CHOICES = {  # dotted key -> the allowed values
     "pruning.positions": ("compact", "original"),
-    "dtype": tuple(DTYPES),
+    "dtype": DTYPES,
     "device": DEVICES,
 }
 
@@ -106,6 +106,8 @@ def check_knobs(cfg: DictConfig) -> None:
         raise ConfigError(f"optimizer.betas={_plain(betas)!r} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
     mix = OmegaConf.select(cfg, "data.train_mix")
     if mix is not None:
+        from vlm_eff.data.cifar10_vqa import check_mix  # numpy and torch: only for a config that has a mix
+
         check_mix(_plain(mix))
     if OmegaConf.select(cfg, "trainer.max_epochs") == -1 and OmegaConf.select(cfg, "trainer.max_steps",
                                                                               default=-1) == -1:
@@ -132,6 +134,8 @@ def _unlabelled_folder(root: Path) -> bool:
     root = root.expanduser()
     if not root.is_dir() or (root / "train").is_dir() or (root / "test").is_dir():
         return False
+    from vlm_eff.data.cifar10 import IMAGE_SUFFIXES
+
     return any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.rglob("*") if p.is_file())
 
 

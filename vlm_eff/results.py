@@ -8,14 +8,13 @@ import fcntl
 import io
 import os
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
+
+from vlm_eff.atomic import write_atomic
 
 COLUMNS = (  # DESIGN.md's columns first, in its order; the later ones after them
     "task", "time", "git_sha", "model", "weights", "strategy", "keep", "layer", "score", "device", "dtype",
@@ -76,35 +75,6 @@ def _cell(value):
     if isinstance(value, float):
         return f"{value:.6g}"
     return value
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the whole new one, never a part."""
-    replace_atomically(path, lambda f: f.write(str.encode(text)))
-
-
-def replace_atomically(path: Path, write: Callable[[BinaryIO], object], prefix: str = ".") -> None:
-    """Fill a temporary file beside `path` (named `<prefix><name>.*`) with `write`, sync it, and rename it
-    over `path` (the rename synced too): a kill at any moment leaves the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{prefix}{path.name}.")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def append_locked(path: Path, row: dict) -> None:

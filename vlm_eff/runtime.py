@@ -7,11 +7,11 @@ import logging
 import torch
 
 from vlm_eff.errors import ConfigError
+from vlm_eff.knobs import DEVICES
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # knobs.DTYPES' names
 
 
 def resolve_device(name: str) -> torch.device:

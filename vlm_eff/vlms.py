@@ -23,9 +23,16 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from transformers import (LlavaConfig, LlavaForConditionalGeneration, LlavaOnevisionConfig,
-                          LlavaOnevisionForConditionalGeneration, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                          Qwen2VLConfig, Qwen2VLForConditionalGeneration)
+from transformers import (
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+)
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
 from vlm_eff.errors import ConfigError

@@ -11,8 +11,8 @@ import json
 import os
 from pathlib import Path
 
+from vlm_eff.atomic import write_atomic
 from vlm_eff.errors import ConfigError
-from vlm_eff.results import write_atomic
 
 PARTS, SETTINGS, ANSWERS = "answers.parts", "settings.json", "answers.jsonl"
 

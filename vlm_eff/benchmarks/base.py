@@ -26,9 +26,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 
+from vlm_eff.atomic import write_atomic
 from vlm_eff.errors import ConfigError
 from vlm_eff.progress import Progress
-from vlm_eff.results import write_atomic
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's short-answer suffix
 LETTER_ANSWER = "Answer with the option's letter from the given choices directly."  # its multiple-choice suffix

@@ -166,7 +166,7 @@ class MMBench(Benchmark):
         path = out_dir / f"{Path(self.data.questions).stem}_submission.xlsx"
         buffer = io.BytesIO()
         book.save(buffer)
-        from vlm_eff.results import replace_atomically
+        from vlm_eff.atomic import replace_atomically
 
         replace_atomically(path, lambda f: f.write(buffer.getvalue()))
         return path

@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-from vlm_eff.benchmarks.base import Benchmark, Question, SHORT_ANSWER
+from vlm_eff.benchmarks.base import SHORT_ANSWER, Benchmark, Question
 from vlm_eff.errors import ConfigError
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")

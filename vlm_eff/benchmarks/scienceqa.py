@@ -17,8 +17,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vlm_eff.benchmarks.base import (LETTER_ANSWER, Benchmark, Question, converted, json_line, question_id, read_json,
-                                     require)
+from vlm_eff.benchmarks.base import (
+    LETTER_ANSWER,
+    Benchmark,
+    Question,
+    converted,
+    json_line,
+    question_id,
+    read_json,
+    require,
+)
 from vlm_eff.errors import ConfigError
 
 OPTIONS = ("A", "B", "C", "D", "E")

@@ -16,10 +16,10 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from vlm_eff.benchmarks.base import (SHORT_ANSWER, Benchmark, converted, read_json)
+from vlm_eff.atomic import write_atomic
+from vlm_eff.benchmarks.base import SHORT_ANSWER, Benchmark, converted, read_json
 from vlm_eff.benchmarks.processing import evalai, soft_accuracy, vqa_eval_prediction
 from vlm_eff.errors import ConfigError
-from vlm_eff.results import write_atomic
 
 UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'."
 

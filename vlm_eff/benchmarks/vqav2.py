@@ -20,10 +20,10 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from vlm_eff.benchmarks.base import (SHORT_ANSWER, Benchmark, converted, json_line, read_json)
+from vlm_eff.atomic import write_atomic
+from vlm_eff.benchmarks.base import SHORT_ANSWER, Benchmark, converted, json_line, read_json
 from vlm_eff.benchmarks.processing import digits_articles, evalai, punctuation, soft_accuracy, vqa_eval_prediction
 from vlm_eff.errors import ConfigError
-from vlm_eff.results import write_atomic
 
 
 def val_questions(source: Path):

@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from vlm_eff.atomic import atomic_target, replace_atomically
 from vlm_eff.data.loading import ResumableLoader, default_workers, evaluation_sampler
 from vlm_eff.data.preprocess import ImagePreprocess, NormalizeBatch, to_chw
 from vlm_eff.errors import ConfigError
@@ -50,18 +51,12 @@ def download(url: str, md5: str, target: Path) -> Path:
     """Fetch `url` to `target` (atomically), verifying its MD5."""
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s", url)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=30) as response:
+    with atomic_target(target) as tmp:
+        with open(tmp, "wb") as f, urllib.request.urlopen(url, timeout=30) as response:
             shutil.copyfileobj(response, f)
-        actual = md5sum(Path(tmp))
+        actual = md5sum(tmp)
         if actual != md5:
             raise ConfigError(f"download of {url} is corrupt: md5 {actual}, expected {md5}")
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return target
 
 
@@ -156,11 +151,7 @@ def load_split(root: Path, split: str, cache_dir: Path) -> tuple[np.ndarray, np.
         with np.load(cached) as data:
             return data["images"], data["labels"], list(data["classes"])
     images, labels, classes = (read_batches if layout == "batches" else read_imagefolder)(folder, split)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".npz")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, images=images, labels=labels, classes=np.asarray(classes))
-    os.replace(tmp, cached)
+    replace_atomically(cached, lambda f: np.savez(f, images=images, labels=labels, classes=np.asarray(classes)))
     return images, labels, classes
 
 
@@ -211,19 +202,13 @@ def resized_images(images: np.ndarray, preprocess: ImagePreprocess, cache_dir: P
     path = cache_dir / "resized" / f"{len(images)}x{preprocess.output_size}-{digest.hexdigest()[:16]}.npy"
     if not path.is_file():
         log.info("resizing %d images to %d px once (cached in %s)", len(images), preprocess.output_size, path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
-        os.close(fd)
-        try:
+        with atomic_target(path, suffix=".npy") as tmp:
             size = preprocess.output_size
             resized = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), size, size, 3))
             for i, image in enumerate(images):  # one image at a time: never the whole set in memory
                 resized[i] = preprocess.resize(image)
             resized.flush()
             del resized
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
     return np.load(path, mmap_mode="r")
 
 

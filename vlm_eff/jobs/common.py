@@ -5,18 +5,29 @@ from __future__ import annotations
 
 import logging
 import statistics
+import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import ModelCheckpoint
 
+from vlm_eff.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 from vlm_eff.errors import ConfigError
 from vlm_eff.flops import flops_per_image
-from vlm_eff.models import (RANDOM_WEIGHTS_WARNING, ImageEncoder, LoadedModel, load_model, model_config, model_label,
-                            training_of)
+from vlm_eff.models import (
+    RANDOM_WEIGHTS_WARNING,
+    ImageEncoder,
+    LoadedModel,
+    load_model,
+    model_config,
+    model_label,
+    training_of,
+)
 from vlm_eff.profiling import ProfilingCallback
 from vlm_eff.progress import ProgressCallback
 from vlm_eff.reduction import Strategy, build, build_vlm
@@ -155,6 +166,44 @@ def test_trainer(cfg: DictConfig, device: torch.device, out_dir: Path, logger, u
                          callbacks=[profiler, ProgressCallback(cfg.task, unit, cfg.progress_every_s), *callbacks],
                          enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                          default_root_dir=str(out_dir), **options)
+    return trainer, profiler
+
+
+def resume_from(cfg: DictConfig, out_dir: Path) -> str | None:
+    """`resume`: true = this run dir's last checkpoint when there is one, false = none, or a .ckpt path."""
+    if isinstance(cfg.resume, bool):
+        last = out_dir / "checkpoints" / "last.ckpt"
+        if last.parent.is_dir():
+            remove_stale_temporaries(last.parent)  # a write cut short by a kill; last.ckpt itself is whole
+        return check_checkpoint(last, "resume=true: ") if cfg.resume and last.is_file() else None
+    if not Path(cfg.resume).is_file():
+        raise ConfigError(f"resume={cfg.resume!r} is not a checkpoint file; allowed: true, false, or a .ckpt path")
+    return check_checkpoint(Path(cfg.resume), "resume=")
+
+
+def check_checkpoint(path: Path, setting: str) -> str:
+    """`path` if it is a whole torch checkpoint (a zip archive whose directory, at its end, reads)."""
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"{setting}{path} is truncated or not a checkpoint; resume from another one, or "
+                          "resume=false to start over")
+    return str(path)
+
+
+def fit_trainer(cfg: DictConfig, device: torch.device, out_dir: Path, logger, unit: str,
+                timed: bool = True) -> tuple[pl.Trainer, ProfilingCallback | None]:
+    """The Trainer of every training job: `cfg.trainer` with `cfg.dtype`'s precision, a checkpoint every
+    `cfg.checkpoint_every_n_steps` steps (`last.ckpt` in the run dir, written whole or not at all), the progress line
+    (of `unit`: images, questions) and, if `timed`, the timing callback (returned beside it). `trainer.max_steps`
+    > 0 decides over as many epochs as it takes."""
+    profiler = ProfilingCallback(warmup=cfg.warmup, gpu_sample_interval_s=cfg.gpu_sample_interval_s) if timed else None
+    checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
+                                  every_n_train_steps=cfg.checkpoint_every_n_steps)
+    by_steps = (cfg.trainer.max_steps or -1) > 0
+    trainer = instantiate(cfg.trainer, accelerator=device.type, precision=PRECISION[cfg.dtype],
+                          logger=logger or False, enable_progress_bar=False, default_root_dir=str(out_dir),
+                          **({"max_epochs": -1} if by_steps else {}), plugins=[AtomicCheckpointIO()],
+                          callbacks=[*([profiler] if timed else []), checkpoints,
+                                     ProgressCallback("train", unit, cfg.progress_every_s)])
     return trainer, profiler
 
 

@@ -20,23 +20,20 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
-from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
+from vlm_eff.atomic import write_atomic
 from vlm_eff.benchmarks import benchmark
-from vlm_eff.checkpoint_io import AtomicCheckpointIO
 from vlm_eff.data.loading import ResumableLoader, default_workers
 from vlm_eff.data.questions import QuestionBatches, Requests, instructions_of, processor_requests
 from vlm_eff.errors import ConfigError
 from vlm_eff.generation import Runner
-from vlm_eff.jobs.common import PRECISION, RECORDED_REDUCTION, check_counts, prepare, run_dir, save_row
+from vlm_eff.jobs.common import RECORDED_REDUCTION, check_counts, fit_trainer, prepare, resume_from, run_dir, save_row
 from vlm_eff.jobs.requests import load_processor, selected
 from vlm_eff.lora import count_parameters, lora_config, merge
 from vlm_eff.models import model_label
 from vlm_eff.modules import VLM_DISTILL_LOSSES, VLMDistillModule
-from vlm_eff.profiling import ProfilingCallback
-from vlm_eff.progress import ProgressCallback
-from vlm_eff.results import base_row, write_atomic
+from vlm_eff.results import base_row
 from vlm_eff.runtime import device_label
 from vlm_eff.vlms import layout_of
 from vlm_eff.wandb_logging import finish, make_logger
@@ -125,8 +122,6 @@ def train_parts(model, layout, cfg: DictConfig, parts: set[str]):
 
 def distill_vlm(cfg: DictConfig) -> dict:
     """Recover the reduced VLM `cfg.model` (reduced by `cfg.pruning`) toward itself unreduced, on questions alone."""
-    from vlm_eff.jobs.train import resume_from
-
     check_counts(cfg, "data.batch_size", "data.num_workers", "objective.max_new_tokens")
     if cfg.pruning.name == "none":
         raise ConfigError("objective=distill recovers a reduced model toward itself unreduced; with pruning=none there "
@@ -158,14 +153,7 @@ def distill_vlm(cfg: DictConfig) -> dict:
                               instantiate(cfg.optimizer), instantiate(cfg.scheduler), adapter_only=True)
     trainable, total = count_parameters(model)
     logger = make_logger(cfg, out_dir)
-    profiler = ProfilingCallback(warmup=cfg.warmup, gpu_sample_interval_s=cfg.gpu_sample_interval_s)
-    checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
-                                  every_n_train_steps=cfg.checkpoint_every_n_steps)
-    by_steps = (cfg.trainer.max_steps or -1) > 0  # max_steps decides, over as many epochs as it takes
-    trainer = instantiate(cfg.trainer, accelerator=prepared.device.type, logger=logger or False,
-                          precision=PRECISION[cfg.dtype], **({"max_epochs": -1} if by_steps else {}),
-                          enable_progress_bar=False, default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
-                          callbacks=[profiler, checkpoints, ProgressCallback("train", "questions", cfg.progress_every_s)])
+    trainer, profiler = fit_trainer(cfg, prepared.device, out_dir, logger, "questions")
     print(f"vlm-eff train: {cfg.model.name} reduced by pruning={cfg.pruning.name}: training the "
           f"{' and '.join(sorted(parts))} ({trainable:,} of {total:,} parameters), loss {loss}"
           + (f"; resuming from {ckpt_path}" if ckpt_path else ""), flush=True)

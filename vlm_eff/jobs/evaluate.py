@@ -9,16 +9,24 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from vlm_eff.errors import ConfigError
+from vlm_eff.atomic import write_atomic
 from vlm_eff.benchmarks import BENCHMARKS, benchmark
-from vlm_eff.jobs.common import (check_counts, closing_lines, encoder_row, prepare, run_dir, save_row, test_trainer,
-                                 tokens_text)
+from vlm_eff.errors import ConfigError
+from vlm_eff.jobs.common import (
+    check_counts,
+    closing_lines,
+    encoder_row,
+    prepare,
+    run_dir,
+    save_row,
+    test_trainer,
+    tokens_text,
+)
 from vlm_eff.jobs.requests import evaluate_vqa
 from vlm_eff.lora import check_adapter_dir, load_adapter
 from vlm_eff.models import load_preprocess, load_tokenizer, model_config
 from vlm_eff.modules import RetrievalModule, ZeroShotModule
 from vlm_eff.prompts import load_prompts
-from vlm_eff.results import write_atomic
 from vlm_eff.retrieval import RECALL_AT
 from vlm_eff.vlms import is_vlm
 from vlm_eff.wandb_logging import finish, make_logger

@@ -17,15 +17,22 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from vlm_eff.atomic import write_atomic
 from vlm_eff.benchmarks import Benchmark
 from vlm_eff.benchmarks.answers import AnswerLog, append, unfinished_run
-from vlm_eff.data.questions import (QuestionBatches, QuestionDataModule, Requests, instructions_of,
-                                    processor_requests, requests_to)
+from vlm_eff.data.questions import (
+    QuestionBatches,
+    QuestionDataModule,
+    Requests,
+    instructions_of,
+    processor_requests,
+    requests_to,
+)
 from vlm_eff.errors import ConfigError
 from vlm_eff.generation import Instruction, Output, Runner
 from vlm_eff.jobs.common import Prepared, closing_lines, run_dir, save_row, test_trainer
 from vlm_eff.models import hub_reachable, model_label, training_of
-from vlm_eff.results import base_row, write_atomic
+from vlm_eff.results import base_row
 from vlm_eff.runtime import device_label
 from vlm_eff.vlms import PROMPT_TEXT_TOKENS, layout_of
 from vlm_eff.wandb_logging import finish, make_logger

@@ -8,13 +8,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from vlm_eff.atomic import write_atomic
 from vlm_eff.benchmarks import benchmark
 from vlm_eff.benchmarks.base import match, read_answer_records
 from vlm_eff.errors import ConfigError
 from vlm_eff.jobs.common import run_dir, save_row
 from vlm_eff.jobs.requests import score_line
 from vlm_eff.progress import Progress
-from vlm_eff.results import base_row, write_atomic
+from vlm_eff.results import base_row
 from vlm_eff.wandb_logging import finish, make_logger
 
 

@@ -9,30 +9,24 @@ from __future__ import annotations
 import copy
 import json
 import time
-import zipfile
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
 
-from vlm_eff.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
+from vlm_eff.atomic import write_atomic
 from vlm_eff.errors import ConfigError
-from vlm_eff.jobs.common import PRECISION, RECORDED_REDUCTION, encoder_row, prepare, run_dir, save_row
-from vlm_eff.jobs.evaluate import test_row
-from vlm_eff.lora import add_lora, count_parameters, merge, new_adapters
+from vlm_eff.jobs.common import RECORDED_REDUCTION, encoder_row, fit_trainer, prepare, resume_from, run_dir, save_row
 from vlm_eff.jobs.distill_vlm import distill_vlm
+from vlm_eff.jobs.evaluate import test_row
 from vlm_eff.jobs.train_vlm import train_vlm
+from vlm_eff.lora import add_lora, count_parameters, merge, new_adapters
 from vlm_eff.models import load_preprocess, load_tokenizer, model_config
 from vlm_eff.modules import DistillModule, FineTuneModule, ZeroShotModule
 from vlm_eff.prompts import Prompts, load_prompts
-from vlm_eff.profiling import ProfilingCallback
-from vlm_eff.progress import ProgressCallback
-from vlm_eff.results import write_atomic
 from vlm_eff.vlms import is_vlm
 from vlm_eff.wandb_logging import finish, make_logger
-
 
 
 def export(model, tokenizer, preprocess, export_dir: Path, summary: dict, pruning: DictConfig) -> None:
@@ -63,26 +57,6 @@ def training_module(cfg: DictConfig, model, teacher, tokenizer, class_names: lis
     return ZeroShotModule(model, tokenizer, prompts.names_for(class_names), prompts.templates, size, **common)
 
 
-def resume_from(cfg: DictConfig, out_dir: Path) -> str | None:
-    """`resume`: true = this run dir's last checkpoint when there is one, false = none, or a .ckpt path."""
-    if isinstance(cfg.resume, bool):
-        last = out_dir / "checkpoints" / "last.ckpt"
-        if last.parent.is_dir():
-            remove_stale_temporaries(last.parent)  # a write cut short by a kill; last.ckpt itself is whole
-        return check_checkpoint(last, "resume=true: ") if cfg.resume and last.is_file() else None
-    if not Path(cfg.resume).is_file():
-        raise ConfigError(f"resume={cfg.resume!r} is not a checkpoint file; allowed: true, false, or a .ckpt path")
-    return check_checkpoint(Path(cfg.resume), "resume=")
-
-
-def check_checkpoint(path: Path, setting: str) -> str:
-    """`path` if it is a whole torch checkpoint (a zip archive whose directory, at its end, reads)."""
-    if not zipfile.is_zipfile(path):
-        raise ConfigError(f"{setting}{path} is truncated or not a checkpoint; resume from another one, or "
-                          "resume=false to start over")
-    return str(path)
-
-
 def train(cfg: DictConfig) -> dict:
     if is_vlm(model_config(cfg.model).model_type):  # a generative VLM: label-free recovery, or the small VLMs' recipe
         return distill_vlm(cfg) if cfg.objective.name == "distill" else train_vlm(cfg)
@@ -105,13 +79,7 @@ def train(cfg: DictConfig) -> dict:
     trainable, total = count_parameters(loaded.model)
 
     logger = make_logger(cfg, out_dir)
-    profiler = ProfilingCallback(warmup=cfg.warmup, gpu_sample_interval_s=cfg.gpu_sample_interval_s)
-    checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
-                                  every_n_train_steps=cfg.checkpoint_every_n_steps)
-    trainer = instantiate(cfg.trainer, accelerator=device.type, precision=PRECISION[cfg.dtype],
-                          logger=logger or False, enable_progress_bar=False, default_root_dir=str(out_dir),
-                          callbacks=[profiler, checkpoints, ProgressCallback("train", "images", cfg.progress_every_s)],
-                          plugins=[AtomicCheckpointIO()])
+    trainer, profiler = fit_trainer(cfg, device, out_dir, logger, "images")
     if trainer.is_global_zero:
         what = f"LoRA adapters (rank {adapters.peft_config['default'].r})" if adapters else "every weight"
         print(f"vlm-eff train: training {what}: {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)",

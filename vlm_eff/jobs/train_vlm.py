@@ -14,7 +14,7 @@ train split only), in three stages:
    aligned visual tokens will hand it over). A
    language model trained from scratch learns too slowly to carry the question's words to the answer's
    position through the chat words after them, and to compare the class asked with the image
-   (scripts/binding_probe.py); a pretrained one, as LLaVA starts from, already can. Saved in the run dir
+   (the binding probe, docs/RESULTS.md 11.1); a pretrained one, as LLaVA starts from, already can. Saved in the run dir
    with its settings, so a fresh stage 3 with the same settings skips it;
 3. visual instruction tuning with the tower frozen, as in LLaVA's second stage: the projector and the
    language model learn to answer; the loss is the answer's tokens and </s>, plus (`align_weight`) every
@@ -38,23 +38,21 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
-from pytorch_lightning.callbacks import ModelCheckpoint
 from safetensors.torch import load_model as load_model_file
 from safetensors.torch import save_model as save_model_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vlm_eff.checkpoint_io import AtomicCheckpointIO
+from vlm_eff.atomic import atomic_target, write_atomic
 from vlm_eff.data.cifar10 import load_split
 from vlm_eff.data.cifar10_vqa import KINDS, QUADRANTS, TrainingMosaics
-from vlm_eff.errors import ConfigError
-from vlm_eff.jobs.common import check_counts, run_dir
 from vlm_eff.data.questions import processor_requests
+from vlm_eff.errors import ConfigError
+from vlm_eff.jobs.common import check_counts, fit_trainer, resume_from, run_dir
 from vlm_eff.lora import count_parameters
 from vlm_eff.models import load_model
-from vlm_eff.progress import Progress, ProgressCallback
 from vlm_eff.modules import FineTuneModule
-from vlm_eff.results import write_atomic
+from vlm_eff.progress import Progress
 from vlm_eff.runtime import resolve_device
 from vlm_eff.tiny_vlm import init_tower, processor, word_tokenizer
 from vlm_eff.vlms import layout_of
@@ -263,7 +261,7 @@ def teach_language(model, processor, stream: TrainingMosaics, stage: DictConfig,
     """Stage 2: `stage.steps` steps answering each question with its subject (`ask_subject`), then
     `stage.presence_steps` steps answering presence questions alone with the image as its cells' words
     (`ask_with_words`: mixed with the other kinds from the start, comparing the class asked with the image is
-    not learned in thousands of steps, scripts/binding_probe.py), `stage.position_steps` steps of position
+    not learned in thousands of steps, the binding probe, docs/RESULTS.md 11.1), `stage.position_steps` steps of position
     questions alone so (after presence, they stay near a third right among the other kinds), then
     `stage.task_steps` steps of every kind so, then `stage.grid_steps` steps of every kind with one word per
     visual token (`ask_with_word_grid`, `quadrant` [N]: each token's cell); returns each part's last 50 steps'
@@ -281,8 +279,8 @@ def teach_language(model, processor, stream: TrainingMosaics, stage: DictConfig,
 
 def save_atomic(module: nn.Module, path: Path) -> None:
     """`module`'s weights to the safetensors file `path`, whole or not at all."""
-    save_model_file(module, str(path) + ".tmp")
-    Path(str(path) + ".tmp").replace(path)
+    with atomic_target(path) as tmp:
+        save_model_file(module, str(tmp))
 
 
 def tower_stage(cfg: DictConfig, model, processor, stream: TrainingMosaics, logger, saved: Path,
@@ -368,8 +366,6 @@ def train_vlm(cfg: DictConfig) -> dict:
     if not cfg.model.get("init_tower"):
         raise ConfigError(f"model={cfg.model.name} names no model.init_tower (the trained dual encoder its tower "
                           "starts from)")
-    from vlm_eff.jobs.train import resume_from
-
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = load_model(cfg.model).model.float()
@@ -390,11 +386,7 @@ def train_vlm(cfg: DictConfig) -> dict:
                                instantiate(cfg.scheduler), align_weight=cfg.get("align_weight", 0.0))
     trainable, total = count_parameters(model)
 
-    checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
-                                  every_n_train_steps=cfg.checkpoint_every_n_steps)
-    trainer = instantiate(cfg.trainer, accelerator=device.type, logger=logger or False,
-                          callbacks=[checkpoints, ProgressCallback("train", "questions", cfg.progress_every_s)],
-                          enable_progress_bar=False, default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()])
+    trainer, _ = fit_trainer(cfg, device, out_dir, logger, "questions", timed=False)
     print(f"vlm-eff train: {cfg.model.name}: training the projector and the language model, {trainable:,} of "
           f"{total:,} parameters; tower from {cfg.model.init_tower} (frozen)"
           + (f"; resuming from {ckpt_path}" if ckpt_path else ""), flush=True)

@@ -18,16 +18,16 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from PIL import Image
 
+from vlm_eff.atomic import replace_atomically, write_atomic
 from vlm_eff.data.cifar10 import IMAGE_SUFFIXES, read_image
+from vlm_eff.data.questions import instructions_of, processor_requests
 from vlm_eff.errors import ConfigError
 from vlm_eff.generation import Instruction, Runner
 from vlm_eff.jobs.common import image_size, run_dir
-from vlm_eff.data.questions import instructions_of, processor_requests
 from vlm_eff.jobs.requests import optional_processor
 from vlm_eff.knobs import check_knobs
 from vlm_eff.models import ImageEncoder, load_model, load_preprocess, model_config
 from vlm_eff.reduction import build, build_vlm, trace
-from vlm_eff.results import write_atomic
 from vlm_eff.token_maps import Panel, cell_groups, compose, draw, one_image, pick_steps, title_of
 from vlm_eff.towers import family_for
 from vlm_eff.vlms import LAYOUTS, PROMPT_TEXT_TOKENS, is_vlm
@@ -174,7 +174,59 @@ def visualize(cfg: DictConfig) -> dict:
 
 
 def _save_png(image: Image.Image, target: Path) -> None:
-    """Write a PNG atomically (a temporary file beside it, then a rename)."""
-    tmp = target.with_suffix(".png.tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(target)
+    replace_atomically(target, lambda f: image.save(f, format="PNG"))
+
+
+def map_images(job_cfg, n: int, images: Path | None, out_dir: Path) -> list[Path]:
+    """The images token maps are drawn on: `n` files of `images` (a file or folder), else the first `n` images
+    of the VQA set the job answered, else the first test image of each of `n` classes of the CIFAR-10 data
+    the job ran on (written as PNGs into `out_dir`)."""
+    from vlm_eff.benchmarks import BENCHMARKS, benchmark
+
+    if images is not None:
+        return image_paths(str(images))[:n]
+    data = job_cfg.get("data", {})
+    if data.get("name") in BENCHMARKS and data.get("root"):
+        seen: dict[Path, None] = {}
+        for question in benchmark(data).questions:  # the first n images the questions name
+            if isinstance(question.image, Path):
+                seen[question.image] = None
+            if len(seen) == n:
+                break
+        return list(seen)
+    if data.get("name") != "cifar10" or not data.get("root"):
+        raise ConfigError(f"--token-maps needs --images PATH: the sweep ran on data={data.get('name')}, "
+                          "not on CIFAR-10 images it could take")
+    import numpy as np
+    from PIL import Image
+
+    from vlm_eff.data.cifar10 import load_split
+
+    pictures, labels, classes = load_split(Path(data.root).expanduser(), "test", Path(data.cache_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for label in range(min(n, len(classes))):
+        path = out_dir / f"{classes[label]}.png"
+        if not path.is_file():
+            Image.fromarray(pictures[int(np.flatnonzero(labels == label)[0])]).save(path)
+        paths.append(path)
+    return paths
+
+
+def sweep_token_maps(sweep_dir: Path, n: int, images: Path | None) -> list[Path]:
+    """Each finished job's token maps of `n` images, drawn with its model and pruning config."""
+    from omegaconf import OmegaConf
+
+    from vlm_eff.cli import CONF_DIR
+
+    written = []
+    for job_dir in sorted(p for p in sweep_dir.iterdir() if (p / "results.csv").is_file() and (p / ".hydra").is_dir()):
+        job = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
+        paths = map_images(job, n, images, sweep_dir / "token_maps" / "images")
+        cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "visualize.yaml"),
+                              {"model": job.model, "pruning": job.pruning, "paths": job.paths, "seed": job.seed,
+                               "image": [str(p) for p in paths], "out": str(sweep_dir / "token_maps" / job_dir.name),
+                               "logger": None})
+        cfg.pop("defaults", None)
+        written += visualize(cfg)["files"]
+    return written

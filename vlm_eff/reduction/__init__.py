@@ -31,11 +31,10 @@ from vlm_eff.reduction.cdpruner import CDPruner
 from vlm_eff.reduction.dart import DART
 from vlm_eff.reduction.dropping import Reduction, apply_patch, remove_patch
 from vlm_eff.reduction.llm import LLMPruning
+from vlm_eff.reduction.merging import PiToMe, ToMe, apply_pitome, apply_tome, check_r, merges, r_for_keep, remove_tome
 from vlm_eff.reduction.random_tokens import RandomPruning
 from vlm_eff.reduction.sparsevlm import SparseVLM
 from vlm_eff.reduction.vispruner import VisPruner
-from vlm_eff.reduction.merging import (PiToMe, ToMe, apply_pitome, apply_tome, check_r, merges, r_for_keep,
-                                       remove_tome)
 from vlm_eff.towers import family_of
 
 log = logging.getLogger(__name__)

@@ -37,8 +37,16 @@ from torch import nn
 from torch.profiler import record_function
 
 from vlm_eff.reduction import trace
-from vlm_eff.reduction.base import (REDUCE_RANGE, EncoderSite, bias_pooling, check_keep, default_origins, kept_count,
-                                   restore_classes, swap_class)
+from vlm_eff.reduction.base import (
+    REDUCE_RANGE,
+    EncoderSite,
+    bias_pooling,
+    check_keep,
+    default_origins,
+    kept_count,
+    restore_classes,
+    swap_class,
+)
 from vlm_eff.towers import family_of, vision_tower
 
 SCORES = ("l2", "cls_attn", "pool_attn", "random")

@@ -16,6 +16,7 @@ sequences are left-padded again, and the padding is masked out of every later at
 
 from __future__ import annotations
 
+import inspect
 import sys
 from dataclasses import dataclass, field
 
@@ -27,14 +28,44 @@ from vlm_eff.errors import ConfigError
 from vlm_eff.reduction import trace
 from vlm_eff.reduction.base import REDUCE_RANGE, EncoderSite, budget_knobs, check_keep, restore_classes, swap_class
 
+DECODER_KEYWORDS = ("attention_mask", "position_embeddings", "position_ids", "cache")
+ATTENTION_PARTS = ("q_proj", "k_proj", "head_dim", "scaling")
+
+
+def check_decoder_layer(layer: nn.Module) -> None:
+    """What the llm site relies on in a stock decoder layer, checked before it swaps a class: the forward's keyword
+    names, the layer's input norm, its attention's projections, head size and scaling, and the rotary function of
+    the modeling module. A transformers upgrade that renames one fails here, in one line, not in a wrong ranking."""
+    import transformers
+
+    forward = inspect.signature(type(layer).forward).parameters
+    missing = [f"forward(... {k}=)" for k in DECODER_KEYWORDS if k not in forward]
+    missing += [] if hasattr(layer, "input_layernorm") else ["input_layernorm"]
+    attn = getattr(layer, "self_attn", None)
+    missing += ["self_attn." + part for part in ATTENTION_PARTS if not hasattr(attn, part)]
+    if attn is not None and not hasattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb"):
+        missing.append(f"{type(attn).__module__}.apply_rotary_pos_emb")
+    if missing:
+        raise ConfigError(f"the llm site cannot wrap {type(layer).__name__} under transformers "
+                          f"{transformers.__version__}: it lacks {', '.join(missing)} (vlm-eff was checked on the "
+                          f"transformers pinned in pyproject.toml)")
+
+
+def project(attn: nn.Module, h: torch.Tensor, which: str) -> torch.Tensor:
+    """Queries (`which`="q") or keys ("k") of attention `attn` from normed hidden states `h` [B, T, D], before the
+    rotary embedding, as the stock forward makes them: projection, then the per-head norm where the model has one
+    (q_norm / k_norm: Qwen3, OLMo-2 style) -> [B, heads, T, d]."""
+    B, T, _ = h.shape
+    x = getattr(attn, f"{which}_proj")(h).view(B, T, -1, attn.head_dim)  # [B, T, heads, d]
+    norm = getattr(attn, f"{which}_norm", None)
+    return (x if norm is None else norm(x)).transpose(1, 2)  # [B, heads, T, d]
+
 
 def rotated_keys(layer: nn.Module, hidden: torch.Tensor, position_embeddings) -> torch.Tensor:
-    """The keys decoder `layer` computes from its input `hidden` [B, T, D]: its input norm, k projection and the
-    model's own rotary embedding at the tokens' positions -> [B, KV, T, d]."""
+    """The keys decoder `layer` computes from its input `hidden` [B, T, D]: its input norm, k projection (and k
+    norm) and the model's own rotary embedding at the tokens' positions -> [B, KV, T, d]."""
     attn = layer.self_attn
-    h = layer.input_layernorm(hidden)  # [B, T, D]
-    B, T, _ = h.shape
-    k = attn.k_proj(h).view(B, T, -1, attn.head_dim).transpose(1, 2)  # [B, KV, T, d]
+    k = project(attn, layer.input_layernorm(hidden), "k")  # [B, KV, T, d]
     cos, sin = position_embeddings  # [B, T, d]
     return rotary(attn)(k, k, cos, sin)[1]
 
@@ -45,11 +76,10 @@ def rotary(attn: nn.Module):
 
 def last_token_attention(layer: nn.Module, hidden: torch.Tensor, position_embeddings, valid: torch.Tensor):
     """Attention of the last token of `hidden` [B, T, D] to every token in decoder `layer`, computed from the
-    layer's own input norm, q/k projections and rotary embedding, post-softmax in fp32, averaged over heads
-    -> [B, T]. `valid` [B, T] masks padding keys."""
+    layer's own input norm, q/k projections (and norms) and rotary embedding, post-softmax in fp32, averaged over
+    heads -> [B, T]. `valid` [B, T] masks padding keys."""
     attn = layer.self_attn
-    B, d = hidden.shape[0], attn.head_dim
-    q = attn.q_proj(layer.input_layernorm(hidden[:, -1:])).view(B, 1, -1, d).transpose(1, 2)  # [B, H, 1, d]
+    q = project(attn, layer.input_layernorm(hidden[:, -1:]), "q")  # [B, H, 1, d]
     cos, sin = position_embeddings  # [B, T, d]
     q, _ = rotary(attn)(q, q, cos[:, -1:], sin[:, -1:])
     k = rotated_keys(layer, hidden, position_embeddings)  # [B, KV, T, d]
@@ -135,6 +165,7 @@ class LLMPruning(EncoderSite):
     # -- the class swap ----------------------------------------------------------------------------------
     def apply_to_vlm(self, model: nn.Module, layout) -> None:
         lm = layout.language_model(model)
+        check_decoder_layer(lm.layers[0])
         self.remove_from_vlm(model, layout)
         for index, layer in enumerate(lm.layers):
             if index >= self.layers[0] - 1:

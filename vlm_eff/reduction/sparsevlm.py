@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from vlm_eff.errors import ConfigError
 from vlm_eff.reduction import trace
-from vlm_eff.reduction.llm import LLMPruning, Stage, rotary
+from vlm_eff.reduction.llm import LLMPruning, Stage, project, rotary
 
 AUTHORS_LAYERS, AUTHORS_DEPTH = (2, 6, 15), 32
 BUDGETS = {64: (66, 30, 17), 96: (238, 48, 26), 128: (303, 110, 36), 192: (300, 200, 110)}  # of 576, per stage
@@ -76,13 +75,13 @@ def cluster_and_merge(x: torch.Tensor, n_clusters: int) -> tuple[torch.Tensor, t
 def rows_attention(layer: nn.Module, hidden: torch.Tensor, position_embeddings, queries: torch.Tensor,
                    valid: torch.Tensor) -> torch.Tensor:
     """Head-mean post-softmax causal attention of the tokens `queries` [Q] of one sequence `hidden` [T, D] to every
-    token in decoder `layer` (its input norm, q/k projections and rotary embedding; padding keys `valid` [T] hidden)
+    token in decoder `layer` (its input norm, q/k projections and norms, rotary embedding; padding keys `valid` [T] hidden)
     -> [Q, T]."""
     attn = layer.self_attn
     h = layer.input_layernorm(hidden)[None]  # [1, T, D]
-    T, d = h.shape[1], attn.head_dim
-    q = attn.q_proj(h[:, queries]).view(1, len(queries), -1, d).transpose(1, 2)  # [1, H, Q, d]
-    k = attn.k_proj(h).view(1, T, -1, d).transpose(1, 2)  # [1, KV, T, d]
+    T = h.shape[1]
+    q = project(attn, h[:, queries], "q")  # [1, H, Q, d]
+    k = project(attn, h, "k")  # [1, KV, T, d]
     cos, sin = position_embeddings
     q, _ = rotary(attn)(q, q, cos[None, queries], sin[None, queries])
     _, k = rotary(attn)(k, k, cos[None], sin[None])

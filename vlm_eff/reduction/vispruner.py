@@ -26,7 +26,6 @@ ROUND = 8  # the most tokens one round of duplicate removal drops
 def vispruner_keep(features: torch.Tensor, importance: torch.Tensor, budget: int, important_ratio: float) -> torch.Tensor:
     """VisPruner's choice among N tokens: features [B, N, D] and importance [B, N] -> the kept indices [B, budget],
     ascending."""
-    B = features.shape[0]
     n_important = int(budget * important_ratio)
     n_diverse = budget - n_important
     order = importance.argsort(dim=1, descending=True, stable=True)  # [B, N]

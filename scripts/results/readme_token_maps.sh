@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The token maps README shows (assets/token_maps/): real CIFAR-10 test images through the project's trained
-# models. bash scripts/readme_token_maps.sh [CIFAR10_ARCHIVE]   (under a minute)
+# models. bash scripts/results/readme_token_maps.sh [CIFAR10_ARCHIVE]   (under a minute)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 archive=${1:-../shared/data/cifar10-jpeg.tar.gz}
 out=assets/token_maps
 mkdir -p "$out"

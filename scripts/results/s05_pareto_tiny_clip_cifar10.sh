@@ -2,10 +2,10 @@
 # Every training-free strategy at every keep on the project's trained small CLIP, full CIFAR-10 test
 # set, into one sweep dir; then one report: table, accuracy-vs-FLOPs and accuracy-vs-throughput
 # Pareto figures (docs/RESULTS.md section 5).
-#   bash scripts/pareto_tiny_clip_cifar10.sh [sweep dir]      (about 25 minutes on 2 CPU cores)
+#   bash scripts/results/s05_pareto_tiny_clip_cifar10.sh [sweep dir]      (about 25 minutes on 2 CPU cores)
 # Run it on an otherwise idle machine: the throughput column is timed.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 sweep=${1:-multirun/pareto_tiny_clip_cifar10}
 common=(model=tiny_clip_cifar10 data.root=../shared/data/cifar10-jpeg.tar.gz logger=none
         "hydra.sweep.dir=$sweep" 'hydra.sweep.subdir=${hydra.job.override_dirname}'  # one dir per variant

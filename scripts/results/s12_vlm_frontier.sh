@@ -3,16 +3,16 @@
 # every site at 50 / 25 / 12.5 % of the 256 visual tokens (128 / 64 / 32), exact match overall and per question
 # kind on the CIFAR-10 mosaic test set (data.subset=N for a seeded subset), GFLOPs (vision + prefill) and TTFT on this machine; one sweep dir, one
 # report (accuracy vs TTFT and vs GFLOPs with Pareto fronts) with the token maps of two test mosaics.
-#   bash scripts/vlm_frontier.sh tiny_llava_cifar10 [sweep dir] [evaluate.py overrides...]
-#   bash scripts/vlm_frontier.sh tiny_llava_siglip_cifar10
+#   bash scripts/results/s12_vlm_frontier.sh tiny_llava_cifar10 [sweep dir] [evaluate.py overrides...]
+#   bash scripts/results/s12_vlm_frontier.sh tiny_llava_siglip_cifar10
 # Budgets: encoder dropping and merging, FastV: keep = the share of visual tokens; VisionZip, DivPrune, and the 2025
 # baselines random, VisPruner, CDPruner (relevance from the twin's own dual encoder, model.init_tower) and DART: tokens;
 # SparseVLM: the paper's retained counts of 576 (192 / 128 / 64), scaled to the image's tokens;
 # EViT and PyramidDrop compound over 3 steps / stages: keep = share^(1/3) per step, so that the last step
 # (PyramidDrop: its last stage) holds the share (EViT: + its fused token).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-model=${1:?usage: scripts/vlm_frontier.sh MODEL [sweep dir] [overrides...]}
+cd "$(dirname "$0")/../.."
+model=${1:?usage: scripts/results/s12_vlm_frontier.sh MODEL [sweep dir] [overrides...]}
 sweep=${2:-multirun/vlm_frontier_$model}
 base=(protocol=vqa data=cifar10_vqa model=$model data.root=../shared/data/cifar10-jpeg.tar.gz logger=none "${@:3}")
 sweeps=("${base[@]}" "hydra.sweep.dir=$sweep" 'hydra.sweep.subdir=${hydra.job.override_dirname}'  # a dir per variant

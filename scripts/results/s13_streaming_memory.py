@@ -1,6 +1,6 @@
 """docs/RESULTS.md 13.1: evaluate.py protocol=vqa streams its questions, so memory does not grow with their number.
 
-    python scripts/streaming_memory.py ../shared/data/cifar10-jpeg.tar.gz [--questions 1000 8000] [--out DIR]
+    python scripts/results/s13_streaming_memory.py ../shared/data/cifar10-jpeg.tar.gz [--questions 1000 8000] [--out DIR]
 
 Writes question files of N questions (LLaVA's format) over 200 real CIFAR-10 test images, saves llava_tiny (random
 weights) with a processor, runs `python evaluate.py protocol=vqa data=vqa ...` on each, alone, and prints each run's
@@ -21,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from vlm_eff.data.cifar10 import load_split  # noqa: E402

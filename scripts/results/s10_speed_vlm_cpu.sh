@@ -5,9 +5,9 @@
 # with the language model's relevance, dart) at 25 % and 12.5 %, sparsevlm at 128 and 64 of 576 (batch 1). TTFT speed-up against the (vision + prefill)
 # FLOP ratio, decode ms/token and KV cache, timed in alternating stock / reduced request pairs (docs/RESULTS.md
 # section 10). LLaVA-OneVision-0.5B first (about 35 minutes on 2 CPU cores), then the tiny LLaVA (a minute).
-#   bash scripts/speed_vlm_cpu.sh [out dir] [model ...]     run it on an otherwise idle machine
+#   bash scripts/results/s10_speed_vlm_cpu.sh [out dir] [model ...]     run it on an otherwise idle machine
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=${1:-outputs/speed_vlm_cpu}
 models=("${@:2}")
 [ ${#models[@]} -gt 0 ] || models=(llava_onevision_0_5b llava_tiny)

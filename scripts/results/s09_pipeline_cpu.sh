@@ -4,9 +4,9 @@
 # of the same evaluate run, and profile.py on synthetic batches. The project's small CLIP on the full
 # CIFAR-10 test set (32 px), and ViT-B/16 (random weights: timing only) on 1,024 test images at 224 px,
 # each evaluated twice: the first run resizes the images once into the cache, the second is measured.
-# Run it on an idle machine:  bash scripts/pipeline_cpu.sh [WORK_DIR] [ARCHIVE]
+# Run it on an idle machine:  bash scripts/results/s09_pipeline_cpu.sh [WORK_DIR] [ARCHIVE]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 WORK=${1:-outputs/pipeline_cpu}
 ARCHIVE=${2:-../shared/data/cifar10-jpeg.tar.gz}
 common=(logger=none "paths.work_dir=$WORK")

@@ -5,13 +5,15 @@
 # (a stage goes on from the last one's checkpoint in a run dir of its own: the stages are one run), and the last stage also unreduced
 # (pruning=none on the export). One sweep dir, one report: report.md (before / after per kind, training minutes,
 # exact match against steps) and recovery_vs_steps.png.
-#   bash scripts/vlm_recovery.sh MODEL [sweep dir] [evaluate.py overrides...]
-#   METHODS="tome:keep=0.125 pitome:keep=0.125" STEPS="100 200 400" bash scripts/vlm_recovery.sh tiny_llava_cifar10
+#   bash scripts/results/s14_vlm_recovery.sh MODEL [sweep dir] [evaluate.py overrides...]
+#   METHODS="tome:keep=0.125 pitome:keep=0.125" STEPS="100 200 400" bash scripts/results/s14_vlm_recovery.sh tiny_llava_cifar10
 # METHODS: <pruning>:<budget knob>=<value> ... (default: every encoder and boundary strategy at 12.5 % of the
 # 256 visual tokens); every reduction keeps its tokens' original positions. A rerun skips what is done.
+# TRAIN: the recipe's train.py overrides (default: Adam at a constant 5e-4, LoRA rank 8). A schedule that decays
+# over trainer.max_steps (TRAIN="optimizer.lr=1e-3 scheduler.warmup_fraction=0.05") wants one stage: STEPS="2400".
 set -euo pipefail
-cd "$(dirname "$0")/.."
-model=${1:?usage: scripts/vlm_recovery.sh MODEL [sweep dir] [evaluate.py overrides...]}
+cd "$(dirname "$0")/../.."
+model=${1:?usage: scripts/results/s14_vlm_recovery.sh MODEL [sweep dir] [evaluate.py overrides...]}
 sweep=${2:-multirun/vlm_recovery_$model}
 methods=${METHODS:-"cls_preserving:keep=0.125 late_layer:keep=0.125 tome:keep=0.125 pitome:keep=0.125
   visionzip:tokens=32 divprune:tokens=32 random:tokens=32 vispruner:tokens=32 cdpruner:tokens=32"}
@@ -19,7 +21,7 @@ steps=${STEPS:-"100 200 400"}
 data=(data=cifar10_vqa data.root=../shared/data/cifar10-jpeg.tar.gz logger=none)
 evaluate=(protocol=vqa model=$model "${data[@]}" "${@:3}")
 recover=(objective=distill objective.train=projector+lora lora=default model=$model "${data[@]}"
-         data.batch_size=16 optimizer.lr=5e-4 scheduler=null checkpoint_every_n_steps=50)
+         data.batch_size=16 checkpoint_every_n_steps=50 ${TRAIN:-optimizer.lr=5e-4 scheduler=null})
 once() {  # once RUN_DIR SCRIPT OVERRIDES...: run unless RUN_DIR already has its results
   local dir=$1 script=$2
   shift 2

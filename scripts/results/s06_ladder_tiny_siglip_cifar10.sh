@@ -2,10 +2,10 @@
 # Every strategy at keep 0.9 / 0.7 / 0.5 / 0.25 on the project's trained small SigLIP (no CLS), full
 # CIFAR-10 test set, into one sweep dir; the score controls (pool_attn vs l2 vs random) at keep 0.5 and
 # 0.25; ToMe at matched FLOPs; then one report (docs/RESULTS.md section 6).
-#   bash scripts/ladder_tiny_siglip_cifar10.sh [sweep dir]      (about 30 minutes on 2 CPU cores)
+#   bash scripts/results/s06_ladder_tiny_siglip_cifar10.sh [sweep dir]      (about 30 minutes on 2 CPU cores)
 # Accuracy does not depend on the machine's load; the throughput column does (run it idle to compare it).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 sweep=${1:-multirun/ladder_tiny_siglip_cifar10}
 base=(model=tiny_siglip_cifar10 data.root=../shared/data/cifar10-jpeg.tar.gz logger=none "${@:2}")
 sweeps=("${base[@]}" "hydra.sweep.dir=$sweep" 'hydra.sweep.subdir=${hydra.job.override_dirname}'  # a dir per variant

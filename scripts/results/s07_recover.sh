@@ -2,12 +2,12 @@
 # Label-free recovery (docs/RESULTS.md section 7): distil the unreduced model into the reduced one on
 # 10,000 CIFAR-10 training images whose labels are never read, then test it zero-shot on the full test
 # set; the run goes into the frontier's sweep dir, so its report gains the "<strategy> + distill" series.
-#   bash scripts/recover.sh MODEL STRATEGY KEEP [sweep dir] [train.py overrides...]
-#   bash scripts/recover.sh tiny_clip_cifar10 pitome 0.33
-#   bash scripts/recover.sh tiny_clip_cifar10 tome 0.33 multirun/frontier_tiny_clip_cifar10 trainer.max_epochs=10 optimizer.lr=3e-4
+#   bash scripts/results/s07_recover.sh MODEL STRATEGY KEEP [sweep dir] [train.py overrides...]
+#   bash scripts/results/s07_recover.sh tiny_clip_cifar10 pitome 0.33
+#   bash scripts/results/s07_recover.sh tiny_clip_cifar10 tome 0.33 multirun/frontier_tiny_clip_cifar10 trainer.max_epochs=10 optimizer.lr=3e-4
 set -euo pipefail
-cd "$(dirname "$0")/.."
-model=${1:?usage: scripts/recover.sh MODEL STRATEGY KEEP [sweep dir] [overrides...]}
+cd "$(dirname "$0")/../.."
+model=${1:?usage: scripts/results/s07_recover.sh MODEL STRATEGY KEEP [sweep dir] [overrides...]}
 strategy=${2:?strategy}
 keep=${3:?keep}
 sweep=${4:-multirun/frontier_$model}
