@@ -24,7 +24,7 @@ from hydra import compose, initialize_config_dir
 from torch.utils.flop_counter import FlopCounterMode
 
 from vlm_eff.errors import ConfigError
-from vlm_eff.generation import Runner
+from vlm_eff.generation import Runner, reduced_runner
 from vlm_eff.jobs.common import prepare
 from vlm_eff.jobs.requests import synthetic_requests
 from vlm_eff.reduction import build_vlm
@@ -91,8 +91,7 @@ def main() -> None:
         except ConfigError as error:
             print(f"| {name} | {args.keep if args.tokens is None else f'tokens={args.tokens}'} | not on this layout: {error} |||||||||", flush=True)
             continue
-        runner = Runner(model, cfg.pruning.get("positions", "compact"), strategy)
-        strategy.apply_to_vlm(model, layout)
+        runner = reduced_runner(model, strategy, layout)
         flops = runner.flops(*single)
         run(runner)  # warm-up, reduced
         selection = selection_cost(strategy, lambda: run(runner), prepared.device)

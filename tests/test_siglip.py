@@ -17,9 +17,9 @@ from transformers import AutoTokenizer
 from vlm_eff.errors import ConfigError
 from vlm_eff.models import ImageEncoder, random_model
 from vlm_eff.modules import ZeroShotModule
-from vlm_eff.reduction import apply_config, apply_patch, apply_tome, build, remove_all
-from vlm_eff.reduction.dropping import adaptive_budgets
-from vlm_eff.reduction.merging import r_for_keep, tome_tokens_per_layer
+from vlm_eff.reduction import apply_config, build, remove_all
+from vlm_eff.reduction.dropping import adaptive_budgets, apply_patch
+from vlm_eff.reduction.merging import apply_tome, r_for_keep, tome_tokens_per_layer
 from vlm_eff.towers import family_of
 
 N, LAYERS = 64, 4

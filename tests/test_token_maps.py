@@ -15,7 +15,7 @@ from PIL import Image
 from wandb_files import read_run
 
 from vlm_eff.jobs.visualize import visualize
-from vlm_eff.reduction import kept_count
+from vlm_eff.reduction.base import kept_count
 from vlm_eff.token_maps import DROPPED, FUSED, KEPT
 
 SIDE, SCALE = 8, 8  # tiny_clip_cifar10: 32 px, 4 px patches; panel_px=256 draws each pixel 8 x 8
@@ -62,7 +62,7 @@ def test_a_keep_one_map_is_the_input_image(tmp_path, cifar_images, pruning):
 
 def test_greyed_cells_are_the_dropped_patches(tmp_path, cifar_images):
     from vlm_eff.models import load_model
-    from vlm_eff.reduction import apply_patch, token_origins
+    from vlm_eff.reduction.dropping import apply_patch
     from vlm_eff.towers import family_of
 
     result = run_maps(tmp_path, cifar_images, "model=tiny_clip_cifar10", "pruning=cls_preserving",
@@ -75,11 +75,11 @@ def test_greyed_cells_are_the_dropped_patches(tmp_path, cifar_images):
     preprocess = ImagePreprocess.from_config(ROOT / "checkpoints" / "tiny_clip_cifar10")
     originals = [np.asarray(Image.open(p).convert("RGB")) for p in cifar_images]
     pixels = torch.stack([preprocess(image) for image in originals])
-    apply_patch(model, keep=0.4, layer=0, score="l2")
+    reduction = apply_patch(model, keep=0.4, layer=0, score="l2")
     tower = family_of(model).vision(model)
     with torch.no_grad():
         hidden = tower(pixel_values=pixels).last_hidden_state
-    origins = token_origins(tower, hidden, has_cls=True)
+    origins = reduction.token_origins(tower, hidden, has_cls=True)
     for b, path in enumerate(cifar_images):
         panels = result["maps"][str(path)]
         assert len(panels) == 2 and panels[1].title.startswith(f"layer 0: {1 + kept_count(64, 0.4)} tokens (CLS")
@@ -92,7 +92,7 @@ def test_greyed_cells_are_the_dropped_patches(tmp_path, cifar_images):
 
 def test_coloured_groups_are_the_merged_tokens(tmp_path, cifar_images):
     from vlm_eff.models import load_model
-    from vlm_eff.reduction import apply_tome
+    from vlm_eff.reduction.merging import apply_tome
     from vlm_eff.towers import family_of
 
     result = run_maps(tmp_path, cifar_images, "model=tiny_clip_cifar10", "pruning=tome", "pruning.r=6", "panels=6")

@@ -12,11 +12,12 @@ from omegaconf import OmegaConf
 from vlm_eff.errors import ConfigError
 from vlm_eff.flops import flops_per_image
 from vlm_eff.models import ImageEncoder, random_model
-from vlm_eff.reduction import apply_config, build, merges_for_tokens, remove_all
+from vlm_eff.reduction import apply_config, build, remove_all
 from vlm_eff.reduction.dropping import apply_patch, remove_patch
 from vlm_eff.reduction.merging import (
     apply_tome,
     bipartite_soft_matching,
+    merges_for_tokens,
     r_for_keep,
     r_schedule,
     remove_tome,

@@ -8,7 +8,9 @@ from conftest import ROOT, model_config, stratified_pixels
 from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.models import load_model, load_tokenizer
 from vlm_eff.modules import ZeroShotModule
-from vlm_eff.reduction import apply_patch, apply_tome, remove_all
+from vlm_eff.reduction import remove_all
+from vlm_eff.reduction.dropping import apply_patch
+from vlm_eff.reduction.merging import apply_tome
 
 CHECKPOINT = ROOT / "checkpoints" / "tiny_siglip_cifar10"
 

@@ -118,7 +118,7 @@ def test_vispruner_without_cls_keeps_the_authors_tokens_of_each_onevision_crop(t
     expected = reference_vispruner(model.model.vision_tower, crops, 4, 24, 0.5, False)
     applied = strategy(model, "vispruner", tokens=24)
     try:
-        _, origin = layout.tower_tokens(model, crops, applied.hands_over)
+        _, origin = layout.tower_tokens(model, crops, applied, applied.hands_over)
     finally:
         applied.remove_from_vlm(model, layout)
     assert torch.equal(origin, expected)

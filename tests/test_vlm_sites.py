@@ -207,7 +207,7 @@ def test_visionzip_without_cls_matches_the_authors_rule_on_onevision_crops(tiny_
     expected, indices = reference_visionzip(model.model.vision_tower, crops, 4, 14, 2, False)
     applied = strategy(model, "visionzip", tokens=16)
     try:
-        tokens, origin = layout.tower_tokens(model, crops, applied.hands_over)
+        tokens, origin = layout.tower_tokens(model, crops, applied, applied.hands_over)
     finally:
         applied.remove_from_vlm(model, layout)
     assert torch.equal(origin[:, :14].sort(dim=1).values, indices)

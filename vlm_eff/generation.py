@@ -21,10 +21,8 @@ from transformers import DynamicCache
 
 import vlm_eff.flops  # noqa: F401  (registers the CPU SDPA FLOP formula)
 from vlm_eff.errors import ConfigError
-from vlm_eff.reduction import NoReduction, Strategy
+from vlm_eff.reduction.base import POSITIONS, NoReduction, Strategy
 from vlm_eff.vlms import ImageTokens, Layout, layout_of
-
-POSITIONS = ("compact", "original")
 
 
 class Instruction(NamedTuple):
@@ -86,12 +84,13 @@ def image_runs(ids: torch.Tensor, image_token: int) -> list[tuple[int, int]]:
 class Runner:
     """Greedy generation for a VLM of any layout; the model is used as loaded (patched or not)."""
 
-    def __init__(self, model: nn.Module, positions: str = "compact", strategy: Strategy | None = None,
+    def __init__(self, model: nn.Module, positions: str | None = None, strategy: Strategy | None = None,
                  layout: Layout | None = None):
+        self.strategy = strategy or NoReduction()  # applied by the caller (`reduced_runner`); its site hooks run here
+        positions = positions or self.strategy.positions  # the strategy's own (pruning.positions), unless given
         if positions not in POSITIONS:
             raise ConfigError(f"pruning.positions={positions!r} is unknown; allowed: {', '.join(POSITIONS)}")
         self.model, self.positions = model, positions
-        self.strategy = strategy or NoReduction()  # applied by the caller; its site hooks run here
         self.layout = layout or layout_of(model)
         self.image_token = self.layout.image_token_id(model.config)
         self.lm = self.layout.language_model(model)
@@ -164,7 +163,7 @@ class Runner:
     def visual(self, images: dict) -> list[ImageTokens]:
         """The visual tokens the language model receives for each image: the (reduced) vision part, then
         whatever the strategy does after the projector."""
-        visual = self.layout.visual_tokens(self.model, images, self.strategy.hands_over)
+        visual = self.layout.visual_tokens(self.model, images, self.strategy)
         return self.strategy.after_projector(visual)
 
     # -- the request ---------------------------------------------------------------------------------------
@@ -255,3 +254,12 @@ class Runner:
         step = lambda: self._lm_step(self.embed(logits.argmax(-1))[:, None], mask, prompt.positions[..., -1:] + 1, cache)  # noqa: E731
         _, decode = count(step)
         return {"vision": vision, "prefill": prefill, "decode": decode}
+
+
+def reduced_runner(model: nn.Module, strategy: Strategy, layout: Layout | None = None) -> Runner:
+    """The one way to ask a reduced VLM: `strategy` (from reduction.build_vlm) applied to `model` in place (its
+    site's class swaps and hooks) and the Runner whose requests it reduces, numbering the kept tokens as the
+    strategy says (pruning.positions). `strategy.remove_from_vlm(model, layout)` undoes it."""
+    layout = layout or layout_of(model)
+    strategy.apply_to_vlm(model, layout)
+    return Runner(model, strategy=strategy, layout=layout)

@@ -26,7 +26,7 @@ from torch import nn
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from vlm_eff.reduction import REDUCE_RANGE
+from vlm_eff.reduction.base import REDUCE_RANGE
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from transformers import (
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
 from vlm_eff.errors import ConfigError
-from vlm_eff.reduction import token_origins
+from vlm_eff.reduction.base import NoReduction, Strategy
 from vlm_eff.towers import Family, family_for
 
 PROMPT_TEXT_TOKENS = (8, 24)  # a synthetic prompt: this many text tokens before and after the image
@@ -109,25 +109,28 @@ class Layout:
         return side * side + int(with_cls)
 
     # -- visual tokens ---------------------------------------------------------------------------------
-    def tower_tokens(self, model: nn.Module, pixel_values: torch.Tensor,
+    def tower_tokens(self, model: nn.Module, pixel_values: torch.Tensor, strategy: Strategy,
                      hands_over: str = "spatial") -> tuple[torch.Tensor, torch.Tensor]:
         """Features of the feature layer [C, T, D] of C crops [C, 3, S, S], with the patch each stands for
-        [C, T] (-1: CLS or a summary token): in spatial order, or as the strategy selected them."""
+        [C, T] (-1: CLS or a summary token, as the applied `strategy` records them): in spatial order, or as the
+        strategy selected them (`hands_over="as_selected"`)."""
         tower = self.vision(model)
         family = self.tower_family(model.config)
         x = family.hidden_states(tower, pixel_values.to(tower.dtype), self.feature_depth(model.config))  # [C, T, D]
-        origin = token_origins(tower, x, family.has_cls)  # [C, T]
+        origin = strategy.token_origins(tower, x, family.has_cls)  # [C, T]
         if hands_over == "as_selected":
             return x, origin
         order = origin.argsort(dim=1, stable=True)  # merged tokens sit where their lowest patch was
         return x.gather(1, order[..., None].expand_as(x)), origin.gather(1, order)
 
-    def visual_tokens(self, model: nn.Module, images: dict, hands_over: str = "spatial") -> list[ImageTokens]:
-        """Each image's visual tokens (after the projector), in placeholder order; `hands_over`: "spatial"
-        (the feature select strategy applies: `default` drops token 0) or "as_selected" (the strategy's own
-        order, CLS included: VisionZip)."""
+    def visual_tokens(self, model: nn.Module, images: dict, strategy: Strategy | None = None) -> list[ImageTokens]:
+        """Each image's visual tokens (after the projector) under the applied `strategy` (None: the stock tower), in
+        placeholder order: spatial (the feature select strategy applies: `default` drops token 0) or, for a
+        strategy that hands over "as_selected", its own order, CLS included (VisionZip)."""
         config = model.config
-        x, origin = self.tower_tokens(model, images["pixel_values"], hands_over)  # [B, T, D], [B, T]
+        strategy = strategy or NoReduction()
+        hands_over = strategy.hands_over
+        x, origin = self.tower_tokens(model, images["pixel_values"], strategy, hands_over)  # [B, T, D], [B, T]
         with_cls = self.tower_family(config).has_cls and config.vision_feature_select_strategy == "full"
         if config.vision_feature_select_strategy == "default" and hands_over == "spatial":
             x, origin = x[:, 1:], origin[:, 1:]  # Hugging Face drops token 0 (CLS, or what replaced it)
@@ -198,7 +201,7 @@ class OnevisionLayout(Layout):
     def n_crops(self, config, image_size) -> int:
         return image_size_to_num_patches(image_size, config.image_grid_pinpoints, config.vision_config.image_size)
 
-    def visual_tokens(self, model, images, hands_over="spatial"):
+    def visual_tokens(self, model, images, strategy=None):
         """Kept tokens are scattered back onto their crops' patch grids and packed by the stock
         `pack_image_features` beside a mask of what was kept; the packed positions the mask marks are
         what the LLM receives (every row's newline token stays), in the grid's order whatever the strategy."""
@@ -206,7 +209,7 @@ class OnevisionLayout(Layout):
         pixel_values, image_sizes = images["pixel_values"], images["image_sizes"]
         counts = [self.n_crops(config, size) for size in image_sizes.tolist()]
         crops = torch.cat([pixels[:n] for pixels, n in zip(pixel_values, counts)])  # [C, 3, S, S]
-        x, origin = self.tower_tokens(model, crops)  # [C, T, D], [C, T]
+        x, origin = self.tower_tokens(model, crops, strategy or NoReduction())  # [C, T, D], [C, T]
         embeds = stock.multi_modal_projector(x)  # [C, T, D_llm]
         C, T, D = embeds.shape
         side = config.vision_config.image_size // config.vision_config.patch_size
@@ -256,7 +259,7 @@ class QwenLayout(Layout):
     def visual_token_count(self, config) -> None:
         return None  # one token per 28 x 28 px of the image
 
-    def visual_tokens(self, model, images, hands_over="spatial"):
+    def visual_tokens(self, model, images, strategy=None):
         visual, grids = self.vision(model), images["image_grid_thw"]
         merged = visual(images["pixel_values"].to(visual.dtype), grid_thw=grids).pooler_output  # [sum n, D_llm]
         counts = (grids.prod(-1) // visual.spatial_merge_size**2).tolist()

@@ -30,7 +30,8 @@ from vlm_eff.models import (
 )
 from vlm_eff.profiling import ProfilingCallback
 from vlm_eff.progress import ProgressCallback
-from vlm_eff.reduction import Strategy, build, build_vlm
+from vlm_eff.reduction import build, build_vlm
+from vlm_eff.reduction.base import Strategy
 from vlm_eff.reduction.dropping import adaptive_budgets
 from vlm_eff.results import base_row, write_results
 from vlm_eff.runtime import device_label, resolve_device, resolve_dtype

@@ -27,7 +27,7 @@ from vlm_eff.benchmarks import benchmark
 from vlm_eff.data.loading import ResumableLoader, default_workers
 from vlm_eff.data.questions import QuestionBatches, Requests, instructions_of, processor_requests
 from vlm_eff.errors import ConfigError
-from vlm_eff.generation import Runner
+from vlm_eff.generation import Runner, reduced_runner
 from vlm_eff.jobs.common import RECORDED_REDUCTION, check_counts, fit_trainer, prepare, resume_from, run_dir, save_row
 from vlm_eff.jobs.requests import load_processor, selected
 from vlm_eff.lora import count_parameters, lora_config, merge
@@ -139,7 +139,6 @@ def distill_vlm(cfg: DictConfig) -> dict:
     layout = layout_of(model)
     teacher = Runner(copy.deepcopy(model).to(prepared.dtype).eval().requires_grad_(False))  # unreduced, as loaded
     adapters = train_parts(model, layout, cfg, parts)
-    prepared.strategy.apply_to_vlm(model, layout)
     processor = load_processor(cfg.model)
     out_dir = run_dir()
     ckpt_path = resume_from(cfg, out_dir)
@@ -147,7 +146,7 @@ def distill_vlm(cfg: DictConfig) -> dict:
     loader = question_loader(cfg, processor, layout, steps_done)
     print("vlm-eff train: label-free recovery: the answers are the unreduced model's; any answers in the question "
           "file are never read", flush=True)
-    student = Runner(model, cfg.pruning.get("positions", "compact"), prepared.strategy, layout)
+    student = reduced_runner(model, prepared.strategy, layout)
     module = VLMDistillModule(student, teacher, loss, cfg.objective.get("temperature", 1.0),
                               cfg.objective.get("max_new_tokens", 16), processor.tokenizer.pad_token_id or 0,
                               instantiate(cfg.optimizer), instantiate(cfg.scheduler), adapter_only=True)

@@ -29,7 +29,7 @@ from vlm_eff.data.questions import (
     requests_to,
 )
 from vlm_eff.errors import ConfigError
-from vlm_eff.generation import Instruction, Output, Runner
+from vlm_eff.generation import Instruction, Output, Runner, reduced_runner
 from vlm_eff.jobs.common import Prepared, closing_lines, run_dir, save_row, test_trainer
 from vlm_eff.models import hub_reachable, model_label, training_of
 from vlm_eff.results import base_row
@@ -77,11 +77,9 @@ class AnswerWriter(pl.Callback):
         self.file.close()
 
 
-def request_runner(cfg: DictConfig, prepared: Prepared) -> Runner:
+def request_runner(prepared: Prepared) -> Runner:
     """The strategy applied to the VLM (in the job's dtype, eval mode) and its request runner."""
-    model = prepared.loaded.model.to(prepared.dtype).eval()
-    prepared.strategy.apply_to_vlm(model, layout_of(model))
-    return Runner(model, cfg.pruning.get("positions", "compact"), prepared.strategy)
+    return reduced_runner(prepared.loaded.model.to(prepared.dtype).eval(), prepared.strategy)
 
 
 def request_row(cfg: DictConfig, prepared: Prepared, runner: Runner, module: RequestModule, profiler,
@@ -150,7 +148,7 @@ def synthetic_requests(cfg: DictConfig, model, n_batches: int) -> tuple[list[Req
 def profile_requests(cfg: DictConfig, prepared: Prepared) -> dict:
     """profile.py on a VLM: `warmup` + `runs` batches of requests, each generating `gen_tokens` tokens."""
     batches, prompt = synthetic_requests(cfg, prepared.loaded.model, cfg.warmup + cfg.runs)
-    runner = request_runner(cfg, prepared)
+    runner = request_runner(prepared)
     module = RequestModule(runner, cfg.gen_tokens, stop_at_eos=False)
     out_dir = run_dir()
     logger = make_logger(cfg, out_dir)
@@ -237,7 +235,7 @@ def evaluate_vqa(cfg: DictConfig, prepared: Prepared, bench: Benchmark) -> dict:
     (metrics.json: `score` and the details; the submission file where a server scores the split), the row."""
     indices = selected(cfg, len(bench.questions))
     processor = load_processor(cfg.model)
-    runner = request_runner(cfg, prepared)
+    runner = request_runner(prepared)
     settings, out_dir = answer_settings(cfg), run_dir()
     collate = QuestionBatches(processor, runner.layout, bench)
     data = QuestionDataModule(collate, cfg.data.batch_size, cfg.data.get("num_workers"),

@@ -22,7 +22,7 @@ from vlm_eff.atomic import replace_atomically, write_atomic
 from vlm_eff.data.cifar10 import IMAGE_SUFFIXES, read_image
 from vlm_eff.data.questions import instructions_of, processor_requests
 from vlm_eff.errors import ConfigError
-from vlm_eff.generation import Instruction, Runner
+from vlm_eff.generation import Instruction, reduced_runner
 from vlm_eff.jobs.common import image_size, run_dir
 from vlm_eff.jobs.requests import optional_processor
 from vlm_eff.knobs import check_knobs
@@ -113,9 +113,9 @@ def vlm_steps(cfg: DictConfig, config, images: list[np.ndarray]) -> Traced:
         rows = [layout.synthetic_prompt(config, torch.Generator().manual_seed(cfg.seed))] * len(images)
         mean, std = preprocess.mean.flatten(), preprocess.std.flatten()
         instructions = [Instruction(cfg.question, rows[0][-PROMPT_TEXT_TOKENS[1]:])] * len(images)  # text after the image
-    strategy.apply_to_vlm(model, layout)
+    runner = reduced_runner(model, strategy, layout)
     with trace.tracing() as steps:
-        Runner(model, cfg.pruning.get("positions", "compact"), strategy, layout).generate(
+        runner.generate(
             rows, {"pixel_values": pixels}, max_new_tokens=1, instructions=instructions)
     seen = [to_uint8(p, mean, std) for p in pixels]
     return Traced(steps, seen, vision.image_size // vision.patch_size, with_cls, loaded.weights)

@@ -27,6 +27,9 @@ def check_keep(keep) -> float:
     return float(keep)
 
 
+POSITIONS = ("compact", "original")  # pruning.positions: kept tokens renumbered 0.. or at their stock positions
+
+
 def default_origins(batch: int, n_tokens: int, has_cls: bool, device: torch.device | None = None) -> torch.Tensor:
     """Origins of an unreduced sequence [CLS?] + patches -> [B, T] long: -1 for CLS, then 0..N-1."""
     return (torch.arange(n_tokens, device=device) - int(has_cls)).expand(batch, n_tokens)
@@ -53,6 +56,8 @@ class EncoderSite:
 
     site = "encoder"
     hands_over = "spatial"  # or "as_selected": the strategy's own order, CLS included (VisionZip)
+    positions = "compact"  # how the LLM numbers the kept visual tokens (pruning.positions; build_vlm sets it)
+    origins_key: str | None = None  # where, on the tower's embeddings, the applied strategy records token origins
     per_crop = False  # the budget counts the tokens of one crop (anyres layouts), not of the whole image
     tokens_counted = True  # `pruning.tokens` counts this model's visual tokens (SparseVLM: the paper's of 576)
 
@@ -63,6 +68,15 @@ class EncoderSite:
 
     def apply_to_vlm(self, model: nn.Module, layout) -> None:
         self.apply(layout.vision(model))
+
+    def token_origins(self, tower: nn.Module, tokens: torch.Tensor, has_cls: bool) -> torch.Tensor:
+        """The patch each token of the (reduced) tower's output `tokens` [B, T, D] stands for -> [B, T] long: a kept
+        patch its own index, a merged token the lowest index of its patches, CLS and summaries -1."""
+        state = tower.embeddings.__dict__.get(self.origins_key) if self.origins_key else None
+        origin = getattr(state, "origin", None)
+        if origin is not None and origin.shape == tokens.shape[:2]:
+            return origin
+        return default_origins(tokens.shape[0], tokens.shape[1], has_cls, tokens.device)  # nothing reduced
 
     def remove_from_vlm(self, model: nn.Module, layout) -> None:
         self.remove(layout.vision(model))

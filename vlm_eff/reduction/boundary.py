@@ -92,6 +92,8 @@ class FeatureLayerSelection(EncoderSite):
     """A boundary strategy that chooses among the feature layer's tokens with that layer's attention (VisionZip,
     VisPruner): patched onto the tower's last run layer, whose q/k it captures; `choose` makes the choice."""
 
+    origins_key = "_feature_selection"
+
     keep: float | None
     tokens: int | None
     has_cls: bool

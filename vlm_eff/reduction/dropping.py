@@ -57,6 +57,8 @@ SUMMARIES = ("none", "mean", "fused")
 class Reduction(EncoderSite):
     """A validated point in the reduction space, for a tower with or without CLS (a `Strategy`)."""
 
+    origins_key = "_reducer"
+
     keep: float
     layers: tuple[int, ...]
     score: str

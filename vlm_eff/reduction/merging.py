@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
+from vlm_eff.errors import ConfigError
 from vlm_eff.reduction import trace
 from vlm_eff.reduction.base import (
     REDUCE_RANGE,
@@ -158,6 +159,8 @@ def r_for_keep(keep: float, n_tokens: int, n_layers: int, width: int, mlp_width:
 @dataclass
 class ToMe(EncoderSite):
     """ToMe's knobs (a `Strategy`) and the per-forward token sizes ([B, T, 1]; None = all ones)."""
+
+    origins_key = "_tome"
 
     r: tuple[int, ...]  # merges in each layer
     prop_attn: bool = True
@@ -343,4 +346,28 @@ def tome_tokens_per_layer(r: Sequence[int], n_tokens: int, has_cls: bool = True)
     for n in r:
         counts.append(t)
         t -= merges(n, t, has_cls)
+    return counts
+
+
+def merges_for_tokens(n_patches: int, kept: int, n_layers: int, has_cls: bool) -> list[int]:
+    """Merges per layer (as even as the tokens allow, earlier layers first, more in earlier layers only where
+    the later ones could not finish) that leave `kept` of `n_patches` patch tokens after `n_layers` layers;
+    a one-line error when halving every layer is not enough."""
+    def most(tokens: int, layers: int) -> int:  # the merges of `layers` layers that each halve
+        total = 0
+        for _ in range(layers):
+            r = merges(tokens, tokens, has_cls)
+            total, tokens = total + r, tokens - r
+        return total
+
+    counts, tokens, left = [], int(has_cls) + n_patches, n_patches - kept
+    if left > most(tokens, n_layers):
+        raise ConfigError(f"merging can keep at least {n_patches - most(tokens, n_layers)} of {n_patches} tokens "
+                          f"in {n_layers} layers (each halves at most); asked for {kept}: raise pruning.keep")
+    for index in range(n_layers):
+        r = min(-(-left // (n_layers - index)), merges(left, tokens, has_cls))
+        while left - r > most(tokens - r, n_layers - index - 1):  # the later layers could not finish
+            r += 1
+        counts.append(r)
+        tokens, left = tokens - r, left - r
     return counts
