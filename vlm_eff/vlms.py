@@ -56,9 +56,11 @@ class Layout:
     projector, one placeholder per visual token, 1-D RoPE in the LLM. Other layouts override what differs."""
 
     name = "llava"
+    title = "LLaVA-1.5"
     model_class: type = LlavaForConditionalGeneration
     config_class: type = LlavaConfig
     mrope = False  # positions are (t, h, w) triples (Qwen) rather than one index
+    patch_grid = False  # kept tokens go back onto the crops' patch grids (OneVision): each must stand for a patch
 
     def init_random(self, model: nn.Module) -> None:
         """Anything a fresh random init needs beyond the config (nothing for a VLM)."""
@@ -98,9 +100,6 @@ class Layout:
         vision = config.vision_config.to_dict()
         vision["num_hidden_layers"] = self.feature_depth(config)
         return vision
-
-    def check_strategy(self, pruning) -> None:
-        """A one-line ConfigError when this layout cannot take the `pruning` config (LLaVA takes them all)."""
 
     def visual_token_count(self, config) -> int | None:
         """Visual tokens of every image (None where they depend on the image's size)."""
@@ -186,14 +185,10 @@ class OnevisionLayout(Layout):
     and the grid crops, unpadded and packed with a newline token after each row of the grid."""
 
     name = "llava_onevision"
+    title = "LLaVA-OneVision"
+    patch_grid = True
     model_class = LlavaOnevisionForConditionalGeneration
     config_class = LlavaOnevisionConfig
-
-    def check_strategy(self, pruning) -> None:
-        summary = pruning.get("summary", "none")
-        if summary != "none":
-            raise ConfigError(f"pruning.summary={summary} cannot be placed on LLaVA-OneVision's packed crop grid (a "
-                              "summary token has no patch); use summary=none (cls_preserving, late_layer), tome or pitome")
 
     def visual_token_count(self, config) -> None:
         return None  # anyres: the crops and newlines an image gets depend on its size
@@ -242,6 +237,7 @@ class QwenLayout(Layout):
     28 x 28 px; the LLM numbers positions with M-RoPE: (t, h, w) for visual tokens, text continues after."""
 
     name = "qwen2_vl"
+    title = "Qwen2-VL"
     model_class = Qwen2VLForConditionalGeneration
     config_class = Qwen2VLConfig
     mrope = True
@@ -300,6 +296,7 @@ class Qwen25Layout(QwenLayout):
     """Qwen2.5-VL: Qwen2-VL's layout with a windowed ViT (RMSNorm, SwiGLU, window attention)."""
 
     name = "qwen2_5_vl"
+    title = "Qwen2.5-VL"
     model_class = Qwen2_5_VLForConditionalGeneration
     config_class = Qwen2_5_VLConfig
 

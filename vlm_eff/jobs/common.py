@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import time
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -206,6 +207,16 @@ def fit_trainer(cfg: DictConfig, device: torch.device, out_dir: Path, logger, un
                           callbacks=[*([profiler] if timed else []), checkpoints,
                                      ProgressCallback("train", unit, cfg.progress_every_s)])
     return trainer, profiler
+
+
+def fit(trainer: pl.Trainer, module: pl.LightningModule, ckpt_path: str | None, out_dir: Path, **data) -> float:
+    """`trainer.fit` on `data` (a datamodule or train_dataloaders), from `ckpt_path` (None: fresh), then the run
+    dir's `last.ckpt` written at the end, so that a rerun resumes from there; the seconds the fit took."""
+    started = time.perf_counter()
+    trainer.fit(module, ckpt_path=ckpt_path, **data)
+    seconds = time.perf_counter() - started
+    trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    return seconds
 
 
 def run_dir() -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,16 @@ from vlm_eff.data.loading import ResumableLoader, default_workers
 from vlm_eff.data.questions import QuestionBatches, Requests, instructions_of, processor_requests
 from vlm_eff.errors import ConfigError
 from vlm_eff.generation import Runner, reduced_runner
-from vlm_eff.jobs.common import RECORDED_REDUCTION, check_counts, fit_trainer, prepare, resume_from, run_dir, save_row
+from vlm_eff.jobs.common import (
+    RECORDED_REDUCTION,
+    check_counts,
+    fit,
+    fit_trainer,
+    prepare,
+    resume_from,
+    run_dir,
+    save_row,
+)
 from vlm_eff.jobs.requests import load_processor, selected
 from vlm_eff.lora import count_parameters, lora_config, merge
 from vlm_eff.models import model_label
@@ -156,10 +164,7 @@ def distill_vlm(cfg: DictConfig) -> dict:
     print(f"vlm-eff train: {cfg.model.name} reduced by pruning={cfg.pruning.name}: training the "
           f"{' and '.join(sorted(parts))} ({trainable:,} of {total:,} parameters), loss {loss}"
           + (f"; resuming from {ckpt_path}" if ckpt_path else ""), flush=True)
-    started = time.perf_counter()
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
-    seconds = time.perf_counter() - started
-    trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt", weights_only=False)  # a rerun resumes from here
+    seconds = fit(trainer, module, ckpt_path, out_dir, train_dataloaders=loader)
     timing = profiler.summaries.get("train", {})
     row = {**base_row("train", Path(cfg.paths.root_dir)), "model": model_label(cfg.model, prepared.loaded.weights),
            "weights": prepared.loaded.weights, "strategy": cfg.pruning.name, **prepared.strategy.columns(),

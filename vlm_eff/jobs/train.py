@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -17,7 +16,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from vlm_eff.atomic import write_atomic
 from vlm_eff.errors import ConfigError
-from vlm_eff.jobs.common import RECORDED_REDUCTION, encoder_row, fit_trainer, prepare, resume_from, run_dir, save_row
+from vlm_eff.jobs.common import (
+    RECORDED_REDUCTION,
+    encoder_row,
+    fit,
+    fit_trainer,
+    prepare,
+    resume_from,
+    run_dir,
+    save_row,
+)
 from vlm_eff.jobs.distill_vlm import distill_vlm
 from vlm_eff.jobs.evaluate import test_row
 from vlm_eff.jobs.train_vlm import train_vlm
@@ -88,10 +96,7 @@ def train(cfg: DictConfig) -> dict:
         logger.log_metrics({"train/trainable_params": trainable, "train/trainable_share": trainable / total}, step=0)
     if ckpt_path and trainer.is_global_zero:
         print(f"vlm-eff train: resuming from {ckpt_path}", flush=True)
-    started = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    train_seconds = time.perf_counter() - started
-    trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt", weights_only=False)  # a rerun resumes from here
+    train_seconds = fit(trainer, module, ckpt_path, out_dir, datamodule=data)
     val_metric = "val/top1" if cfg.objective.name == "labels" else "val/distill_loss"
     val_value = float(trainer.callback_metrics.get(val_metric, float("nan")))
 

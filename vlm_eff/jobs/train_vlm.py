@@ -28,7 +28,6 @@ evaluate.py and profile.py load with `model.path`."""
 from __future__ import annotations
 
 import json
-import time
 from functools import partial
 from pathlib import Path
 
@@ -48,7 +47,7 @@ from vlm_eff.data.cifar10 import load_split
 from vlm_eff.data.cifar10_vqa import KINDS, QUADRANTS, TrainingMosaics
 from vlm_eff.data.questions import processor_requests
 from vlm_eff.errors import ConfigError
-from vlm_eff.jobs.common import check_counts, fit_trainer, resume_from, run_dir
+from vlm_eff.jobs.common import check_counts, fit, fit_trainer, resume_from, run_dir
 from vlm_eff.lora import count_parameters
 from vlm_eff.models import load_model
 from vlm_eff.modules import FineTuneModule
@@ -390,10 +389,7 @@ def train_vlm(cfg: DictConfig) -> dict:
     print(f"vlm-eff train: {cfg.model.name}: training the projector and the language model, {trainable:,} of "
           f"{total:,} parameters; tower from {cfg.model.init_tower} (frozen)"
           + (f"; resuming from {ckpt_path}" if ckpt_path else ""), flush=True)
-    started = time.perf_counter()
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
-    seconds = time.perf_counter() - started
-    trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    seconds = fit(trainer, module, ckpt_path, out_dir, train_dataloaders=loader)
     loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
     if cfg.export_dir:
         export_dir = Path(cfg.export_dir)

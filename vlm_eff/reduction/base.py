@@ -58,6 +58,7 @@ class EncoderSite:
     hands_over = "spatial"  # or "as_selected": the strategy's own order, CLS included (VisionZip)
     positions = "compact"  # how the LLM numbers the kept visual tokens (pruning.positions; build_vlm sets it)
     origins_key: str | None = None  # where, on the tower's embeddings, the applied strategy records token origins
+    patchless_tokens = False  # makes tokens that stand for no patch (a summary): a patch-grid layout cannot place them
     per_crop = False  # the budget counts the tokens of one crop (anyres layouts), not of the whole image
     tokens_counted = True  # `pruning.tokens` counts this model's visual tokens (SparseVLM: the paper's of 576)
 

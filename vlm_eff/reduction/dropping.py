@@ -59,6 +59,10 @@ class Reduction(EncoderSite):
 
     origins_key = "_reducer"
 
+    @property
+    def patchless_tokens(self) -> bool:
+        return self.summary != "none"
+
     keep: float
     layers: tuple[int, ...]
     score: str

@@ -128,12 +128,14 @@ def build_vlm(cfg: DictConfig, layout, config, seed: int = 0) -> Strategy:
     if positions not in POSITIONS:
         raise ConfigError(f"pruning.positions={positions!r} is unknown; allowed: {', '.join(POSITIONS)}")
     strategy = _build_for_layout(cfg, layout, config, seed)
+    if layout.patch_grid and strategy.patchless_tokens:
+        raise ConfigError(f"pruning.summary={cfg.summary} cannot be placed on {layout.title}'s packed crop grid (a "
+                          "summary token has no patch); use summary=none (cls_preserving, late_layer), tome or pitome")
     object.__setattr__(strategy, "positions", positions)  # an instance setting, frozen dataclasses too
     return strategy
 
 
 def _build_for_layout(cfg: DictConfig, layout, config, seed: int) -> Strategy:
-    layout.check_strategy(cfg)
     family = layout.tower_family(config)
     if family is None and needs_tower(cfg):
         allowed = ["none", *(name for name in VLM_STRATEGIES if not needs_tower(OmegaConf.create({"name": name}))),
