@@ -198,6 +198,31 @@ def load_tokenizer(cfg: DictConfig):
         ) from None
 
 
+def load_processor(cfg: DictConfig):
+    """The VLM's processor (tokenizer, image processor, chat template): `model.tokenizer`, else beside the
+    weights (`model.path` or the hub id, cached)."""
+    from transformers import AutoProcessor
+
+    source = cfg.get("tokenizer") or cfg.get("path") or cfg.get("hub_id")
+    if not source:
+        raise ConfigError(f"protocol=vqa needs model={cfg.name}'s processor (tokenizer, image processor, chat "
+                          "template): set model.path=<a save_pretrained dir with it> or model.tokenizer=<its dir>")
+    try:
+        return AutoProcessor.from_pretrained(str(source), local_files_only=not hub_reachable())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"no processor at {source} ({type(error).__name__}); set model.tokenizer=<a local "
+                          "processor dir>") from None
+
+
+def optional_processor(cfg: DictConfig):
+    """The VLM's processor when it has one at hand, else None (a random-init architecture, say)."""
+    try:
+        processor = load_processor(cfg)
+    except ConfigError:
+        return None
+    return processor if getattr(processor, "chat_template", None) else None
+
+
 def load_preprocess(cfg: DictConfig, image_size: int) -> ImagePreprocess:
     """The checkpoint's own preprocessing at `image_size`: `model.path`'s `preprocessor_config.json`
     (missing or malformed: a one-line error), the hub checkpoint's (from the cache, or downloaded when

@@ -20,6 +20,9 @@ question JSONL; `ensure_test_set` builds the CIFAR-10 *test*-split set once into
 `data=vqa data.root=<dir> data.questions=<dir>/questions.jsonl` can point at it. `TrainingMosaics` draws
 training examples from the *train* split, so training never sees a test image. Everything is seeded
 (numpy Generator): the same inputs and seed give bit-identical output.
+
+Over 350 lines on purpose: the set's question kinds, their sampling, the test-set writer and the training
+stream share one definition of a mosaic and its answers; split, they could drift apart.
 """
 
 from __future__ import annotations

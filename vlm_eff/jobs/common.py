@@ -7,8 +7,9 @@ import logging
 import statistics
 import time
 import zipfile
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from vlm_eff.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
+from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.errors import ConfigError
 from vlm_eff.flops import flops_per_image
 from vlm_eff.models import (
@@ -25,6 +27,9 @@ from vlm_eff.models import (
     ImageEncoder,
     LoadedModel,
     load_model,
+    load_preprocess,
+    load_processor,
+    load_tokenizer,
     model_config,
     model_label,
     training_of,
@@ -37,7 +42,7 @@ from vlm_eff.reduction.dropping import adaptive_budgets
 from vlm_eff.results import base_row, write_results
 from vlm_eff.runtime import device_label, resolve_device, resolve_dtype
 from vlm_eff.towers import family_for
-from vlm_eff.vlms import LAYOUTS, is_vlm
+from vlm_eff.vlms import LAYOUTS, Layout, is_vlm
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +87,39 @@ def use_recorded_reduction(cfg: DictConfig) -> None:
              path, cfg.pruning.name, recorded)
 
 
-class Prepared(NamedTuple):
+def layout_for(model_cfg: DictConfig) -> Layout | None:
+    """The one place that tells the kinds of model apart: a generative VLM's layout (vlms.py), or None for a dual
+    encoder (its family in towers.py). Reads the model's config only, before any weights load."""
+    model_type = model_config(model_cfg).model_type
+    return LAYOUTS[model_type] if is_vlm(model_type) else None
+
+
+@dataclass
+class Prepared:
+    """What every job starts from: the loaded model and its validated strategy, where it runs, what kind of model
+    it is, and (loaded when first asked for) its tokenizer, processor and image preprocessing."""
+
+    model_cfg: DictConfig
     device: torch.device
     dtype: torch.dtype
     loaded: LoadedModel
-    image_size: int
+    image_size: int | None  # a dual encoder's input size; None for a VLM (its layout's)
     strategy: Strategy  # validated for the model, not yet applied (LoRA goes on first)
+    layout: Layout | None  # a generative VLM's layout; None for a dual encoder
+
+    @cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.model_cfg)
+
+    @cached_property
+    def processor(self):
+        """A VLM's processor (tokenizer, image processor, chat template); a one-line error where there is none."""
+        return load_processor(self.model_cfg)
+
+    @cached_property
+    def preprocess(self) -> ImagePreprocess:
+        """A dual encoder's image preprocessing at `image_size`."""
+        return load_preprocess(self.model_cfg, self.image_size)
 
 
 def prepare(cfg: DictConfig, *count_keys: str) -> Prepared:
@@ -97,16 +129,16 @@ def prepare(cfg: DictConfig, *count_keys: str) -> Prepared:
     if cfg.get("compile") and cfg.warmup < 1:
         raise ConfigError(f"compile=true needs warmup >= 1 (the first batch compiles), got warmup={cfg.warmup}")
     use_recorded_reduction(cfg)
-    config = model_config(cfg.model)
-    if is_vlm(config.model_type):  # the tower's size is the layout's: synthetic requests check model.image_size
-        size, strategy = None, build_vlm(cfg.pruning, LAYOUTS[config.model_type], config, cfg.seed)
+    config, layout = model_config(cfg.model), layout_for(cfg.model)
+    if layout is not None:  # the tower's size is the layout's: synthetic requests check model.image_size
+        size, strategy = None, build_vlm(cfg.pruning, layout, config, cfg.seed)
     else:
         size = image_size(cfg, config.vision_config)
         strategy = build(cfg.pruning, config.vision_config, family_for(config.model_type).has_cls, cfg.seed, size)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     pl.seed_everything(cfg.seed, verbose=False)
-    return Prepared(device, dtype, load_model(cfg.model), size, strategy)
+    return Prepared(cfg.model, device, dtype, load_model(cfg.model), size, strategy, layout)
 
 
 ADAPTIVE_SAMPLE = 64  # images whose own FLOPs and token counts are averaged under adaptive keep

@@ -37,13 +37,12 @@ from vlm_eff.jobs.common import (
     run_dir,
     save_row,
 )
-from vlm_eff.jobs.requests import load_processor, selected
+from vlm_eff.jobs.requests import selected
 from vlm_eff.lora import count_parameters, lora_config, merge
 from vlm_eff.models import model_label
 from vlm_eff.modules import VLM_DISTILL_LOSSES, VLMDistillModule
 from vlm_eff.results import base_row
 from vlm_eff.runtime import device_label
-from vlm_eff.vlms import layout_of
 from vlm_eff.wandb_logging import finish, make_logger
 
 log = logging.getLogger(__name__)
@@ -144,10 +143,10 @@ def distill_vlm(cfg: DictConfig) -> dict:
                           "language model; continue a run by rerunning it (resume), or distill from model.path=<export>")
     prepared = prepare(cfg)
     model = prepared.loaded.model.float()
-    layout = layout_of(model)
+    layout = prepared.layout
     teacher = Runner(copy.deepcopy(model).to(prepared.dtype).eval().requires_grad_(False))  # unreduced, as loaded
     adapters = train_parts(model, layout, cfg, parts)
-    processor = load_processor(cfg.model)
+    processor = prepared.processor
     out_dir = run_dir()
     ckpt_path = resume_from(cfg, out_dir)
     steps_done = torch.load(ckpt_path, map_location="cpu", weights_only=False)["global_step"] if ckpt_path else 0

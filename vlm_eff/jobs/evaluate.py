@@ -16,6 +16,7 @@ from vlm_eff.jobs.common import (
     check_counts,
     closing_lines,
     encoder_row,
+    layout_for,
     prepare,
     run_dir,
     save_row,
@@ -24,11 +25,9 @@ from vlm_eff.jobs.common import (
 )
 from vlm_eff.jobs.requests import evaluate_vqa
 from vlm_eff.lora import check_adapter_dir, load_adapter
-from vlm_eff.models import load_preprocess, load_tokenizer, model_config
 from vlm_eff.modules import RetrievalModule, ZeroShotModule
 from vlm_eff.prompts import load_prompts
 from vlm_eff.retrieval import RECALL_AT
-from vlm_eff.vlms import is_vlm
 from vlm_eff.wandb_logging import finish, make_logger
 
 
@@ -62,7 +61,7 @@ def check_protocol(cfg: DictConfig) -> bool:
     name = cfg.protocol.name
     if name not in (*PROTOCOLS, *VLM_PROTOCOLS):
         raise ConfigError(f"protocol={name!r} is unknown; allowed: {', '.join([*PROTOCOLS, *VLM_PROTOCOLS])}")
-    vlm = is_vlm(model_config(cfg.model).model_type)
+    vlm = layout_for(cfg.model) is not None
     if vlm and name != "vqa":
         raise ConfigError(f"protocol={name} scores a dual encoder's embeddings; model={cfg.model.name} is a generative "
                           "VLM: use protocol=vqa data=vqa")
@@ -99,9 +98,11 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ConfigError(f"lora={cfg.lora.name} needs lora.checkpoint=<a saved adapter dir> in evaluate.py")
     if adapter:
         check_adapter_dir(adapter)  # a bad lora.checkpoint fails before anything loads
-    device, dtype, loaded, size, strategy = prepare(cfg, "data.batch_size", "warmup", "data.subset", "data.num_workers")
-    tokenizer = load_tokenizer(cfg.model)
-    data = instantiate(cfg.data, preprocess=load_preprocess(cfg.model, size), seed=cfg.seed)
+    prepared = prepare(cfg, "data.batch_size", "warmup", "data.subset", "data.num_workers")
+    device, dtype, loaded, size, strategy = (prepared.device, prepared.dtype, prepared.loaded, prepared.image_size,
+                                             prepared.strategy)
+    tokenizer = prepared.tokenizer
+    data = instantiate(cfg.data, preprocess=prepared.preprocess, seed=cfg.seed)
     data.pin_memory = device.type == "cuda"
     data.setup("test")
     if adapter:

@@ -14,16 +14,16 @@ from vlm_eff.jobs.requests import profile_requests
 from vlm_eff.models import ImageEncoder
 from vlm_eff.modules import ImageEncoderModule
 from vlm_eff.profiling import reduction_share
-from vlm_eff.vlms import is_vlm
 from vlm_eff.wandb_logging import finish, make_logger
 
 
 def profile(cfg: DictConfig) -> dict:
     """Time `warmup` + `runs` batches through the (pruned) image encoder; write and log the row."""
     prepared = prepare(cfg, "data.batch_size", "runs", "warmup", "data.num_workers", "gen_tokens")
-    device, dtype, loaded, size, strategy = prepared
-    if is_vlm(loaded.model.config.model_type):
+    if prepared.layout is not None:
         return profile_requests(cfg, prepared)  # whole requests: vision, prefill, decode
+    device, dtype, loaded, size, strategy = (prepared.device, prepared.dtype, prepared.loaded, prepared.image_size,
+                                             prepared.strategy)
     encoder = ImageEncoder(loaded.model, size).eval()
     strategy.apply(loaded.model)
     module = ImageEncoderModule(encoder, dtype, compile=cfg.compile).to(device)

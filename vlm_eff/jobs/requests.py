@@ -31,7 +31,7 @@ from vlm_eff.data.questions import (
 from vlm_eff.errors import ConfigError
 from vlm_eff.generation import Instruction, Output, Runner, reduced_runner
 from vlm_eff.jobs.common import Prepared, closing_lines, run_dir, save_row, test_trainer
-from vlm_eff.models import hub_reachable, model_label, training_of
+from vlm_eff.models import model_label, optional_processor, training_of
 from vlm_eff.results import base_row
 from vlm_eff.runtime import device_label
 from vlm_eff.vlms import PROMPT_TEXT_TOKENS, layout_of
@@ -165,31 +165,6 @@ def profile_requests(cfg: DictConfig, prepared: Prepared) -> dict:
 
 
 # -- the vqa protocol ---------------------------------------------------------------------------------------------------
-def load_processor(cfg: DictConfig):
-    """The VLM's processor (tokenizer, image processor, chat template): `model.tokenizer`, else beside the
-    weights (`model.path` or the hub id, cached)."""
-    from transformers import AutoProcessor
-
-    source = cfg.get("tokenizer") or cfg.get("path") or cfg.get("hub_id")
-    if not source:
-        raise ConfigError(f"protocol=vqa needs model={cfg.name}'s processor (tokenizer, image processor, chat "
-                          "template): set model.path=<a save_pretrained dir with it> or model.tokenizer=<its dir>")
-    try:
-        return AutoProcessor.from_pretrained(str(source), local_files_only=not hub_reachable())
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"no processor at {source} ({type(error).__name__}); set model.tokenizer=<a local "
-                          "processor dir>") from None
-
-
-def optional_processor(cfg: DictConfig):
-    """The VLM's processor when it has one at hand, else None (a random-init architecture, say)."""
-    try:
-        processor = load_processor(cfg)
-    except ConfigError:
-        return None
-    return processor if getattr(processor, "chat_template", None) else None
-
-
 def selected(cfg: DictConfig, n: int) -> list[int]:
     """The indices of the questions asked: all, or a seeded subset of `data.subset` in question order."""
     if not cfg.data.get("subset") or cfg.data.subset >= n:
@@ -234,7 +209,7 @@ def evaluate_vqa(cfg: DictConfig, prepared: Prepared, bench: Benchmark) -> dict:
     answer log by every process; gathered into answers.jsonl (LLaVA's answer format, question order), scored
     (metrics.json: `score` and the details; the submission file where a server scores the split), the row."""
     indices = selected(cfg, len(bench.questions))
-    processor = load_processor(cfg.model)
+    processor = prepared.processor
     runner = request_runner(prepared)
     settings, out_dir = answer_settings(cfg), run_dir()
     collate = QuestionBatches(processor, runner.layout, bench)

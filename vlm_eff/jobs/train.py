@@ -21,6 +21,7 @@ from vlm_eff.jobs.common import (
     encoder_row,
     fit,
     fit_trainer,
+    layout_for,
     prepare,
     resume_from,
     run_dir,
@@ -30,10 +31,8 @@ from vlm_eff.jobs.distill_vlm import distill_vlm
 from vlm_eff.jobs.evaluate import test_row
 from vlm_eff.jobs.train_vlm import train_vlm
 from vlm_eff.lora import add_lora, count_parameters, merge, new_adapters
-from vlm_eff.models import load_preprocess, load_tokenizer, model_config
 from vlm_eff.modules import DistillModule, FineTuneModule, ZeroShotModule
 from vlm_eff.prompts import Prompts, load_prompts
-from vlm_eff.vlms import is_vlm
 from vlm_eff.wandb_logging import finish, make_logger
 
 
@@ -66,22 +65,23 @@ def training_module(cfg: DictConfig, model, teacher, tokenizer, class_names: lis
 
 
 def train(cfg: DictConfig) -> dict:
-    if is_vlm(model_config(cfg.model).model_type):  # a generative VLM: label-free recovery, or the small VLMs' recipe
+    if layout_for(cfg.model) is not None:  # a generative VLM: label-free recovery, or the small VLMs' recipe
         return distill_vlm(cfg) if cfg.objective.name == "distill" else train_vlm(cfg)
     new_adapters(cfg.lora)  # bad lora.* values and prompts fail before anything loads
     prompts = load_prompts(cfg.prompts)
-    device, _, loaded, size, strategy = prepare(cfg, "data.batch_size", "trainer.max_epochs", "warmup", "data.num_workers")
+    prepared = prepare(cfg, "data.batch_size", "trainer.max_epochs", "warmup", "data.num_workers")
+    device, loaded, size, strategy = prepared.device, prepared.loaded, prepared.image_size, prepared.strategy
     out_dir = run_dir()
     ckpt_path = resume_from(cfg, out_dir)
     loaded.model.float().train()  # fp32 master weights (a checkpoint may be stored in fp16); dtype= sets autocast
     teacher = copy.deepcopy(loaded.model) if cfg.objective.name == "distill" else None  # unreduced, no adapters
     adapters = add_lora(loaded.model, cfg.lora)  # before pruning: the reduction's hooks see the adapted q/k
-    preprocess = load_preprocess(cfg.model, size)
+    preprocess = prepared.preprocess
     data = instantiate(cfg.data, preprocess=preprocess, seed=cfg.seed)
     data.pin_memory = device.type == "cuda"
     data.setup("fit")
     strategy.apply(loaded.model)
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = prepared.tokenizer
     module = training_module(cfg, loaded.model, teacher, tokenizer, data.class_names, prompts, size,
                              adapters is not None)
     trainable, total = count_parameters(loaded.model)

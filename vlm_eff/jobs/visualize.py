@@ -23,14 +23,13 @@ from vlm_eff.data.cifar10 import IMAGE_SUFFIXES, read_image
 from vlm_eff.data.questions import instructions_of, processor_requests
 from vlm_eff.errors import ConfigError
 from vlm_eff.generation import Instruction, reduced_runner
-from vlm_eff.jobs.common import image_size, run_dir
-from vlm_eff.jobs.requests import optional_processor
+from vlm_eff.jobs.common import image_size, layout_for, run_dir
 from vlm_eff.knobs import check_knobs
-from vlm_eff.models import ImageEncoder, load_model, load_preprocess, model_config
+from vlm_eff.models import ImageEncoder, load_model, load_preprocess, model_config, optional_processor
 from vlm_eff.reduction import build, build_vlm, trace
 from vlm_eff.token_maps import Panel, cell_groups, compose, draw, one_image, pick_steps, title_of
 from vlm_eff.towers import family_for
-from vlm_eff.vlms import LAYOUTS, PROMPT_TEXT_TOKENS, is_vlm
+from vlm_eff.vlms import LAYOUTS, PROMPT_TEXT_TOKENS
 from vlm_eff.wandb_logging import finish, make_logger
 
 
@@ -145,7 +144,7 @@ def visualize(cfg: DictConfig) -> dict:
     config = model_config(cfg.model)
     images = [read_image(path) for path in paths]
     torch.manual_seed(cfg.seed)
-    traced = (vlm_steps if is_vlm(config.model_type) else encoder_steps)(cfg, config, images)
+    traced = (vlm_steps if layout_for(cfg.model) is not None else encoder_steps)(cfg, config, images)
     out_dir = Path(cfg.out) if cfg.out else run_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     heading = f"{cfg.model.name}, pruning={cfg.pruning.name}" + ("  [RANDOM WEIGHTS]" if traced.weights == "random"

@@ -24,6 +24,9 @@ Knobs (the README's "Token reduction" section has the presets):
     mass      None, or adaptive keep: each image keeps the fewest top-scoring patches holding this
               share of its patch score mass (at most the `keep` count); the batch is padded to the
               largest budget and the padding is masked out of every later attention (and the pooling head)
+
+Over 350 lines on purpose: five presets and adaptive keep are one mechanism (score, keep, fuse, re-pad,
+mask), and the class swap that applies it must see all of it.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ ToMe-style; `remove_tome` restores them.
 PiToMe protects the tokens that are unlike the rest: each token's energy is the mean over all tokens
 of elu(cos - margin, alpha) (high = redundant), the 2r highest-energy tokens are split alternately
 into two sets, and each token of the first merges into its most similar token of the second.
+
+Over 350 lines on purpose: one merging mechanism serves both methods, and the merge-count arithmetic it
+validates against (r for a FLOP-matched keep, merges that leave a token count) sits beside it.
 """
 
 from __future__ import annotations
