@@ -47,6 +47,12 @@ class Range:
 
 
 KNOBS = {  # dotted key -> what is allowed
+    "runs": Range(1, integer=True),
+    "warmup": Range(0, integer=True),
+    "data.batch_size": Range(1, integer=True),
+    "data.subset": Range(1, integer=True, also=(None,)),
+    "data.num_workers": Range(0, integer=True, also=(None,)),
+    "lora.rank": Range(1, integer=True),
     "optimizer.lr": Range(0, low_open=True),
     "optimizer.weight_decay": Range(0),
     "optimizer.eps": Range(0, low_open=True),
@@ -117,6 +123,8 @@ def check_knobs(cfg: DictConfig) -> None:
 
 def check_combinations(cfg: DictConfig) -> None:
     """Knobs fine alone but wrong together, where the fix is known: the line says it."""
+    if OmegaConf.select(cfg, "compile") and OmegaConf.select(cfg, "warmup") < 1:
+        raise ConfigError(f"compile=true needs warmup >= 1 (the first batch compiles), got warmup={cfg.warmup}")
     objective, data = OmegaConf.select(cfg, "objective.name"), OmegaConf.select(cfg, "data.name")
     root = OmegaConf.select(cfg, "data.root")
     asks = OmegaConf.select(cfg, "data.questions", default=None) is not None or data == "cifar10_vqa"  # VLM questions

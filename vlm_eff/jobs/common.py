@@ -126,8 +126,6 @@ def prepare(cfg: DictConfig, *count_keys: str) -> Prepared:
     """Check the cheap things first (the model's config and the pruning knobs before any weights
     load), then seed and load the model."""
     check_counts(cfg, *count_keys)
-    if cfg.get("compile") and cfg.warmup < 1:
-        raise ConfigError(f"compile=true needs warmup >= 1 (the first batch compiles), got warmup={cfg.warmup}")
     use_recorded_reduction(cfg)
     config, layout = model_config(cfg.model), layout_for(cfg.model)
     if layout is not None:  # the tower's size is the layout's: synthetic requests check model.image_size
