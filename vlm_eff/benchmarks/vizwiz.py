@@ -13,13 +13,11 @@ decimals as its code does (per answer type too).
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 
 from vlm_eff.atomic import write_atomic
-from vlm_eff.benchmarks.base import SHORT_ANSWER, Benchmark, converted, read_json
+from vlm_eff.benchmarks.base import SHORT_ANSWER, Benchmark, by_answer_type, converted, read_json
 from vlm_eff.benchmarks.processing import evalai, soft_accuracy, vqa_eval_prediction
-from vlm_eff.errors import ConfigError
 
 UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'."
 
@@ -48,20 +46,9 @@ class VizWiz(Benchmark):
         if not self.scored_here():
             return {"score": None}  # test: the evaluation server scores the submission file
         annotations = {a["image"]: a for a in read_json(self.path("questions"), "VizWiz annotations")}
-        accuracies, by_type = [], defaultdict(list)
-        for _, record in pairs:
-            annotation = annotations.get(record["question_id"])
-            if annotation is None:
-                raise ConfigError(f"data=vizwiz: question_id={record['question_id']!r} is not in "
-                                  f"{self.path('questions')}")
-            accuracy = soft_accuracy(vqa_eval_prediction(evalai(record["text"])),
-                                     [a["answer"] for a in annotation["answers"]])
-            accuracies.append(accuracy)
-            by_type[annotation.get("answer_type", "")].append(accuracy)
-        if not accuracies:
-            return {"score": None}
-        return {"score": round(100 * sum(accuracies) / len(accuracies), 2),
-                **{f"accuracy_{kind}": round(100 * sum(v) / len(v), 2) for kind, v in sorted(by_type.items()) if kind}}
+        return by_answer_type(pairs, annotations, lambda text, annotation: soft_accuracy(
+            vqa_eval_prediction(evalai(text)), [a["answer"] for a in annotation["answers"]]),
+            f"data=vizwiz's {self.path('questions')}")
 
     def submission(self, pairs, out_dir: Path) -> Path | None:
         if self.scored_here():

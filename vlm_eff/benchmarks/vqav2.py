@@ -17,13 +17,11 @@ rounded to 2 decimals as the official code does (per answer type too).
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 
 from vlm_eff.atomic import write_atomic
-from vlm_eff.benchmarks.base import SHORT_ANSWER, Benchmark, converted, json_line, read_json
+from vlm_eff.benchmarks.base import SHORT_ANSWER, Benchmark, by_answer_type, converted, json_line, read_json
 from vlm_eff.benchmarks.processing import digits_articles, evalai, punctuation, soft_accuracy, vqa_eval_prediction
-from vlm_eff.errors import ConfigError
 
 
 def val_questions(source: Path):
@@ -61,19 +59,8 @@ class VQAv2(Benchmark):
             return {"score": None}  # test-dev: the evaluation server scores the submission file
         annotations = {a["question_id"]: a
                        for a in read_json(self.path("annotations"), "VQAv2 annotations")["annotations"]}
-        accuracies, by_type = [], defaultdict(list)
-        for _, record in pairs:
-            annotation = annotations.get(record["question_id"])
-            if annotation is None:
-                raise ConfigError(f"data=vqav2: question_id={record['question_id']!r} has no annotation in "
-                                  f"{self.path('annotations')}")
-            accuracy = official_accuracy(evalai(record["text"]), [a["answer"] for a in annotation["answers"]])
-            accuracies.append(accuracy)
-            by_type[annotation["answer_type"]].append(accuracy)
-        if not accuracies:
-            return {"score": None}
-        return {"score": round(100 * sum(accuracies) / len(accuracies), 2),
-                **{f"accuracy_{kind}": round(100 * sum(v) / len(v), 2) for kind, v in sorted(by_type.items())}}
+        return by_answer_type(pairs, annotations, lambda text, annotation: official_accuracy(
+            evalai(text), [a["answer"] for a in annotation["answers"]]), f"data=vqav2's {self.path('annotations')}")
 
     def submission(self, pairs, out_dir: Path) -> Path | None:
         if "annotations" in self.SPLITS[self.split] or self.data.get("annotations"):

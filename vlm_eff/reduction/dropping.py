@@ -383,21 +383,12 @@ class _ReducingLayer:
         return self._reducer.reduce(super().forward(hidden_states, *args, **kwargs))
 
 
-def apply_patch(
-    model: nn.Module,
-    keep: float = 1.0,
-    layer: int | Sequence[int] | None = 0,
-    score: str = "l2",
-    keep_cls: bool = True,
-    summary: str = "none",
-    seed: int = 0,
-    mass: float | None = None,
-) -> Reduction:
-    """Make `model`'s vision tower (any family) reduce tokens as described in the module docstring;
-    returns the validated `Reduction`. Re-applying replaces an earlier patch (kept if the new knobs are invalid)."""
+def apply_patch(model: nn.Module, **knobs) -> Reduction:
+    """Make `model`'s vision tower (any family) reduce tokens as described in the module docstring; `knobs` are
+    `Reduction.create`'s (keep, layer, score, keep_cls, summary, seed, mass; its defaults where left out).
+    Returns the validated `Reduction`. Re-applying replaces an earlier patch (kept if the new knobs are invalid)."""
     family = family_of(model)
-    reduction = Reduction.create(len(vision_tower(model).encoder.layers), keep, layer, score, keep_cls, summary,
-                                 seed, mass, has_cls=family.has_cls)
+    reduction = Reduction.create(len(vision_tower(model).encoder.layers), **knobs, has_cls=family.has_cls)
     apply_reduction(model, reduction)
     return reduction
 
