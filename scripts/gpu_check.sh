@@ -35,7 +35,7 @@ if [[ -f "$ARCHIVE" ]]; then
 fi
 
 for tokens in 64 192; do
-  python scripts/paired_vlm_speed.py --strategies visionzip,fastv --tokens $tokens --pairs 5 --gen 16 \
+  python scripts/paired_speed.py --strategies visionzip,fastv --tokens $tokens --pairs 5 --gen 16 \
     model=llava_1_5_7b device=cuda dtype=bf16 data.batch_size=1 | tee -a "$OUT/llava_7b.md"
 done
 
@@ -68,7 +68,7 @@ if (out / "pipeline" / "results.csv").is_file():
                  f"{r['image_size']} px, batch {r['batch_size']}, {r['dtype']}, default workers): {e2e:.0f} images/s "
                  f"end to end over {steps:.0f} images/s of encoder steps = {e2e / steps:.3f}")
 if (out / "llava_7b.md").is_file():
-    lines.append("\nLLaVA-1.5-7B requests (scripts/paired_vlm_speed.py):\n\n" + (out / "llava_7b.md").read_text())
+    lines.append("\nLLaVA-1.5-7B requests (scripts/paired_speed.py):\n\n" + (out / "llava_7b.md").read_text())
 table = "\n".join(lines) + "\n"
 (out / "gpu_check.md").write_text(table)
 print(table)

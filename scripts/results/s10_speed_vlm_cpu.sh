@@ -18,22 +18,22 @@ for model in "${models[@]}"; do
     for batch in 1 4; do
         pairs=3; [ "$batch" = 4 ] && [ "$model" != llava_tiny ] && pairs=2
         file="$out/${model}_batch$batch.md"
-        python scripts/paired_vlm_speed.py --keep 0.5 --pairs $pairs --strategies cls_preserving,late_layer,tome,pitome \
+        python scripts/paired_speed.py --keep 0.5 --pairs $pairs --strategies cls_preserving,late_layer,tome,pitome \
             "model=$model" "data.batch_size=$batch" | tee "$file"
-        python scripts/paired_vlm_speed.py --keep 0.25 --pairs $pairs --strategies visionzip,divprune \
+        python scripts/paired_speed.py --keep 0.25 --pairs $pairs --strategies visionzip,divprune \
             "model=$model" "data.batch_size=$batch" | tail -n +5 | tee -a "$file"
-        python scripts/paired_vlm_speed.py --keep 0.25 --pairs $pairs --strategies fastv \
+        python scripts/paired_speed.py --keep 0.25 --pairs $pairs --strategies fastv \
             "model=$model" "data.batch_size=$batch" "${extra[@]}" | tail -n +5 | tee -a "$file"
-        python scripts/paired_vlm_speed.py --keep 0.5 --pairs $pairs --strategies pyramiddrop \
+        python scripts/paired_speed.py --keep 0.5 --pairs $pairs --strategies pyramiddrop \
             "model=$model" "data.batch_size=$batch" | tail -n +5 | tee -a "$file"
     done
     for keep in 0.25 0.125; do
-        python scripts/paired_vlm_speed.py --keep $keep --pairs 3 --strategies random,vispruner,cdpruner,dart \
+        python scripts/paired_speed.py --keep $keep --pairs 3 --strategies random,vispruner,cdpruner,dart \
             "model=$model" data.batch_size=1 ++pruning.relevance=llm "${extra[@]/#/++}" \
             | tail -n +5 | tee -a "$out/${model}_2025.md"
     done
     for tokens in 128 64; do  # SparseVLM: the paper's retained counts of 576 (22 % and 11 %), not keep
-        python scripts/paired_vlm_speed.py --tokens $tokens --pairs 3 --strategies sparsevlm \
+        python scripts/paired_speed.py --tokens $tokens --pairs 3 --strategies sparsevlm \
             "model=$model" data.batch_size=1 | tail -n +5 | tee -a "$out/${model}_2025.md"
     done
 done
