@@ -272,23 +272,6 @@ def converted(source: Path, cache_dir: Path, name: str, lines) -> Path:
     return path
 
 
-def by_answer_type(pairs, annotations: dict, accuracy, where: str) -> dict:
-    """VQAv2's and VizWiz's metrics: `accuracy(answer text, annotation)` of every answered question (its
-    annotation in `annotations` by question id; a missing one is a one-line error naming `where`), as the
-    overall `score` and `accuracy_<answer_type>`, in %; no answered question: score None."""
-    accuracies, by_type = [], defaultdict(list)
-    for _, record in pairs:
-        annotation = annotations.get(record["question_id"])
-        if annotation is None:
-            raise ConfigError(f"question_id={record['question_id']!r} has no annotation in {where}")
-        accuracies.append(accuracy(record["text"], annotation))
-        by_type[annotation.get("answer_type", "")].append(accuracies[-1])
-    if not accuracies:
-        return {"score": None}
-    return {"score": round(100 * sum(accuracies) / len(accuracies), 2),
-            **{f"accuracy_{kind}": round(100 * sum(v) / len(v), 2) for kind, v in sorted(by_type.items()) if kind}}
-
-
 def read_json(path: Path, what: str):
     try:
         with open(path, encoding="utf-8") as f:

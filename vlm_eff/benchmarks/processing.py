@@ -6,11 +6,15 @@
   evaluation written from it): VQAv2's applies both to the prediction and the references only where the
   references disagree; VizWiz's to the prediction always, to the references never.
 - `soft_accuracy`: min(#matching references / 3, 1), averaged over the ten leave-one-out subsets.
+- `by_answer_type`: VQAv2's and VizWiz's metrics, overall and per answer type.
 """
 
 from __future__ import annotations
 
 import re
+from collections import defaultdict
+
+from vlm_eff.errors import ConfigError
 
 PUNCTUATION = ';/[]"{}()=+\\_-><@`,?!'
 PERIOD = re.compile(r"\.(?!\d)")  # a period not followed by a digit ("3.5" keeps its own)
@@ -69,3 +73,20 @@ def soft_accuracy(prediction: str, references: list[str]) -> float:
     each reference left out of min(#others equal to the prediction / 3, 1)."""
     matches = sum(reference == prediction for reference in references)
     return sum(min(1.0, (matches - (reference == prediction)) / 3) for reference in references) / len(references)
+
+
+def by_answer_type(pairs, annotations: dict, accuracy, where: str) -> dict:
+    """VQAv2's and VizWiz's metrics: `accuracy(answer text, annotation)` of every answered question (its
+    annotation in `annotations` by question id; a missing one is a one-line error naming `where`), as the
+    overall `score` and `accuracy_<answer_type>`, in %; no answered question: score None."""
+    accuracies, by_type = [], defaultdict(list)
+    for _, record in pairs:
+        annotation = annotations.get(record["question_id"])
+        if annotation is None:
+            raise ConfigError(f"question_id={record['question_id']!r} has no annotation in {where}")
+        accuracies.append(accuracy(record["text"], annotation))
+        by_type[annotation.get("answer_type", "")].append(accuracies[-1])
+    if not accuracies:
+        return {"score": None}
+    return {"score": round(100 * sum(accuracies) / len(accuracies), 2),
+            **{f"accuracy_{kind}": round(100 * sum(v) / len(v), 2) for kind, v in sorted(by_type.items()) if kind}}

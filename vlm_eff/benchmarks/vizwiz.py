@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 
 from vlm_eff.atomic import write_atomic
-from vlm_eff.benchmarks.base import SHORT_ANSWER, Benchmark, by_answer_type, converted, read_json
-from vlm_eff.benchmarks.processing import evalai, soft_accuracy, vqa_eval_prediction
+from vlm_eff.benchmarks.base import SHORT_ANSWER, Benchmark, converted, read_json
+from vlm_eff.benchmarks.processing import by_answer_type, evalai, soft_accuracy, vqa_eval_prediction
 
 UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'."
 

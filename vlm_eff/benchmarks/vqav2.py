@@ -20,8 +20,15 @@ import json
 from pathlib import Path
 
 from vlm_eff.atomic import write_atomic
-from vlm_eff.benchmarks.base import SHORT_ANSWER, Benchmark, by_answer_type, converted, json_line, read_json
-from vlm_eff.benchmarks.processing import digits_articles, evalai, punctuation, soft_accuracy, vqa_eval_prediction
+from vlm_eff.benchmarks.base import SHORT_ANSWER, Benchmark, converted, json_line, read_json
+from vlm_eff.benchmarks.processing import (
+    by_answer_type,
+    digits_articles,
+    evalai,
+    punctuation,
+    soft_accuracy,
+    vqa_eval_prediction,
+)
 
 
 def val_questions(source: Path):

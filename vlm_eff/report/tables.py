@@ -234,7 +234,7 @@ def recovery_markdown(rows: list[dict]) -> str:
         if row is None:
             return ""
         score = float(row["vqa_acc"])
-        return f"{100 * score:.1f}" + (f" ({100 * score / reference:.0f})" if reference else "")
+        return f"{100 * score:.1f}" + (f" ({100 * score / reference:.1f})" if reference else "")
 
     def per_kind(row: dict | None) -> str:
         return "" if row is None else " / ".join(f"{100 * float(row[k]):.0f}" if row.get(k) not in ("", None) else "-"
