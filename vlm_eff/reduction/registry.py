@@ -3,7 +3,6 @@ dual encoder's tower (STRATEGIES), `build_vlm` for a generative VLM (the encoder
 VLM_STRATEGIES at the boundary and in the language model). A new strategy is a module beside this one and one
 entry in one of the two tables."""
 
-
 from __future__ import annotations
 
 import logging
@@ -25,7 +24,6 @@ from vlm_eff.reduction.vispruner import VisPruner
 from vlm_eff.towers import family_of
 
 log = logging.getLogger(__name__)
-
 
 
 def _plain(value):
