@@ -11,6 +11,7 @@
 # 256 visual tokens); every reduction keeps its tokens' original positions. A rerun skips what is done.
 # TRAIN: the recipe's train.py overrides (default: Adam at a constant 5e-4, LoRA rank 8). A schedule that decays
 # over trainer.max_steps (TRAIN="optimizer.lr=1e-3 scheduler.warmup_fraction=0.05") wants one stage: STEPS="2400".
+# UNREDUCED=no skips evaluating each method's last export with pruning=none.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 model=${1:?usage: scripts/results/s14_vlm_recovery.sh MODEL [sweep dir] [evaluate.py overrides...]}
@@ -46,6 +47,6 @@ for method in $methods; do
     previous=resume=$run/checkpoints/last.ckpt
     once "$sweep/after-$label-$n" evaluate.py "${evaluate[@]}" "model.path=$export_dir"
   done
-  once "$sweep/unreduced-$label" evaluate.py "${evaluate[@]}" "model.path=$export_dir" pruning=none
+  [[ ${UNREDUCED:-yes} == no ]] || once "$sweep/unreduced-$label" evaluate.py "${evaluate[@]}" "model.path=$export_dir" pruning=none
 done
 python -m vlm_eff.report "$sweep" --no-wandb
