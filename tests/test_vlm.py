@@ -103,7 +103,7 @@ def test_original_positions_keep_each_kept_token_where_it_was(tiny_vlms):
     x = tower.embeddings(images["pixel_values"])
     _, idx = top_l2(x, 16, first=1)  # layer 0: the embeddings' output, before pre_layrnorm
 
-    _, seen = run_capturing(model, strategy(model, "cls_preserving", keep=0.25), rows, images, positions="original")
+    _, seen = run_capturing(model, strategy(model, "cls_preserving", keep=0.25, positions="original"), rows, images)
     positions = seen["positions"][0]
     assert positions.tolist() == list(range(4)) + (4 + idx[0]).tolist() + list(range(4 + 64, 4 + 64 + SUFFIX))
 

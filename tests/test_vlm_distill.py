@@ -52,7 +52,7 @@ def test_the_teacher_forced_pass_is_the_generation(tiny_vlms, name, pruning, kno
     model = copy.deepcopy(tiny_vlms[name])
     rows, images = requests(model, PREFIXES)
     applied = strategy(model, pruning, **knobs)
-    runner = Runner(model, "compact", applied, layout_of(model))
+    runner = Runner(model, strategy=applied, layout=layout_of(model))
     output = runner.generate(rows, images, 5, stop_at_eos=False, all_logits=True)
     with torch.no_grad():
         logits = runner.forced(rows, images, output.tokens)  # [B, 5, V]
@@ -72,7 +72,7 @@ def few_steps(model, parts: set[str], pruning: str, knobs: dict, steps: int = 3,
     before = {key: value.clone() for key, value in model.state_dict().items()}
     applied = strategy(model, pruning, **knobs)
     batches = [Requests(*requests(model, PREFIXES, seed=s), None, None, None) for s in range(steps)]
-    module = VLMDistillModule(Runner(model, "compact", applied, layout), teacher, loss, 2.0, 4, 0,
+    module = VLMDistillModule(Runner(model, strategy=applied, layout=layout), teacher, loss, 2.0, 4, 0,
                               functools.partial(torch.optim.AdamW, lr=1e-2), adapter_only=True)
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)

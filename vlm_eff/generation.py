@@ -21,7 +21,7 @@ from transformers import DynamicCache
 
 import vlm_eff.flops  # noqa: F401  (registers the CPU SDPA FLOP formula)
 from vlm_eff.errors import ConfigError
-from vlm_eff.reduction.base import POSITIONS, NoReduction, Strategy
+from vlm_eff.reduction.base import NoReduction, Strategy
 from vlm_eff.vlms import ImageTokens, Layout, layout_of
 
 
@@ -84,13 +84,9 @@ def image_runs(ids: torch.Tensor, image_token: int) -> list[tuple[int, int]]:
 class Runner:
     """Greedy generation for a VLM of any layout; the model is used as loaded (patched or not)."""
 
-    def __init__(self, model: nn.Module, positions: str | None = None, strategy: Strategy | None = None,
-                 layout: Layout | None = None):
+    def __init__(self, model: nn.Module, strategy: Strategy | None = None, layout: Layout | None = None):
         self.strategy = strategy or NoReduction()  # applied by the caller (`reduced_runner`); its site hooks run here
-        positions = positions or self.strategy.positions  # the strategy's own (pruning.positions), unless given
-        if positions not in POSITIONS:
-            raise ConfigError(f"pruning.positions={positions!r} is unknown; allowed: {', '.join(POSITIONS)}")
-        self.model, self.positions = model, positions
+        self.model = model
         self.layout = layout or layout_of(model)
         self.image_token = self.layout.image_token_id(model.config)
         self.lm = self.layout.language_model(model)
@@ -129,7 +125,7 @@ class Runner:
         pieces.append(self.embed(text))
         index.append(torch.arange(stock_len, stock_len + len(text), device=ids.device))
         index = torch.cat(index)  # [L]: each token's index in the stock sequence
-        if self.layout.mrope or self.positions == "original":
+        if self.layout.mrope or self.strategy.positions == "original":
             stock_ids = torch.cat(stock_pieces + [text])
             positions = self.layout.stock_positions(self.model, stock_ids, images)[:, index]  # [P, L]
         else:

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from vlm_eff.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # dtype= name -> torch dtype name
 
 
 class Range:
@@ -88,7 +88,7 @@ KNOBS = {  # dotted key -> what is allowed
 }
 CHOICES = {  # dotted key -> the allowed values
     "pruning.positions": ("compact", "original"),
-    "dtype": DTYPES,
+    "dtype": tuple(DTYPES),
     "device": DEVICES,
 }
 

@@ -7,11 +7,9 @@ import logging
 import torch
 
 from vlm_eff.errors import ConfigError
-from vlm_eff.knobs import DEVICES
+from vlm_eff.knobs import DEVICES, DTYPES
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # knobs.DTYPES' names
 
 
 def resolve_device(name: str) -> torch.device:
@@ -29,7 +27,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ConfigError(f"dtype={name!r} is unknown; allowed: {', '.join(DTYPES)}")
     if name != "fp32" and device.type == "cpu":
         log.warning("dtype=%s on CPU: usually slower than fp32 on CPUs without native %s matrix units", name, name)
-    return DTYPES[name]
+    return getattr(torch, DTYPES[name])
 
 
 def device_label(device: torch.device) -> str:

@@ -22,6 +22,7 @@ from vlm_eff.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 from vlm_eff.data.preprocess import ImagePreprocess
 from vlm_eff.errors import ConfigError
 from vlm_eff.flops import flops_per_image
+from vlm_eff.knobs import check_knobs
 from vlm_eff.models import (
     RANDOM_WEIGHTS_WARNING,
     ImageEncoder,
@@ -45,14 +46,6 @@ from vlm_eff.towers import family_for
 from vlm_eff.vlms import LAYOUTS, Layout, is_vlm
 
 log = logging.getLogger(__name__)
-
-
-def check_counts(cfg: DictConfig, *keys: str) -> None:
-    """Each dotted key the config has must hold an integer >= its minimum (warmup and workers may be 0)."""
-    for key in keys:
-        value, least = OmegaConf.select(cfg, key), 0 if key in ("warmup", "data.num_workers") else 1
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-            raise ConfigError(f"{key}={value!r} must be an integer >= {least}")
 
 
 def image_size(cfg: DictConfig, vision_config) -> int:
@@ -122,10 +115,10 @@ class Prepared:
         return load_preprocess(self.model_cfg, self.image_size)
 
 
-def prepare(cfg: DictConfig, *count_keys: str) -> Prepared:
-    """Check the cheap things first (the model's config and the pruning knobs before any weights
+def prepare(cfg: DictConfig) -> Prepared:
+    """Check the cheap things first (every knob, the model's config and the pruning knobs before any weights
     load), then seed and load the model."""
-    check_counts(cfg, *count_keys)
+    check_knobs(cfg)  # the entry scripts did, before torch loaded; here for callers of the job functions
     use_recorded_reduction(cfg)
     config, layout = model_config(cfg.model), layout_for(cfg.model)
     if layout is not None:  # the tower's size is the layout's: synthetic requests check model.image_size

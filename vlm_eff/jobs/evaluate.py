@@ -13,7 +13,6 @@ from vlm_eff.atomic import write_atomic
 from vlm_eff.benchmarks import BENCHMARKS, benchmark
 from vlm_eff.errors import ConfigError
 from vlm_eff.jobs.common import (
-    check_counts,
     closing_lines,
     encoder_row,
     layout_for,
@@ -24,6 +23,7 @@ from vlm_eff.jobs.common import (
     tokens_text,
 )
 from vlm_eff.jobs.requests import evaluate_vqa
+from vlm_eff.knobs import check_knobs
 from vlm_eff.lora import check_adapter_dir, load_adapter
 from vlm_eff.modules import RetrievalModule, ZeroShotModule
 from vlm_eff.prompts import load_prompts
@@ -80,7 +80,7 @@ def evaluate(cfg: DictConfig) -> dict:
     """Test the (reduced) model on the test split under `protocol` (zero-shot classification or
     image-text retrieval, timing the image encoder; or, for a generative VLM, vqa); write and log the row."""
     if check_protocol(cfg):
-        check_counts(cfg, "data.batch_size", "warmup", "data.subset", "data.num_workers", "protocol.max_new_tokens")
+        check_knobs(cfg)  # before the questions are read
         if cfg.get("resume") is not None and not isinstance(cfg.resume, (bool, str)):
             raise ConfigError(f"resume={cfg.resume!r} is unknown; allowed: null, true, false, or a run dir to continue")
         bench = benchmark(cfg.data)
@@ -98,7 +98,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ConfigError(f"lora={cfg.lora.name} needs lora.checkpoint=<a saved adapter dir> in evaluate.py")
     if adapter:
         check_adapter_dir(adapter)  # a bad lora.checkpoint fails before anything loads
-    prepared = prepare(cfg, "data.batch_size", "warmup", "data.subset", "data.num_workers")
+    prepared = prepare(cfg)
     device, dtype, loaded, size, strategy = (prepared.device, prepared.dtype, prepared.loaded, prepared.image_size,
                                              prepared.strategy)
     tokenizer = prepared.tokenizer

@@ -19,7 +19,7 @@ from vlm_eff.wandb_logging import finish, make_logger
 
 def profile(cfg: DictConfig) -> dict:
     """Time `warmup` + `runs` batches through the (pruned) image encoder; write and log the row."""
-    prepared = prepare(cfg, "data.batch_size", "runs", "warmup", "data.num_workers", "gen_tokens")
+    prepared = prepare(cfg)
     if prepared.layout is not None:
         return profile_requests(cfg, prepared)  # whole requests: vision, prefill, decode
     device, dtype, loaded, size, strategy = (prepared.device, prepared.dtype, prepared.loaded, prepared.image_size,

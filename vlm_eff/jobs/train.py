@@ -69,7 +69,7 @@ def train(cfg: DictConfig) -> dict:
         return distill_vlm(cfg) if cfg.objective.name == "distill" else train_vlm(cfg)
     new_adapters(cfg.lora)  # bad lora.* values and prompts fail before anything loads
     prompts = load_prompts(cfg.prompts)
-    prepared = prepare(cfg, "data.batch_size", "trainer.max_epochs", "warmup", "data.num_workers")
+    prepared = prepare(cfg)
     device, loaded, size, strategy = prepared.device, prepared.loaded, prepared.image_size, prepared.strategy
     out_dir = run_dir()
     ckpt_path = resume_from(cfg, out_dir)

@@ -51,7 +51,8 @@ from vlm_eff.data.cifar10 import load_split
 from vlm_eff.data.cifar10_vqa import KINDS, QUADRANTS, TrainingMosaics
 from vlm_eff.data.questions import processor_requests
 from vlm_eff.errors import ConfigError
-from vlm_eff.jobs.common import check_counts, fit, fit_trainer, resume_from, run_dir
+from vlm_eff.jobs.common import fit, fit_trainer, resume_from, run_dir
+from vlm_eff.knobs import check_knobs
 from vlm_eff.lora import count_parameters
 from vlm_eff.models import load_model
 from vlm_eff.modules import FineTuneModule
@@ -360,7 +361,7 @@ def language_stage(cfg: DictConfig, model, processor, stream: TrainingMosaics, l
 
 def train_vlm(cfg: DictConfig) -> dict:
     """Train the small VLM `cfg.model` describes on mosaics from the CIFAR-10 train split at data.root."""
-    check_counts(cfg, "data.batch_size", "trainer.max_steps", "data.num_workers")
+    check_knobs(cfg)
     if cfg.data.name != "cifar10_vqa":
         raise ConfigError(f"train.py on a generative VLM trains on data=cifar10_vqa (CIFAR-10 mosaics), not "
                           f"data={cfg.data.name}")

@@ -56,7 +56,7 @@ SCORES = ("l2", "cls_attn", "pool_attn", "random")
 SUMMARIES = ("none", "mean", "fused")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Reduction(EncoderSite):
     """A validated point in the reduction space, for a tower with or without CLS (a `Strategy`)."""
 

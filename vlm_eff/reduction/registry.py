@@ -129,7 +129,7 @@ def build_vlm(cfg: DictConfig, layout, config, seed: int = 0) -> Strategy:
     if layout.patch_grid and strategy.patchless_tokens:
         raise ConfigError(f"pruning.summary={cfg.summary} cannot be placed on {layout.title}'s packed crop grid (a "
                           "summary token has no patch); use summary=none (cls_preserving, late_layer), tome or pitome")
-    object.__setattr__(strategy, "positions", positions)  # an instance setting, frozen dataclasses too
+    strategy.positions = positions  # the instance's own, over the class default
     return strategy
 
 
