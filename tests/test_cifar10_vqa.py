@@ -203,7 +203,7 @@ def test_training_stream_uses_only_train_images(cifar_train, cifar_test):
 
 def test_cli_writes_a_set_and_prints_the_counts(shared_archive, cache_dir, tmp_path):
     out = tmp_path / "cli"
-    result = run_script("scripts/cifar10_vqa.py", "--archive", str(shared_archive), "--out", str(out),
+    result = run_script("-m", "vlm_eff.data.write", "cifar10_vqa", "--archive", str(shared_archive), "--out", str(out),
                         "--questions", "30", "--seed", "0", "--cache-dir", str(cache_dir))
     assert result.returncode == 0, result.stderr
     assert re.search(r"^ +position +10 ", result.stdout, re.M) and "no=5 yes=5" in result.stdout

@@ -222,7 +222,7 @@ def independent_recalls(checkpoint, captions_file, archive_dir) -> dict:
 @pytest.fixture(scope="module")
 def cifar_captions(tmp_path_factory, shared_archive):
     folder = tmp_path_factory.mktemp("captions")
-    result = run_script("scripts/cifar10_captions.py", str(shared_archive), str(folder / "captions.csv"),
+    result = run_script("-m", "vlm_eff.data.write", "cifar10_captions", str(shared_archive), str(folder / "captions.csv"),
                         "--per-class", "2", "--captions", "4")
     assert result.returncode == 0, result.stderr
     return folder / "captions.csv"

@@ -9,25 +9,41 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, model_config, run_script
-from omegaconf import OmegaConf
-from safetensors.torch import load_file, save_model
+from hydra import compose, initialize_config_dir
 from transformers import AutoModel, LlavaForConditionalGeneration
 
+from vlm_eff.cli import CONF_DIR
 from vlm_eff.data.cifar10_vqa import QUADRANTS, TrainingMosaics
-from vlm_eff.jobs.train_vlm import (
+from vlm_eff.jobs.train_vlm import teach_language, tower_stage, weights_of
+from vlm_eff.models import random_model
+from vlm_eff.results import read_results
+from vlm_eff.tiny_vlm import processor, word_tokenizer
+from vlm_eff.tiny_vlm_training import (
     InstructionModule,
-    adapt_tower,
+    TowerModule,
     ask_with_word_grid,
     ask_with_words,
     quadrants,
     subject,
-    teach_language,
-    tower_schedule,
 )
-from vlm_eff.models import random_model
-from vlm_eff.results import read_results
-from vlm_eff.tiny_vlm import init_tower, processor, word_tokenizer
 from vlm_eff.vlms import layout_of
+
+CPU = torch.device("cpu")
+
+
+def train_config(tmp_path: Path, *overrides: str):
+    """train.py's config for the small LLaVA's recipe, as Hydra composes it, with `overrides`."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=["experiment=tiny_llava_cifar10", "logger=none", "device=cpu",
+                                           f"paths.work_dir={tmp_path}", *overrides])
+
+
+def small_llava(cifar_test: dict):
+    """A fresh small LLaVA, its processor and a mosaic stream from the CIFAR-10 test images."""
+    torch.manual_seed(0)
+    model = random_model(model_config("tiny_llava_cifar10"))
+    proc = processor(word_tokenizer(), ROOT / "checkpoints" / "tiny_clip_cifar10", 64, 4, "default")
+    return model, proc, TrainingMosaics(cifar_test["images"], cifar_test["labels"], cifar_test["classes"], seed=0)
 
 
 @pytest.mark.parametrize("model, dual_encoder, has_cls", [("tiny_llava_cifar10", "tiny_clip_cifar10", True),
@@ -54,7 +70,7 @@ def test_train_export_and_evaluate_the_small_llava(tmp_path, shared_archive, cac
     # moved by the 2 steps of stage 1 (Adam: about lr per weight per step), then frozen through stage 2
     tower = LlavaForConditionalGeneration.from_pretrained(export).model.vision_tower
     clip = AutoModel.from_pretrained(ROOT / "checkpoints" / dual_encoder).vision_model
-    stage1 = load_file(tmp_path / "run" / "tower_stage" / "tower.safetensors")
+    stage1 = weights_of(tmp_path / "run" / "tower_stage" / "checkpoints" / "last.ckpt", "tower.")
     layer = "encoder.layers.0.self_attn.q_proj.weight"
     assert torch.equal(tower.state_dict()[layer], stage1[layer].to(torch.float16))
     start = clip.state_dict()[layer].float()  # the small CLIP is stored in fp16
@@ -75,38 +91,36 @@ def test_train_export_and_evaluate_the_small_llava(tmp_path, shared_archive, cac
     assert {"vqa_acc_position", "vqa_acc_presence", "vqa_acc_count"} <= set(kinds)
 
 
-def test_stage_one_given_more_steps_goes_on_from_the_saved_tower(tmp_path, shared_archive, cache_dir):
-    """A run dir whose tower had 2 steps of stage 1, rerun with tower_stage.steps=3: one more step, from it."""
-    saved = tmp_path / "run" / "tower_stage"
-    saved.mkdir(parents=True)
-    tower = random_model(model_config("tiny_llava_cifar10")).model.vision_tower
-    init_tower(tower, ROOT / "checkpoints" / "tiny_clip_cifar10")
-    save_model(tower, str(saved / "tower.safetensors"))
-    (saved / "summary.json").write_text(json.dumps({"cell_accuracy_last_50_steps": 0.1, "steps": 2}))
-    before = load_file(saved / "tower.safetensors")
-    result = run_script("train.py", "experiment=tiny_llava_cifar10", f"data.root={shared_archive}",
-                        "trainer.max_steps=1", "data.batch_size=2", "logger=none", "export_dir=null",
-                        "tower_stage.steps=3", "tower_stage.batch_size=2", "language_stage.steps=1",
-                        "language_stage.presence_steps=0", "language_stage.position_steps=0",
-                        "language_stage.task_steps=0", "language_stage.grid_steps=0",
-                        f"hydra.run.dir={tmp_path / 'run'}", env={"VLM_EFF_CACHE": str(cache_dir)}, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "stage 1, the tower on mosaic cells, steps 3-3" in result.stdout
+def test_stage_one_checkpoints_and_given_more_steps_goes_on_from_its_checkpoint(tmp_path, cifar_test, capsys):
+    """Stage 1 ends with its Lightning checkpoint and summary in the run dir; rerun with one step more, it goes on
+    from there for that one step (the tower as saved, then one AdamW step of about lr per weight)."""
+    cfg = train_config(tmp_path, "tower_stage.steps=3", "tower_stage.batch_size=2", "checkpoint_every_n_steps=2")
+    saved, (model, proc, stream) = tmp_path / "tower_stage", small_llava(cifar_test)
+    accuracy = tower_stage(cfg, model, proc, stream, CPU, None, saved, resumed=False)
+    last = saved / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 3
     summary = json.loads((saved / "summary.json").read_text())
-    assert summary["steps"] == 3 and 0 <= summary["cell_accuracy_last_50_steps"] <= 1
-    after = load_file(saved / "tower.safetensors")
-    layer = "encoder.layers.0.self_attn.q_proj.weight"
+    assert summary["steps"] == 3 and summary["cell_accuracy_last_50_steps"] == accuracy and 0 <= accuracy <= 1
+    before = weights_of(last, "tower.")
+    layer, tower = "encoder.layers.0.self_attn.q_proj.weight", layout_of(model).vision(model)
+    assert torch.equal(tower.state_dict()[layer], before[layer])
+    assert not any(p.requires_grad for p in tower.parameters())  # frozen after
+
+    cfg.tower_stage.steps = 4
+    model, _, _ = small_llava(cifar_test)
+    tower_stage(cfg, model, proc, stream, CPU, None, saved, resumed=False)
+    assert "stage 1, the tower on mosaic cells, steps 4-4" in capsys.readouterr().out
+    assert json.loads((saved / "summary.json").read_text())["steps"] == 4
+    after = weights_of(last, "tower.")
+    assert torch.equal(layout_of(model).vision(model).state_dict()[layer], after[layer])
     step = (after[layer] - before[layer]).abs()
-    assert 0 < step.max() < 3.1e-4  # one Adam step moves a weight by about lr (3e-4), never much more
+    assert 0 < step.max() < 1e-3  # one AdamW step at lr 3e-4 from the saved tower, not a fresh start
 
 
-def test_the_language_stage_teaches_the_lookup_past_the_chat_words(cifar_test):
+def test_the_language_stage_teaches_the_lookup_past_the_chat_words(tmp_path, cifar_test):
     """Stage 2 on a fresh small Llama: within 150 text-only steps the answer to "USER: {question} ASSISTANT:" is
     the question's subject, for every kind (the binding probe, docs/RESULTS.md 11.1: without it, reading a quadrant stalls)."""
-    torch.manual_seed(0)
-    model = random_model(model_config("tiny_llava_cifar10"))
-    proc = processor(word_tokenizer(), ROOT / "checkpoints" / "tiny_clip_cifar10", 64, 4, "default")
-    stream = TrainingMosaics(cifar_test["images"], cifar_test["labels"], cifar_test["classes"], seed=0)
+    model, proc, stream = small_llava(cifar_test)
     _, questions = stream.sample(30, np.random.default_rng(0))
     for question in questions:
         quadrant = [q for q in QUADRANTS if q in question["text"]]
@@ -126,11 +140,15 @@ def test_the_language_stage_teaches_the_lookup_past_the_chat_words(cifar_test):
     ids = proc.tokenizer(grid)["input_ids"]  # one token per visual token, as many as the tower hands over
     assert len(ids) == len(proc.tokenizer(questions[0]["text"])["input_ids"]) + 256
     assert proc.tokenizer.unk_token_id not in ids
-    stage = OmegaConf.create({"steps": 150, "task_steps": 0, "lr": 1e-3, "batch_size": 32})
-    accuracy = teach_language(model, proc, stream, stage, seed=0, logger=None, quadrant=quadrants(16))
+    cfg = train_config(tmp_path, "language_stage.steps=150", "language_stage.presence_steps=0",
+                       "language_stage.position_steps=0", "language_stage.task_steps=0", "language_stage.grid_steps=0",
+                       "language_stage.lr=1e-3", "language_stage.batch_size=32")
+    accuracy = teach_language(cfg, model, proc, stream, CPU, None, tmp_path)
     assert set(accuracy) == {"subject"} and set(accuracy["subject"]) == {"position", "presence", "count"}
     assert min(accuracy["subject"].values()) > 0.9  # the last 50 steps: whole answers (subject and </s>) right
     assert all(torch.equal(tower[k], v) for k, v in model.model.vision_tower.state_dict().items())
+    saved = weights_of(tmp_path / "language_model.ckpt", "language.language_model.")  # what a fresh stage 3 reads
+    assert torch.equal(saved["layers.0.mlp.up_proj.weight"], model.model.language_model.layers[0].mlp.up_proj.weight)
 
 
 def test_alignment_moves_the_projector_to_the_class_words_not_the_words(cifar_test):
@@ -166,24 +184,17 @@ def test_alignment_moves_the_projector_to_the_class_words_not_the_words(cifar_te
     assert losses[-1] < losses[0] - 0.5
 
 
-def test_stage_one_saves_every_few_steps_and_at_its_last(cifar_test):
-    """A stopped stage 1 goes on from its last save: saved every `save_every` steps and at the last one."""
-    torch.manual_seed(0)
-    model = random_model(model_config("tiny_llava_cifar10"))
-    proc = processor(word_tokenizer(), ROOT / "checkpoints" / "tiny_clip_cifar10", 64, 4, "default")
-    stream = TrainingMosaics(cifar_test["images"], cifar_test["labels"], cifar_test["classes"], seed=0)
-    saves = []
-    stage = OmegaConf.create({"steps": 5, "lr": 3e-4, "batch_size": 2})
-    accuracy = adapt_tower(model, layout_of(model), proc, stream, stage, seed=0, logger=None, start=0,
-                           save=lambda step, acc: saves.append((step, acc)), save_every=2)
-    assert [step for step, _ in saves] == [2, 4, 5] and saves[-1][1] == accuracy and 0 <= accuracy <= 1
-
-
 def test_the_tower_stage_warms_up_holds_then_decays_to_zero():
-    factors = np.array([tower_schedule(step, 1000) for step in range(1, 1001)])
-    assert np.all(np.diff(factors[:100]) > 0) and factors[99] == 1.0  # warm-up over the first tenth
+    """Stage 1's rate (transformers' warmup-stable-decay schedule): up over the first tenth, held, then down to
+    1/200 of it at the last of 1,000 steps."""
+    model = random_model(model_config("tiny_llava_cifar10"))
+    layout = layout_of(model)
+    module = TowerModule(layout.vision(model), layout.tower_family(model.config), 1, 16, 10, lr=1.0, steps=1000)
+    schedule = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    factors = np.array([schedule.lr_lambdas[0](step) for step in range(1000)])
+    assert np.all(np.diff(factors[:101]) > 0) and factors[100] == 1.0  # warm-up over the first tenth
     assert np.all(factors[100:800] == 1.0)
-    assert np.all(np.diff(factors[800:]) < 0) and 0 < factors[-1] <= 1 / 200  # the last step: 1/200 of the rate
+    assert np.all(np.diff(factors[800:]) < 0) and factors[-1] == pytest.approx(1 / 200)  # the last step
 
 
 def test_a_fresh_stage_three_reads_stage_two_taught_with_the_same_settings(tmp_path, shared_archive, cache_dir):
@@ -203,14 +214,14 @@ def test_a_fresh_stage_three_reads_stage_two_taught_with_the_same_settings(tmp_p
         return result.stdout
 
     assert "stage 2, the language model on text, 2 + 0 + 0 + 0 + 1 steps" in train("language_stage.grid_steps=1")
-    first = load_file(taught / "language_model.safetensors")
+    first = weights_of(taught / "language_model.ckpt", "language.")
     summary = json.loads((taught / "summary.json").read_text())
     assert summary["recipe"]["language_stage"]["grid_steps"] == 1 and set(summary["accuracy"]) == {"subject", "grid"}
     assert f"stage 2 read from {taught}" in train("language_stage.grid_steps=1")
-    unchanged = load_file(taught / "language_model.safetensors")
+    unchanged = weights_of(taught / "language_model.ckpt", "language.")
     assert all(torch.equal(first[name], weight) for name, weight in unchanged.items())
     assert "stage 2, the language model on text, 2 + 0 + 0 + 0 + 2 steps" in train("language_stage.grid_steps=2")
-    again = load_file(taught / "language_model.safetensors")
+    again = weights_of(taught / "language_model.ckpt", "language.")
     assert json.loads((taught / "summary.json").read_text())["recipe"]["language_stage"]["grid_steps"] == 2
     assert not torch.equal(first["language_model.layers.0.mlp.up_proj.weight"],
                            again["language_model.layers.0.mlp.up_proj.weight"])
@@ -230,7 +241,7 @@ def test_the_siglip_twin_reads_stage_two_from_the_clip_twins_run(tmp_path, share
                           env={"VLM_EFF_CACHE": str(cache_dir)}, timeout=600)
 
     assert train("tiny_llava_cifar10", clip_run, *stage_two).returncode == 0
-    written = (taught / "language_model.safetensors").stat().st_mtime_ns
+    written = (taught / "language_model.ckpt").stat().st_mtime_ns
     siglip = train("tiny_llava_siglip_cifar10", tmp_path / "siglip", *stage_two, f"language_stage.read_from={taught}")
     assert siglip.returncode == 0, siglip.stderr[-3000:]
     assert f"stage 2 read from {taught}" in siglip.stdout and "stage 2, the language model on text" not in siglip.stdout
@@ -238,5 +249,5 @@ def test_the_siglip_twin_reads_stage_two_from_the_clip_twins_run(tmp_path, share
                   f"language_stage.read_from={taught}")
     assert other.returncode == 2
     assert f"language_stage.read_from={taught}: no stage 2 there taught with this run's settings" in other.stderr
-    assert (taught / "language_model.safetensors").stat().st_mtime_ns == written
+    assert (taught / "language_model.ckpt").stat().st_mtime_ns == written
     assert not (tmp_path / "other" / "language_stage").exists()

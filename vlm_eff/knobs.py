@@ -93,6 +93,13 @@ CHOICES = {  # dotted key -> the allowed values
 }
 
 
+def check_keep(keep) -> float:
+    """`pruning.keep`, the fraction of patch tokens kept, in (0, 1]."""
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
+        raise ConfigError(f"pruning.keep={keep!r} is outside (0, 1]: keep is the fraction of patch tokens kept")
+    return float(keep)
+
+
 def check_knobs(cfg: DictConfig) -> None:
     """Every knob of `KNOBS` and `CHOICES` the config has, the optimizer's betas, the trainer's limits and
     the fixable combinations (`check_combinations`)."""
@@ -106,6 +113,8 @@ def check_knobs(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default="<absent>")
         if value != "<absent>" and value not in allowed:
             raise ConfigError(f"{key}={value!r} is unknown; allowed: {', '.join(allowed)}")
+    if OmegaConf.select(cfg, "pruning.keep") is not None:
+        check_keep(OmegaConf.select(cfg, "pruning.keep"))
     betas = OmegaConf.select(cfg, "optimizer.betas")
     if betas is not None and (not isinstance(betas, (list, ListConfig)) or len(betas) != 2
                               or any(b not in Range(0, 1, high_open=True) for b in betas)):

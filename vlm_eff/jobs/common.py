@@ -214,21 +214,23 @@ def check_checkpoint(path: Path, setting: str) -> str:
     return str(path)
 
 
-def fit_trainer(cfg: DictConfig, device: torch.device, out_dir: Path, logger, unit: str,
-                timed: bool = True) -> tuple[pl.Trainer, ProfilingCallback | None]:
-    """The Trainer of every training job: `cfg.trainer` with `cfg.dtype`'s precision, a checkpoint every
-    `cfg.checkpoint_every_n_steps` steps (`last.ckpt` in the run dir, written whole or not at all), the progress line
-    (of `unit`: images, questions) and, if `timed`, the timing callback (returned beside it). `trainer.max_steps`
-    > 0 decides over as many epochs as it takes."""
+def fit_trainer(cfg: DictConfig, device: torch.device, out_dir: Path, logger, unit: str, timed: bool = True,
+                what: str = "train", checkpoints: bool = True, **options) -> tuple[pl.Trainer, ProfilingCallback | None]:
+    """The Trainer of every training job and stage: `cfg.trainer` (`options` override it: a stage's own max_steps,
+    gradient clipping) with `cfg.dtype`'s precision, if `checkpoints` a checkpoint every `cfg.checkpoint_every_n_steps`
+    steps (`out_dir/checkpoints/last.ckpt`; every checkpoint written whole or not at all), the progress line (`what`,
+    of `unit`: images, questions) and, if `timed`, the timing callback (returned beside it). max_steps > 0 decides
+    over as many epochs as it takes."""
     profiler = ProfilingCallback(warmup=cfg.warmup, gpu_sample_interval_s=cfg.gpu_sample_interval_s) if timed else None
-    checkpoints = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
-                                  every_n_train_steps=cfg.checkpoint_every_n_steps)
-    by_steps = (cfg.trainer.max_steps or -1) > 0
+    saves = [ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
+                             every_n_train_steps=cfg.checkpoint_every_n_steps)] if checkpoints else []
+    by_steps = (options.get("max_steps", cfg.trainer.max_steps) or -1) > 0
     trainer = instantiate(cfg.trainer, accelerator=device.type, precision=PRECISION[cfg.dtype],
                           logger=logger or False, enable_progress_bar=False, default_root_dir=str(out_dir),
                           **({"max_epochs": -1} if by_steps else {}), plugins=[AtomicCheckpointIO()],
-                          callbacks=[*([profiler] if timed else []), checkpoints,
-                                     ProgressCallback("train", unit, cfg.progress_every_s)])
+                          enable_checkpointing=checkpoints, **options,
+                          callbacks=[*([profiler] if timed else []), *saves,
+                                     ProgressCallback(what, unit, cfg.progress_every_s)])
     return trainer, profiler
 
 

@@ -22,302 +22,123 @@ train split only), in three stages:
    projector learns to hand over what stage 2's words were. Checkpointed in the run dir and resumed by a
    rerun (the mosaic stream restarts from its seed: not bit-exact).
 
-A rerun that resumes stage 3 skips stage 2. The export is a `save_pretrained` dir with its processor, which
-evaluate.py and profile.py load with `model.path`.
-
-Over 350 lines because stages 1 and 2 still run in their own loops (their own learning-rate code and
-safetensors saves) beside stage 3's LightningModule: the recipe that trained the shipped small VLMs, kept
-as it ran until those stages move to LightningModules (issue 36 leaves this open)."""
+A rerun that resumes stage 3 skips stages 1 and 2. Each stage is a LightningModule (vlm_eff/tiny_vlm_training.py)
+fit by `jobs.common.fit_trainer` and saved as a Lightning checkpoint. The export is a `save_pretrained` dir
+with its processor, which evaluate.py and profile.py load with `model.path`."""
 
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
-from safetensors.torch import load_model as load_model_file
-from safetensors.torch import save_model as save_model_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vlm_eff.atomic import atomic_target, write_atomic
+from vlm_eff.atomic import write_atomic
 from vlm_eff.data.cifar10 import load_split
-from vlm_eff.data.cifar10_vqa import KINDS, QUADRANTS, TrainingMosaics
-from vlm_eff.data.questions import processor_requests
+from vlm_eff.data.cifar10_vqa import KINDS, TrainingMosaics
 from vlm_eff.errors import ConfigError
-from vlm_eff.jobs.common import fit, fit_trainer, resume_from, run_dir
+from vlm_eff.jobs.common import check_checkpoint, fit, fit_trainer, resume_from, run_dir
 from vlm_eff.knobs import check_knobs
 from vlm_eff.lora import count_parameters
 from vlm_eff.models import load_model
-from vlm_eff.modules import FineTuneModule
-from vlm_eff.progress import Progress
 from vlm_eff.runtime import resolve_device
 from vlm_eff.tiny_vlm import init_tower, processor, word_tokenizer
+from vlm_eff.tiny_vlm_training import (
+    InstructionModule,
+    MosaicBatches,
+    TextModule,
+    TowerModule,
+    ask_subject,
+    ask_with_word_grid,
+    ask_with_words,
+    cell_pixels,
+    quadrants,
+    text_turns,
+)
 from vlm_eff.vlms import layout_of
 from vlm_eff.wandb_logging import finish, make_logger
 
-IGNORE = -100  # label of a token the loss skips
+
+def weights_of(checkpoint: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors of a Lightning checkpoint's module under `prefix` (e.g. "tower."), the prefix taken off."""
+    state = torch.load(check_checkpoint(checkpoint, ""), map_location="cpu", weights_only=False)["state_dict"]
+    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
 
 
-def with_answers(tokenizer, prompt_rows: list[torch.Tensor], answers) -> dict:
-    """Prompt ids [L_i] and one answer each -> input_ids, attention_mask and labels [B, L]: each prompt, the
-    answer's ids and </s>, right-padded; labels only on the answer and </s>."""
-    rows, labels = [], []
-    for prompt, answer in zip(prompt_rows, answers):  # prompt [L_i]
-        target = torch.tensor(tokenizer(" " + answer)["input_ids"] + [tokenizer.eos_token_id])
-        rows.append(torch.cat([prompt, target]))
-        labels.append(torch.cat([torch.full_like(prompt, IGNORE), target]))
-    L = max(len(r) for r in rows)
-
-    def pad(r: torch.Tensor, value: int) -> torch.Tensor:  # right padding to L
-        return torch.cat([r, r.new_full((L - len(r),), value)])
-
-    return {"input_ids": torch.stack([pad(r, tokenizer.pad_token_id) for r in rows]),
-            "attention_mask": torch.stack([pad(torch.ones_like(r), 0) for r in rows]),
-            "labels": torch.stack([pad(r, IGNORE) for r in labels])}
-
-
-class InstructionModule(FineTuneModule):
-    """Next-token loss on the answer (and </s>) of "USER: <image>\\n{question} ASSISTANT: {answer}</s>", plus
-    `align_weight` x the cross-entropy of every visual token (the projector's output, through the output
-    embedding) against its cell's class word."""
-
-    def __init__(self, model, processor, classes: list[str], optimizer=None, scheduler=None, align_weight: float = 0.0):
-        super().__init__(optimizer, scheduler)
-        self.model, self.processor, self.align_weight = model, processor, align_weight
-        vision = model.config.vision_config
-        self.register_buffer("quadrant", quadrants(vision.image_size // vision.patch_size), persistent=False)  # [N]
-        self.register_buffer("class_ids", class_word_ids(processor.tokenizer, classes), persistent=False)  # [C]
-
-    def encode(self, mosaics: torch.Tensor, texts, answers) -> dict:
-        """Mosaics uint8 [B, H, W, 3] and their questions and answers -> the model's inputs with labels: the
-        prompt as the processor builds it (one placeholder per visual token), the answer's ids and </s>,
-        right-padded; labels only on the answer and </s>."""
-        prompt_rows, inputs, _ = processor_requests(self.processor, [Image.fromarray(m.cpu().numpy()) for m in mosaics],
-                                                    list(texts))
-        return {**with_answers(self.processor.tokenizer, prompt_rows, answers), "pixel_values": inputs["pixel_values"]}
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        mosaics, texts, answers, kinds, cells = batch  # cells [B, 4]: class indices, top left .. bottom right
-        inputs = {k: v.to(self.device) for k, v in self.encode(mosaics, texts, answers).items()}
-        handed_over = []  # the projector's output [B, N, D_llm]
-        hook = self.model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: handed_over.append(o))
-        try:
-            out = self.model(**inputs)
-        finally:
-            hook.remove()
-        loss = out.loss
-        if self.align_weight:
-            words = self.model.lm_head.weight.detach()  # the projector moves to the words, not the words to it
-            class_words = F.linear(handed_over[0], words)  # [B, N, vocab]
-            target = self.class_ids[cells[:, self.quadrant]]  # [B, N]: each token's cell's class word
-            align = F.cross_entropy(class_words.flatten(0, 1), target.flatten())
-            loss = loss + self.align_weight * align
-            self.log("train/align_loss", align)
-            self.log("train/align_accuracy", (class_words.argmax(-1) == target).float().mean())
-        self.log("train/answer_loss", out.loss)
-        self.log("train/loss", loss, prog_bar=True)
-        labels = inputs["labels"]  # [B, L]
-        first = (labels != IGNORE).int().argmax(dim=1)  # [B]: each row's first answer token
-        rows = torch.arange(len(labels), device=labels.device)
-        hit = (out.logits[rows, first - 1].argmax(-1) == labels[rows, first]).float()  # [B]
-        for kind in sorted(set(kinds)):  # the answer word's accuracy per question kind (greedy, teacher-forced)
-            mask = torch.tensor([k == kind for k in kinds], device=hit.device)
-            self.log(f"train/acc_{kind}", hit[mask].mean(), batch_size=int(mask.sum()))
-        return loss
+def tower_stage(cfg: DictConfig, model, processor, stream: TrainingMosaics, device: torch.device, logger,
+                saved: Path, resumed: bool) -> float | None:
+    """Stage 1 (`TowerModule`) in `saved`: its `checkpoints/last.ckpt` every `cfg.checkpoint_every_n_steps` steps,
+    `summary.json` at its end. From the dual encoder (`model.init_tower`), or going on from the checkpoint there to
+    `tower_stage.steps` (a stage given more steps goes on with its head and optimizer, on other mosaics, its rate
+    decaying at the end of its new total); the tower as saved there where it had its steps. Leaves the tower
+    frozen; returns its cell accuracy (None: no stage 1 was run)."""
+    layout = layout_of(model)
+    stage = cfg.get("tower_stage") or OmegaConf.create({"steps": 0})
+    tower, last, summary = layout.vision(model), saved / "checkpoints" / "last.ckpt", saved / "summary.json"
+    done = torch.load(check_checkpoint(last, ""), map_location="cpu", weights_only=False)["global_step"] \
+        if not resumed and last.is_file() else 0  # stage-1 steps the saved tower has had
+    if not resumed:
+        init_tower(tower, Path(cfg.model.init_tower))
+    if not resumed and stage.steps > done:
+        print(f"vlm-eff train: {cfg.model.name}: stage 1, the tower on mosaic cells, steps {done + 1}-{stage.steps}",
+              flush=True)
+        vision, classes = model.config.vision_config, list(stream.split.classes)
+        module = TowerModule(tower, layout.tower_family(model.config), layout.feature_depth(model.config),
+                             vision.image_size // vision.patch_size, len(classes), stage.lr, stage.steps)
+        batches = MosaicBatches(stream, stage.batch_size, np.random.default_rng(cfg.seed + 1), cfg.seed + 1,
+                                cell_pixels(processor, classes))
+        trainer, _ = fit_trainer(cfg, device, saved, logger, "mosaics", timed=False, what="train: stage 1",
+                                 max_steps=stage.steps, gradient_clip_val=None)
+        fit(trainer, module, str(last) if done else None, saved, train_dataloaders=batches)
+        write_atomic(summary, json.dumps({"cell_accuracy_last_50_steps": module.cell_accuracy,
+                                          "steps": trainer.global_step}) + "\n")
+    elif done:
+        tower.load_state_dict(weights_of(last, "tower."))
+    tower.requires_grad_(False).eval()
+    return json.loads(summary.read_text())["cell_accuracy_last_50_steps"] if summary.is_file() else None
 
 
-def class_word_ids(tokenizer, classes: list[str]) -> torch.Tensor:
-    """[C] the token id of every class name (each one word of the small VLMs' vocabulary)."""
-    ids = [tokenizer(" " + name)["input_ids"] for name in classes]
-    if any(len(i) != 1 or i[0] == tokenizer.unk_token_id for i in ids):
-        raise ConfigError(f"the tokenizer does not have every class name {list(classes)} as one word")
-    return torch.tensor([i[0] for i in ids])
-
-
-def quadrants(side: int) -> torch.Tensor:
-    """[side * side] the quadrant (0 top left, 1 top right, 2 bottom left, 3 bottom right) of each patch."""
-    rows = torch.arange(side)
-    return ((rows[:, None] >= side // 2) * 2 + (rows[None, :] >= side // 2)).reshape(-1)
-
-
-def tower_schedule(step: int, steps: int) -> float:
-    """Stage 1's learning-rate factor at `step` of `steps`: a linear warm-up over the first tenth, constant, then
-    a linear decay to zero over the last fifth (a tower given more steps decays at the end of its new total)."""
-    return min(1.0, step / max(1, steps // 10), (steps - step + 1) / max(1, steps // 5))
-
-
-def adapt_tower(model, layout, processor, stream: TrainingMosaics, stage: DictConfig, seed: int, logger,
-                start: int = 0, save=None, save_every: int = 0) -> float:
-    """Stage 1: train the tower so that every feature-layer patch token tells its cell's class and its quadrant
-    (a linear head, cross-entropy on both), steps `start` + 1 .. `stage.steps` at `tower_schedule` (from
-    `start` > 0: a tower trained that far, with a fresh head and optimizer, on other mosaics), calling
-    `save(step, accuracy)` every `save_every` steps and at the last; returns the last 50 steps' cell accuracy
-    of the tokens' vote (the mean of each quadrant's class probabilities)."""
-    tower, family = layout.vision(model), layout.tower_family(model.config)
-    vision = model.config.vision_config
-    depth, quadrant = layout.feature_depth(model.config), quadrants(vision.image_size // vision.patch_size)  # [N]
-    classes = stream.split.classes
-    head = nn.Linear(vision.hidden_size, len(classes) + 4)  # the cell's class, the patch's quadrant
-    vote = F.one_hot(quadrant, 4).float() / (len(quadrant) // 4)  # [N, 4]: the mean over each quadrant
-    optimizer = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=stage.lr, weight_decay=0.05)
-    rng, hits = np.random.default_rng([seed + 1, start] if start else seed + 1), []
-    progress = Progress("train: stage 1", stage.steps - start, "mosaics")
-    tower.train()
-    for step in range(start + 1, stage.steps + 1):
-        for group in optimizer.param_groups:
-            group["lr"] = stage.lr * tower_schedule(step, stage.steps)
-        mosaics, questions = stream.sample(stage.batch_size, rng)
-        pixels = processor.image_processor([Image.fromarray(m) for m in mosaics], return_tensors="pt")["pixel_values"]
-        tokens = family.hidden_states(tower, pixels, depth)[:, int(family.has_cls):]  # [B, N, D]
-        logits = head(tokens)  # [B, N, classes + 4]
-        cells = torch.tensor([[classes.index(c) for c in q["cell_classes"]] for q in questions])  # [B, 4]
-        target = cells[:, quadrant]  # [B, N]: each patch's cell class
-        loss = F.cross_entropy(logits[..., :-4].flatten(0, 1), target.flatten()) + \
-            F.cross_entropy(logits[..., -4:].flatten(0, 1), quadrant.repeat(len(cells)))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        votes = torch.einsum("bnc,nq->bqc", logits[..., :-4].softmax(-1), vote)  # [B, 4, classes]
-        hits.append((votes.argmax(-1) == cells).float().mean().item())
-        if logger is not None and step % 50 == 0:
-            logger.experiment.log({"tower/cell_accuracy": float(np.mean(hits[-50:])), "tower/loss": loss.item(),
-                                   "tower/step": step})
-        if save is not None and (step == stage.steps or (save_every and step % save_every == 0)):
-            save(step, float(np.mean(hits[-50:])))
-        progress.update(len(mosaics))
-    progress.close()
-    return float(np.mean(hits[-50:]))
-
-
-def subject(question: dict) -> str:
-    """What a mosaic question asks about: the quadrant ("top left"), the class ("cat") or "animals"."""
-    if question["kind"] == "position":
-        return next(q for q in QUADRANTS if q in question["text"])
-    if question["kind"] == "presence":
-        return question["text"].rstrip("?").split()[-1]
-    return "animals"
-
-
-def ask_subject(question: dict) -> tuple[str, str]:
-    """The user's turn and the answer of stage 2's first part: the question alone, answered with its subject."""
-    return question["text"], subject(question)
-
-
-def ask_with_words(question: dict) -> tuple[str, str]:
-    """The user's turn and the answer of stage 2's second part: the image given as its cells' class words."""
-    return " ".join(question["cell_classes"]) + "\n" + question["text"], question["answer"]
-
-
-def ask_with_word_grid(question: dict, quadrant: torch.Tensor) -> tuple[str, str]:
-    """The user's turn and the answer of stage 2's last part: the image given as one class word per visual
-    token, in the tokens' order (`quadrant` [N]: each token's cell), as stage 3's aligned visual tokens will be."""
-    words = " ".join(question["cell_classes"][q] for q in quadrant.tolist())
-    return words + "\n" + question["text"], question["answer"]
-
-
-def teach_on_text(model, processor, stream: TrainingMosaics, turn, steps: int, stage: DictConfig,
-                  rng: np.random.Generator, logger, name: str) -> dict[str, float]:
-    """Train the language model alone (the tower and projector unused) on "USER: {user} ASSISTANT: {answer}</s>"
-    with (user, answer) = `turn(question)` of questions from the stream; returns the last 50 steps' accuracy
-    per question kind (whole answers, </s> included), logged to W&B as language/{name}_accuracy."""
-    tokenizer = processor.tokenizer
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=stage.lr, weight_decay=0.0)
-    hits: list[tuple[list[str], torch.Tensor]] = []
-    progress = Progress(f"train: stage 2 ({name})", steps, "questions")
-    for step in range(1, steps + 1):
-        for group in optimizer.param_groups:  # linear warm-up, then constant
-            group["lr"] = stage.lr * min(1.0, step / max(1, steps // 10))
-        _, questions = stream.sample(stage.batch_size, rng)
-        users, answers = zip(*map(turn, questions))
-        conversations = [[{"role": "user", "content": [{"type": "text", "text": user}]}] for user in users]
-        prompts = [processor.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
-        prompt_rows = [torch.tensor(tokenizer(prompt)["input_ids"]) for prompt in prompts]  # [L_i]
-        inputs = with_answers(tokenizer, prompt_rows, answers)  # [B, L] each
-        out = model(**inputs)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        predicted = out.logits[:, :-1].argmax(-1)  # [B, L-1]: the prediction of each next token
-        target = inputs["labels"][:, 1:]
-        hits.append(([q["kind"] for q in questions], ((predicted == target) | (target == IGNORE)).all(1).float()))
-        hits = hits[-50:]
-        if logger is not None and step % 50 == 0:
-            logger.experiment.log({f"language/{name}_accuracy": torch.cat([h for _, h in hits]).mean().item(),
-                                   f"language/{name}_loss": out.loss.item(), "language/step": step})
-        progress.update(len(questions))
-    progress.close()
-    kinds = np.array([k for ks, _ in hits for k in ks])
-    right = torch.cat([h for _, h in hits]).numpy() if hits else np.zeros(0)
-    return {str(kind): float(right[kinds == kind].mean()) for kind in sorted(set(kinds))}
-
-
-def teach_language(model, processor, stream: TrainingMosaics, stage: DictConfig, seed: int, logger,
-                   quadrant: torch.Tensor) -> dict:
-    """Stage 2: `stage.steps` steps answering each question with its subject (`ask_subject`), then
-    `stage.presence_steps` steps answering presence questions alone with the image as its cells' words
-    (`ask_with_words`: mixed with the other kinds from the start, comparing the class asked with the image is
-    not learned in thousands of steps, the binding probe, docs/RESULTS.md 11.1), `stage.position_steps` steps of position
-    questions alone so (after presence, they stay near a third right among the other kinds), then
-    `stage.task_steps` steps of every kind so, then `stage.grid_steps` steps of every kind with one word per
-    visual token (`ask_with_word_grid`, `quadrant` [N]: each token's cell); returns each part's last 50 steps'
-    accuracy per question kind."""
-    rng = np.random.default_rng(seed + 2)
+def teach_language(cfg: DictConfig, model, processor, stream: TrainingMosaics, device: torch.device, logger,
+                   saved: Path) -> dict:
+    """Stage 2's parts, each a `TextModule` fit (a fresh optimizer) on the language model and its output layer,
+    drawing on from one generator: `language_stage.steps` steps answering each question with its subject
+    (`ask_subject`), then `presence_steps` steps answering presence questions alone with the image as its cells'
+    words (`ask_with_words`: mixed with the other kinds from the start, comparing the class asked with the image is
+    not learned in thousands of steps, the binding probe, docs/RESULTS.md 11.1), `position_steps` steps of position
+    questions alone so (after presence, they stay near a third right among the other kinds), then `task_steps`
+    steps of every kind so, then `grid_steps` steps of every kind with one word per visual token
+    (`ask_with_word_grid`). Saved to `saved/language_model.ckpt`; returns each part's last 50 steps' accuracy per
+    question kind."""
+    stage, layout, vision = cfg.language_stage, layout_of(model), model.config.vision_config
+    quadrant = quadrants(vision.image_size // vision.patch_size)  # [N]: each visual token's cell
     alone = {kind: stream.with_mix({other: int(other == kind) for other in KINDS}) for kind in KINDS}
     parts = [("subject", stream, ask_subject, stage.steps),
              ("presence", alone["presence"], ask_with_words, stage.get("presence_steps", 0)),
              ("position", alone["position"], ask_with_words, stage.get("position_steps", 0)),
              ("task", stream, ask_with_words, stage.get("task_steps", 0)),
-             ("grid", stream, partial(ask_with_word_grid, quadrant=quadrant), stage.get("grid_steps", 0))]
-    return {name: teach_on_text(model, processor, source, turn, steps, stage, rng, logger, name)
-            for name, source, turn, steps in parts if steps}
+             ("grid", stream, lambda q: ask_with_word_grid(q, quadrant), stage.get("grid_steps", 0))]
+    language = nn.ModuleDict({"language_model": layout.language_model(model), "lm_head": layout.lm_head(model)})
+    rng, accuracy = np.random.default_rng(cfg.seed + 2), {}
+    for name, source, turn, steps in parts:
+        if not steps:
+            continue
+        module = TextModule(language, name, stage.lr, steps)
+        trainer, _ = fit_trainer(cfg, device, saved, logger, "questions", timed=False, what=f"train: stage 2 ({name})",
+                                 checkpoints=False, max_steps=steps, gradient_clip_val=1.0)
+        trainer.fit(module, train_dataloaders=MosaicBatches(source, stage.batch_size, rng, cfg.seed + 2,
+                                                            text_turns(processor, turn)))
+        accuracy[name] = module.accuracy()
+    trainer.save_checkpoint(saved / "language_model.ckpt", weights_only=True)
+    return accuracy
 
 
-def save_atomic(module: nn.Module, path: Path) -> None:
-    """`module`'s weights to the safetensors file `path`, whole or not at all."""
-    with atomic_target(path) as tmp:
-        save_model_file(module, str(tmp))
-
-
-def tower_stage(cfg: DictConfig, model, processor, stream: TrainingMosaics, logger, saved: Path,
-                resumed: bool) -> float | None:
-    """Stage 1 (`adapt_tower`) with its run-dir copy in `saved` (every `cfg.checkpoint_every_n_steps` steps):
-    the tower as saved there, trained on to `cfg.tower_stage.steps` if it had fewer; from the dual encoder
-    where nothing is saved. Leaves the tower frozen; returns its cell accuracy (None: no stage 1 was run)."""
-    layout = layout_of(model)
-    stage = cfg.get("tower_stage") or OmegaConf.create({"steps": 0})
-    tower, weights, summary = layout.vision(model), saved / "tower.safetensors", saved / "summary.json"
-    done = 0  # stage-1 steps the saved tower has had
-    if not resumed and weights.is_file():
-        load_model_file(tower, weights)
-        done = json.loads(summary.read_text())["steps"]
-    elif not resumed:
-        init_tower(tower, Path(cfg.model.init_tower))
-    if not resumed and stage.steps > done:
-        print(f"vlm-eff train: {cfg.model.name}: stage 1, the tower on mosaic cells, steps {done + 1}-{stage.steps}",
-              flush=True)
-        saved.mkdir(parents=True, exist_ok=True)
-
-        def save(step: int, accuracy: float) -> None:  # a stopped run goes on from the last one saved
-            save_atomic(tower, weights)
-            write_atomic(summary, json.dumps({"cell_accuracy_last_50_steps": accuracy, "steps": step}) + "\n")
-
-        adapt_tower(model, layout, processor, stream, stage, cfg.seed, logger, start=done, save=save,
-                    save_every=cfg.checkpoint_every_n_steps)
-    tower.requires_grad_(False).eval()
-    return json.loads(summary.read_text())["cell_accuracy_last_50_steps"] if summary.is_file() else None
-
-
-def language_stage(cfg: DictConfig, model, processor, stream: TrainingMosaics, logger, saved: Path,
-                   resumed: bool) -> dict | None:
+def language_stage(cfg: DictConfig, model, processor, stream: TrainingMosaics, device: torch.device, logger,
+                   saved: Path, resumed: bool) -> dict | None:
     """Stage 2 (`teach_language`) with its run-dir copy in `saved`: the language model as saved there when it
     was taught with the same settings (the stage's, the seed, the mix, the language model's config), else
     taught and saved. With `language_stage.read_from` (another run's copy, e.g. the twin's that shares the
@@ -334,9 +155,8 @@ def language_stage(cfg: DictConfig, model, processor, stream: TrainingMosaics, l
         "train_mix": OmegaConf.to_container(cfg.data.train_mix) if cfg.data.get("train_mix") else None}))
     if source:
         saved = Path(source).expanduser()
-    weights, summary = saved / "language_model.safetensors", saved / "summary.json"
+    weights, summary = saved / "language_model.ckpt", saved / "summary.json"
     taught = json.loads(summary.read_text()) if summary.is_file() else {}
-    language_model = nn.ModuleDict({"language_model": layout.language_model(model), "lm_head": layout.lm_head(model)})
     if resumed or not any(text_steps):
         return taught.get("accuracy")
     if source and taught.get("recipe") != recipe:
@@ -344,17 +164,14 @@ def language_stage(cfg: DictConfig, model, processor, stream: TrainingMosaics, l
                           "(train the run that writes it first, with the same language_stage, seed, data.train_mix "
                           "and language model)")
     if taught.get("recipe") == recipe:
-        load_model_file(language_model, weights)
+        layout.language_model(model).load_state_dict(weights_of(weights, "language.language_model."))
+        layout.lm_head(model).load_state_dict(weights_of(weights, "language.lm_head."))
         print(f"vlm-eff train: {cfg.model.name}: stage 2 read from {saved} (taught with the same settings)",
               flush=True)
         return taught["accuracy"]
     print(f"vlm-eff train: {cfg.model.name}: stage 2, the language model on text, "
           f"{' + '.join(map(str, text_steps))} steps", flush=True)
-    vision = model.config.vision_config
-    accuracy = teach_language(model, processor, stream, OmegaConf.create(language), cfg.seed, logger,
-                              quadrants(vision.image_size // vision.patch_size))
-    saved.mkdir(parents=True, exist_ok=True)
-    save_atomic(language_model, weights)
+    accuracy = teach_language(cfg, model, processor, stream, device, logger, saved)
     write_atomic(summary, json.dumps({"recipe": recipe, "accuracy": accuracy}) + "\n")
     return accuracy
 
@@ -383,8 +200,8 @@ def train_vlm(cfg: DictConfig) -> dict:
                              mix=OmegaConf.to_container(cfg.data.train_mix) if cfg.data.get("train_mix") else None)
     logger = make_logger(cfg, out_dir)
     resumed = ckpt_path is not None  # a resumed stage 3 has the tower and language model in its checkpoint
-    tower_accuracy = tower_stage(cfg, model, proc, stream, logger, out_dir / "tower_stage", resumed)
-    language_accuracy = language_stage(cfg, model, proc, stream, logger, out_dir / "language_stage", resumed)
+    tower_accuracy = tower_stage(cfg, model, proc, stream, device, logger, out_dir / "tower_stage", resumed)
+    language_accuracy = language_stage(cfg, model, proc, stream, device, logger, out_dir / "language_stage", resumed)
     loader = DataLoader(stream, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
     module = InstructionModule(model, proc, list(stream.split.classes), instantiate(cfg.optimizer),
                                instantiate(cfg.scheduler), align_weight=cfg.get("align_weight", 0.0))

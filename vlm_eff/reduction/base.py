@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from vlm_eff.errors import ConfigError
+from vlm_eff.knobs import check_keep
 
 REDUCE_RANGE = "vlm_eff.reduce"  # every reduction step runs inside this profiler range
 
@@ -19,12 +20,6 @@ REDUCE_RANGE = "vlm_eff.reduce"  # every reduction step runs inside this profile
 def kept_count(n_patches: int, keep: float) -> int:
     """Patch tokens kept out of `n_patches` at one step (the 1e-6 absorbs float error, e.g. 0.29 * 100)."""
     return max(1, math.floor(keep * n_patches + 1e-6))
-
-
-def check_keep(keep) -> float:
-    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
-        raise ValueError(f"pruning.keep={keep!r} is outside (0, 1]: keep is the fraction of patch tokens kept")
-    return float(keep)
 
 
 POSITIONS = ("compact", "original")  # pruning.positions: kept tokens renumbered 0.. or at their stock positions

@@ -39,12 +39,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
+from vlm_eff.knobs import check_keep
 from vlm_eff.reduction import trace
 from vlm_eff.reduction.base import (
     REDUCE_RANGE,
     EncoderSite,
     bias_pooling,
-    check_keep,
     default_origins,
     kept_count,
     restore_classes,

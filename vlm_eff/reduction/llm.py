@@ -25,8 +25,9 @@ from torch import nn
 from torch.profiler import record_function
 
 from vlm_eff.errors import ConfigError
+from vlm_eff.knobs import check_keep
 from vlm_eff.reduction import trace
-from vlm_eff.reduction.base import REDUCE_RANGE, EncoderSite, budget_knobs, check_keep, restore_classes, swap_class
+from vlm_eff.reduction.base import REDUCE_RANGE, EncoderSite, budget_knobs, restore_classes, swap_class
 
 DECODER_KEYWORDS = ("attention_mask", "position_embeddings", "position_ids", "cache")
 ATTENTION_PARTS = ("q_proj", "k_proj", "head_dim", "scaling")
