@@ -23,6 +23,7 @@ from vlm_eff.data.cifar10_vqa import (
     quadrant,
     write_set,
 )
+from vlm_eff.data.loading import ReseededLoader
 from vlm_eff.errors import ConfigError
 
 N = 3000  # the default test set: 1,000 questions per kind
@@ -211,3 +212,18 @@ def test_cli_writes_a_set_and_prints_the_counts(shared_archive, cache_dir, tmp_p
     assert len(read_questions(out / "questions.jsonl", out)) == 30
     with pytest.raises(ConfigError, match="missing.tar.gz does not exist"):  # the CLI prints it and exits 2
         ensure_test_set(tmp_path / "missing.tar.gz", cache_dir)
+
+
+def test_a_resumed_training_stream_draws_fresh_mosaics(cifar_test):
+    """The recovery loader of the mosaic stream (data/loading.ReseededLoader): the same seed gives the same batches;
+    restored from a checkpoint's state after 3 batches it draws other mosaics, not the first run's again."""
+    def loader():
+        stream = TrainingMosaics(cifar_test["images"], cifar_test["labels"], cifar_test["classes"], seed=0)
+        return ReseededLoader(stream, 0, batch_size=2, collate_fn=lambda items: np.stack([i[0] for i in items]))
+
+    first, again, resumed = loader(), loader(), loader()
+    batches = [batch for _, batch in zip(range(3), first)]
+    assert first.state_dict() == {"batches": 3}
+    assert np.array_equal(next(iter(again)), batches[0])
+    resumed.load_state_dict(first.state_dict())
+    assert not any(np.array_equal(next(iter(resumed)), batch) for batch in batches)

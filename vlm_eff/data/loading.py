@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -76,3 +77,29 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.batches_done = state["epoch"], state["batches_done"]
+
+
+class ReseededLoader(DataLoader):
+    """A loader of an endless stream seeded by its `seed` attribute (data/cifar10_vqa.TrainingMosaics), with
+    Lightning's `state_dict` / `load_state_dict`: the batches handed out. A resumed loader reseeds the stream from
+    (`seed`, the batches handed out before), so a resumed run trains on fresh items, not the first run's again."""
+
+    def __init__(self, dataset, seed: int, **options):
+        super().__init__(dataset, **options)
+        self.base_seed, self.batches = seed, 0
+        self.dataset.seed = self.stream_seed()
+
+    def stream_seed(self) -> int:
+        return int(np.random.SeedSequence([self.base_seed, self.batches]).generate_state(1)[0])
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            self.batches += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches = state["batches"]
+        self.dataset.seed = self.stream_seed()

@@ -14,7 +14,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vlm_eff.atomic import write_atomic
 from vlm_eff.benchmarks import benchmark
-from vlm_eff.data.loading import ResumableLoader, default_workers
+from vlm_eff.data.loading import ReseededLoader, ResumableLoader, default_workers
 from vlm_eff.data.questions import QuestionBatches, Requests, instructions_of, processor_requests
 from vlm_eff.errors import ConfigError
 from vlm_eff.generation import Runner, reduced_runner
@@ -83,10 +82,10 @@ class MosaicRequests:
         return Requests(rows, self.layout.image_inputs(inputs), None, prompts, instructions_of(self.processor, texts))
 
 
-def question_loader(cfg: DictConfig, processor, layout, steps_done: int) -> DataLoader:
+def question_loader(cfg: DictConfig, processor, layout) -> DataLoader:
     """Batches of requests: a question file's (or benchmark's), shuffled by the seed and resumable exactly, or the
-    mosaics' training stream (data=cifar10_vqa without a question file), seeded by the seed and the steps a resumed
-    run has done (fresh mosaics, not the first run's again)."""
+    mosaics' training stream (data=cifar10_vqa without a question file), seeded by the seed and, in a resumed run,
+    the batches done before (fresh mosaics, not the first run's again)."""
     workers = default_workers() if cfg.data.get("num_workers") is None else cfg.data.num_workers
     if cfg.data.name == "cifar10_vqa" and not cfg.data.get("questions"):
         from vlm_eff.data.cifar10 import load_split
@@ -97,11 +96,10 @@ def question_loader(cfg: DictConfig, processor, layout, steps_done: int) -> Data
         if (cfg.trainer.max_steps or -1) < 1:
             raise ConfigError("data=cifar10_vqa trains on an endless stream of mosaics: set trainer.max_steps=<steps>")
         images, labels, classes = load_split(Path(cfg.data.root).expanduser(), "train", Path(cfg.data.cache_dir))
-        seed = int(np.random.SeedSequence([cfg.seed, steps_done]).generate_state(1)[0])
-        stream = TrainingMosaics(images, labels, classes, seed=seed,
+        stream = TrainingMosaics(images, labels, classes, seed=cfg.seed,
                                  mix=OmegaConf.to_container(cfg.data.train_mix) if cfg.data.get("train_mix") else None)
-        return DataLoader(stream, batch_size=cfg.data.batch_size, collate_fn=MosaicRequests(processor, layout),
-                          num_workers=workers)
+        return ReseededLoader(stream, cfg.seed, batch_size=cfg.data.batch_size,
+                              collate_fn=MosaicRequests(processor, layout), num_workers=workers)
     bench = benchmark(cfg.data)
     indices = selected(cfg, len(bench.questions))  # all, or a seeded data.subset
     if len(indices) < cfg.data.batch_size:
@@ -149,8 +147,7 @@ def distill_vlm(cfg: DictConfig) -> dict:
     processor = prepared.processor
     out_dir = run_dir()
     ckpt_path = resume_from(cfg, out_dir)
-    steps_done = torch.load(ckpt_path, map_location="cpu", weights_only=False)["global_step"] if ckpt_path else 0
-    loader = question_loader(cfg, processor, layout, steps_done)
+    loader = question_loader(cfg, processor, layout)
     print("vlm-eff train: label-free recovery: the answers are the unreduced model's; any answers in the question "
           "file are never read", flush=True)
     student = reduced_runner(model, prepared.strategy, layout)
