@@ -14,7 +14,8 @@ from transformers import AutoModel, LlavaForConditionalGeneration
 
 from vlm_eff.cli import CONF_DIR
 from vlm_eff.data.cifar10_vqa import QUADRANTS, TrainingMosaics
-from vlm_eff.jobs.train_vlm import teach_language, tower_stage, weights_of
+from vlm_eff.errors import ConfigError
+from vlm_eff.jobs.train_vlm import language_stage, teach_language, tower_stage, weights_of
 from vlm_eff.models import random_model
 from vlm_eff.results import read_results
 from vlm_eff.tiny_vlm import processor, word_tokenizer
@@ -197,57 +198,60 @@ def test_the_tower_stage_warms_up_holds_then_decays_to_zero():
     assert np.all(np.diff(factors[800:]) < 0) and factors[-1] == pytest.approx(1 / 200)  # the last step
 
 
-def test_a_fresh_stage_three_reads_stage_two_taught_with_the_same_settings(tmp_path, shared_archive, cache_dir):
+STAGE_TWO = ("language_stage.steps=2", "language_stage.presence_steps=0", "language_stage.position_steps=0",
+             "language_stage.task_steps=0", "language_stage.batch_size=2")
+
+
+def test_a_fresh_stage_three_reads_stage_two_taught_with_the_same_settings(tmp_path, cifar_test, capsys):
     """Stage 2 is saved in the run dir with its settings: a fresh stage 3 with the same ones reads it; other
     settings teach it again."""
-    run, taught = tmp_path / "run", tmp_path / "run" / "language_stage"
+    taught = tmp_path / "language_stage"
 
-    def train(*overrides: str):
-        result = run_script("train.py", "experiment=tiny_llava_cifar10", f"data.root={shared_archive}",
-                            "trainer.max_steps=1", "data.batch_size=2", "logger=none", "export_dir=null",
-                            "tower_stage.steps=0", "language_stage.steps=2", "language_stage.presence_steps=0",
-                            "language_stage.position_steps=0", "language_stage.task_steps=0",
-                            "language_stage.batch_size=2", f"hydra.run.dir={run}", *overrides,
-                            env={"VLM_EFF_CACHE": str(cache_dir)}, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
-        (run / "checkpoints" / "last.ckpt").unlink()  # the next run starts stage 3 afresh
-        return result.stdout
+    def stage_two(grid_steps: int) -> str:
+        cfg = train_config(tmp_path, *STAGE_TWO, f"language_stage.grid_steps={grid_steps}")
+        model, proc, stream = small_llava(cifar_test)
+        language_stage(cfg, model, proc, stream, CPU, None, taught, resumed=False)
+        return capsys.readouterr().out
 
-    assert "stage 2, the language model on text, 2 + 0 + 0 + 0 + 1 steps" in train("language_stage.grid_steps=1")
+    assert "stage 2, the language model on text, 2 + 0 + 0 + 0 + 1 steps" in stage_two(1)
     first = weights_of(taught / "language_model.ckpt", "language.")
     summary = json.loads((taught / "summary.json").read_text())
     assert summary["recipe"]["language_stage"]["grid_steps"] == 1 and set(summary["accuracy"]) == {"subject", "grid"}
-    assert f"stage 2 read from {taught}" in train("language_stage.grid_steps=1")
+    assert f"stage 2 read from {taught}" in stage_two(1)
     unchanged = weights_of(taught / "language_model.ckpt", "language.")
     assert all(torch.equal(first[name], weight) for name, weight in unchanged.items())
-    assert "stage 2, the language model on text, 2 + 0 + 0 + 0 + 2 steps" in train("language_stage.grid_steps=2")
+    assert "stage 2, the language model on text, 2 + 0 + 0 + 0 + 2 steps" in stage_two(2)
     again = weights_of(taught / "language_model.ckpt", "language.")
     assert json.loads((taught / "summary.json").read_text())["recipe"]["language_stage"]["grid_steps"] == 2
     assert not torch.equal(first["language_model.layers.0.mlp.up_proj.weight"],
                            again["language_model.layers.0.mlp.up_proj.weight"])
 
 
-def test_the_siglip_twin_reads_stage_two_from_the_clip_twins_run(tmp_path, shared_archive, cache_dir):
+def test_the_siglip_twin_reads_stage_two_from_the_clip_twins_run(tmp_path, cifar_test, capsys):
     """experiment=tiny_llava_siglip_cifar10 takes stage 2 from `language_stage.read_from` (the CLIP twin's run):
     read when taught there with the same settings, a one-line error otherwise, never taught again."""
-    clip_run, taught = tmp_path / "clip", tmp_path / "clip" / "language_stage"
-    stage_two = ("tower_stage.steps=0", "language_stage.steps=2", "language_stage.presence_steps=0",
-                 "language_stage.position_steps=0", "language_stage.task_steps=0", "language_stage.grid_steps=0",
-                 "language_stage.batch_size=2")
-
-    def train(experiment: str, run: Path, *overrides: str):
-        return run_script("train.py", f"experiment={experiment}", f"data.root={shared_archive}", "trainer.max_steps=1",
-                          "data.batch_size=2", "logger=none", "export_dir=null", f"hydra.run.dir={run}", *overrides,
-                          env={"VLM_EFF_CACHE": str(cache_dir)}, timeout=600)
-
-    assert train("tiny_llava_cifar10", clip_run, *stage_two).returncode == 0
+    taught = tmp_path / "clip" / "language_stage"
+    clip, proc, stream = small_llava(cifar_test)
+    language_stage(train_config(tmp_path, *STAGE_TWO, "language_stage.grid_steps=0"), clip, proc, stream, CPU, None,
+                   taught, resumed=False)
     written = (taught / "language_model.ckpt").stat().st_mtime_ns
-    siglip = train("tiny_llava_siglip_cifar10", tmp_path / "siglip", *stage_two, f"language_stage.read_from={taught}")
-    assert siglip.returncode == 0, siglip.stderr[-3000:]
-    assert f"stage 2 read from {taught}" in siglip.stdout and "stage 2, the language model on text" not in siglip.stdout
-    other = train("tiny_llava_siglip_cifar10", tmp_path / "other", *stage_two, "language_stage.steps=3",
-                  f"language_stage.read_from={taught}")
-    assert other.returncode == 2
-    assert f"language_stage.read_from={taught}: no stage 2 there taught with this run's settings" in other.stderr
+
+    def siglip_config(*overrides: str):
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose("train", overrides=["experiment=tiny_llava_siglip_cifar10", "logger=none", "device=cpu",
+                                               f"paths.work_dir={tmp_path}", *STAGE_TWO, "language_stage.grid_steps=0",
+                                               f"language_stage.read_from={taught}", *overrides])
+
+    siglip = random_model(model_config("tiny_llava_siglip_cifar10"))
+    capsys.readouterr()
+    language_stage(siglip_config(), siglip, proc, stream, CPU, None, tmp_path / "siglip" / "language_stage", False)
+    out = capsys.readouterr().out
+    assert f"stage 2 read from {taught}" in out and "stage 2, the language model on text" not in out
+    assert torch.equal(siglip.model.language_model.layers[0].mlp.up_proj.weight,
+                       clip.model.language_model.layers[0].mlp.up_proj.weight)
+    with pytest.raises(ConfigError, match=f"language_stage.read_from={taught}: no stage 2 there taught with this "
+                                          "run's settings"):
+        language_stage(siglip_config("language_stage.steps=3"), siglip, proc, stream, CPU, None,
+                       tmp_path / "other" / "language_stage", False)
     assert (taught / "language_model.ckpt").stat().st_mtime_ns == written
-    assert not (tmp_path / "other" / "language_stage").exists()
+    assert not (tmp_path / "other").exists() and not (tmp_path / "siglip").exists()

@@ -85,15 +85,17 @@ def test_ladder_at_keep_half(zero_shot, subset):
 
 
 def test_acceptance_naive_collapses_and_the_stock_model_stays_above_65(tmp_path, shared_archive, cache_dir):
-    """The issue's acceptance commands, as a user runs them (full 10,000-image test set)."""
+    """The issue's acceptance commands, as a user runs them, on 5,000 seeded test images (standard error 0.6 point;
+    the full 10,000: docs/RESULTS.md section 2)."""
     env = {"VLM_EFF_CACHE": str(cache_dir)}
-    common = ["model=tiny_clip_cifar10", f"data.root={shared_archive}", "logger=none", f"paths.work_dir={tmp_path}"]
+    common = ["model=tiny_clip_cifar10", f"data.root={shared_archive}", "data.subset=5000", "logger=none",
+              f"paths.work_dir={tmp_path}"]
     naive = run_script("evaluate.py", *common, "pruning=naive", "pruning.keep=0.5", env=env)
     assert naive.returncode == 0, naive.stderr
     stock = run_script("evaluate.py", *common, "pruning=none", env=env)
     assert stock.returncode == 0, stock.stderr
     rows = {r["strategy"]: r for r in read_results(tmp_path / "outputs" / "results.csv")}
-    assert int(rows["none"]["n_images"]) == int(rows["naive"]["n_images"]) == 10000
+    assert int(rows["none"]["n_images"]) == int(rows["naive"]["n_images"]) == 5000
     assert float(rows["naive"]["top1"]) <= 0.25  # measured 21 %: near chance (10 %), the issue hoped <= 20 %
     assert float(rows["none"]["top1"]) >= 0.65  # measured 70.46 %
 
