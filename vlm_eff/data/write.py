@@ -82,6 +82,8 @@ def cifar_test_images(root: Path) -> list[str]:
 
 def write_captions(args: argparse.Namespace) -> str:
     """The caption CSV to args.out; what was written."""
+    if not args.root.exists():
+        raise ConfigError(f"{args.root} does not exist: give the CIFAR-10 image tree or its .tar.gz")
     templates = list(OmegaConf.load(TEMPLATES).templates)
     if args.per_class * args.captions > len(templates):
         raise ConfigError(f"--per-class x --captions must be at most {len(templates)} (the templates), so that no "
