@@ -13,6 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from vlm_eff.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
+POSITIONS = ("compact", "original")  # pruning.positions: kept tokens renumbered 0.. or at their stock positions
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # dtype= name -> torch dtype name
 
 
@@ -87,7 +88,7 @@ KNOBS = {  # dotted key -> what is allowed
     "panel_px": Range(1, integer=True),
 }
 CHOICES = {  # dotted key -> the allowed values
-    "pruning.positions": ("compact", "original"),
+    "pruning.positions": POSITIONS,
     "dtype": tuple(DTYPES),
     "device": DEVICES,
 }

@@ -22,9 +22,6 @@ def kept_count(n_patches: int, keep: float) -> int:
     return max(1, math.floor(keep * n_patches + 1e-6))
 
 
-POSITIONS = ("compact", "original")  # pruning.positions: kept tokens renumbered 0.. or at their stock positions
-
-
 def default_origins(batch: int, n_tokens: int, has_cls: bool, device: torch.device | None = None) -> torch.Tensor:
     """Origins of an unreduced sequence [CLS?] + patches -> [B, T] long: -1 for CLS, then 0..N-1."""
     return (torch.arange(n_tokens, device=device) - int(has_cls)).expand(batch, n_tokens)

@@ -11,8 +11,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from vlm_eff.errors import ConfigError
-from vlm_eff.knobs import check_keep
-from vlm_eff.reduction.base import POSITIONS, NoReduction, Strategy, kept_count
+from vlm_eff.knobs import POSITIONS, check_keep
+from vlm_eff.reduction.base import NoReduction, Strategy, kept_count
 from vlm_eff.reduction.boundary import DivPrune, VisionZip
 from vlm_eff.reduction.cdpruner import CDPruner
 from vlm_eff.reduction.dart import DART
