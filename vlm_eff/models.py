@@ -141,9 +141,9 @@ def random_model(cfg: DictConfig) -> nn.Module:
     return model
 
 
-def load_model(cfg: DictConfig) -> LoadedModel:
+def load_model(cfg: DictConfig, config=None) -> LoadedModel:
     """Load the model as `cfg.weights` says: pretrained (missing is an error), random, or auto (pretrained
-    when available, else random with a loud warning)."""
+    when available, else random with a loud warning). `config`: its `model_config`, when the caller has read it."""
     if cfg.weights not in WEIGHTS:
         raise ConfigError(f"model.weights={cfg.weights!r} is unknown; allowed: {', '.join(WEIGHTS)}")
     if cfg.attn_implementation not in ATTN_IMPLEMENTATIONS:
@@ -152,7 +152,7 @@ def load_model(cfg: DictConfig) -> LoadedModel:
         )
     source = cfg.get("path") or cfg.get("hub_id") or f"model={cfg.name}"
     if cfg.weights != "random":
-        loaded = _pretrained(cfg, describe(model_config(cfg).model_type))
+        loaded = _pretrained(cfg, describe((config or model_config(cfg)).model_type))
         if loaded is not None:
             return loaded
         if cfg.weights == "pretrained":

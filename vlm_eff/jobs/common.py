@@ -80,11 +80,15 @@ def use_recorded_reduction(cfg: DictConfig) -> None:
              path, cfg.pruning.name, recorded)
 
 
+def layout_of(config) -> Layout | None:
+    """The one place that tells the kinds of model apart, from the model's Hugging Face config (`model_config`):
+    a generative VLM's layout (vlms.py), or None for a dual encoder (its family in towers.py)."""
+    return LAYOUTS[config.model_type] if is_vlm(config.model_type) else None
+
+
 def layout_for(model_cfg: DictConfig) -> Layout | None:
-    """The one place that tells the kinds of model apart: a generative VLM's layout (vlms.py), or None for a dual
-    encoder (its family in towers.py). Reads the model's config only, before any weights load."""
-    model_type = model_config(model_cfg).model_type
-    return LAYOUTS[model_type] if is_vlm(model_type) else None
+    """`layout_of` the model `model_cfg` names, for a job that decides before `prepare`; reads its config only."""
+    return layout_of(model_config(model_cfg))
 
 
 @dataclass
@@ -120,7 +124,8 @@ def prepare(cfg: DictConfig) -> Prepared:
     load), then seed and load the model."""
     check_knobs(cfg)  # the entry scripts did, before torch loaded; here for callers of the job functions
     use_recorded_reduction(cfg)
-    config, layout = model_config(cfg.model), layout_for(cfg.model)
+    config = model_config(cfg.model)  # read once: the kind of model, the strategy's checks and the weights
+    layout = layout_of(config)
     if layout is not None:  # the tower's size is the layout's: synthetic requests check model.image_size
         size, strategy = None, build_vlm(cfg.pruning, layout, config, cfg.seed)
     else:
@@ -129,7 +134,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     pl.seed_everything(cfg.seed, verbose=False)
-    return Prepared(cfg.model, device, dtype, load_model(cfg.model), size, strategy, layout)
+    return Prepared(cfg.model, device, dtype, load_model(cfg.model, config), size, strategy, layout)
 
 
 ADAPTIVE_SAMPLE = 64  # images whose own FLOPs and token counts are averaged under adaptive keep

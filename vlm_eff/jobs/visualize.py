@@ -23,7 +23,7 @@ from vlm_eff.data.cifar10 import IMAGE_SUFFIXES, read_image
 from vlm_eff.data.questions import instructions_of, processor_requests
 from vlm_eff.errors import ConfigError
 from vlm_eff.generation import Instruction, reduced_runner
-from vlm_eff.jobs.common import image_size, layout_for, run_dir
+from vlm_eff.jobs.common import image_size, layout_of, run_dir
 from vlm_eff.knobs import check_knobs
 from vlm_eff.models import ImageEncoder, load_model, load_preprocess, model_config, optional_processor
 from vlm_eff.reduction import build, build_vlm, trace
@@ -76,7 +76,7 @@ def encoder_steps(cfg: DictConfig, config, images: list[np.ndarray]) -> Traced:
     """A dual encoder: the traced steps of one forward of every image."""
     size = image_size(cfg, config.vision_config)
     strategy = build(cfg.pruning, config.vision_config, family_for(config.model_type).has_cls, cfg.seed, size)
-    loaded = load_model(cfg.model)
+    loaded = load_model(cfg.model, config)
     model = loaded.model.float().eval()
     preprocess = load_preprocess(cfg.model, size)
     pixels = torch.stack([preprocess(image) for image in images])  # [B, 3, S, S]
@@ -95,7 +95,7 @@ def vlm_steps(cfg: DictConfig, config, images: list[np.ndarray]) -> Traced:
         raise ConfigError(f"token maps draw one patch grid per image: model={cfg.model.name} ({layout.name}) "
                           "splits images into crops or merges patches; allowed: dual encoders and LLaVA-layout VLMs")
     strategy = build_vlm(cfg.pruning, layout, config, cfg.seed)
-    loaded = load_model(cfg.model)
+    loaded = load_model(cfg.model, config)
     model = loaded.model.float().eval()
     vision = config.vision_config
     with_cls = int(layout.tower_family(config).has_cls and config.vision_feature_select_strategy == "full")
@@ -144,7 +144,7 @@ def visualize(cfg: DictConfig) -> dict:
     config = model_config(cfg.model)
     images = [read_image(path) for path in paths]
     torch.manual_seed(cfg.seed)
-    traced = (vlm_steps if layout_for(cfg.model) is not None else encoder_steps)(cfg, config, images)
+    traced = (vlm_steps if layout_of(config) is not None else encoder_steps)(cfg, config, images)
     out_dir = Path(cfg.out) if cfg.out else run_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     heading = f"{cfg.model.name}, pruning={cfg.pruning.name}" + ("  [RANDOM WEIGHTS]" if traced.weights == "random"
