@@ -36,7 +36,6 @@ from vlm_eff.jobs.common import (
     save_row,
 )
 from vlm_eff.jobs.requests import selected
-from vlm_eff.knobs import check_knobs
 from vlm_eff.lora import count_parameters, lora_config, merge
 from vlm_eff.models import model_label
 from vlm_eff.modules import VLM_DISTILL_LOSSES, VLMDistillModule
@@ -127,7 +126,6 @@ def train_parts(model, layout, cfg: DictConfig, parts: set[str]):
 
 def distill_vlm(cfg: DictConfig) -> dict:
     """Recover the reduced VLM `cfg.model` (reduced by `cfg.pruning`) toward itself unreduced, on questions alone."""
-    check_knobs(cfg)
     if cfg.pruning.name == "none":
         raise ConfigError("objective=distill recovers a reduced model toward itself unreduced; with pruning=none there "
                           "is nothing to recover: choose a reduction (e.g. pruning=tome pruning.keep=0.125)")

@@ -23,7 +23,6 @@ from vlm_eff.jobs.common import (
     tokens_text,
 )
 from vlm_eff.jobs.requests import evaluate_vqa
-from vlm_eff.knobs import check_knobs
 from vlm_eff.lora import check_adapter_dir, load_adapter
 from vlm_eff.modules import RetrievalModule, ZeroShotModule
 from vlm_eff.prompts import load_prompts
@@ -80,7 +79,6 @@ def evaluate(cfg: DictConfig) -> dict:
     """Test the (reduced) model on the test split under `protocol` (zero-shot classification or
     image-text retrieval, timing the image encoder; or, for a generative VLM, vqa); write and log the row."""
     if check_protocol(cfg):
-        check_knobs(cfg)  # before the questions are read
         if cfg.get("resume") is not None and not isinstance(cfg.resume, (bool, str)):
             raise ConfigError(f"resume={cfg.resume!r} is unknown; allowed: null, true, false, or a run dir to continue")
         bench = benchmark(cfg.data)
