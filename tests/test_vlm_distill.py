@@ -81,7 +81,8 @@ def few_steps(model, parts: set[str], pruning: str, knobs: dict, steps: int = 3,
     return module, before, adapters, trainer
 
 
-@pytest.mark.parametrize("parts", [{"projector"}, {"lora"}, {"projector", "lora"}], ids=lambda parts: "+".join(sorted(parts)))
+@pytest.mark.parametrize("parts", [{"projector"}, {"lora"}, {"projector", "lora"}],
+                         ids=lambda parts: "+".join(sorted(parts)))  # sorted: every xdist worker collects the same ids
 @pytest.mark.parametrize("name, pruning, knobs", cases())
 def test_a_few_steps_move_only_what_objective_train_names(tiny_vlms, name, pruning, knobs, parts):
     model = copy.deepcopy(tiny_vlms[name])

@@ -29,7 +29,7 @@ from vlm_eff.models import ImageEncoder, load_model, load_preprocess, model_conf
 from vlm_eff.reduction import build, build_vlm, trace
 from vlm_eff.token_maps import Panel, cell_groups, compose, draw, one_image, pick_steps, title_of
 from vlm_eff.towers import family_for
-from vlm_eff.vlms import LAYOUTS, PROMPT_TEXT_TOKENS
+from vlm_eff.vlms import PROMPT_TEXT_TOKENS
 from vlm_eff.wandb_logging import finish, make_logger
 
 
@@ -90,7 +90,7 @@ def encoder_steps(cfg: DictConfig, config, images: list[np.ndarray]) -> Traced:
 
 def vlm_steps(cfg: DictConfig, config, images: list[np.ndarray]) -> Traced:
     """A LLaVA-layout VLM: the traced steps of one request per image (the first token only)."""
-    layout = LAYOUTS[config.model_type]
+    layout = layout_of(config)
     if layout.name != "llava":
         raise ConfigError(f"token maps draw one patch grid per image: model={cfg.model.name} ({layout.name}) "
                           "splits images into crops or merges patches; allowed: dual encoders and LLaVA-layout VLMs")
